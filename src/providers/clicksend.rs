@@ -1,0 +1,1 @@
+//! ClickSend (being written).

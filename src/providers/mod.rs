@@ -1,0 +1,174 @@
+//! Providers: one file per messaging provider behind the [`Provider`] trait.
+//!
+//! A provider knows three things: how to check that a webhook really came from it, how to
+//! read its inbound messages and delivery receipts into canonical events, and how to send a
+//! message. Everything else (durability, lanes, rate limits, retries, the status machine)
+//! is the core's job, so a provider file stays small and table-testable.
+
+pub mod clicksend;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::http::HeaderMap;
+
+use crate::respondio::wire::{Contact, Message, StatusValue};
+
+/// A provider webhook as it reached us, before anything is parsed.
+pub struct WebhookRequest<'a> {
+    /// The raw query string (without `?`), e.g. `secret=...`.
+    pub query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+    /// The public URL the provider called (`{public_url}{path}?{query}`), for signature
+    /// schemes that sign the URL.
+    pub public_url: &'a str,
+}
+
+impl WebhookRequest<'_> {
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        url::form_urlencoded::parse(self.query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+}
+
+/// Whether an inbound event is the contact's message or the business's own (an echo of a
+/// message sent outside respond.io).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundKind {
+    Message,
+    Echo,
+}
+
+/// A contact's message (or an echo) read from a provider webhook.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundEvent {
+    /// What identifies this webhook for this provider (ClickSend: its inbound `message_id`);
+    /// a redelivery carries the same key and is dropped as a duplicate.
+    pub dedupe_key: String,
+    /// The contact, already in the channel's id_type form (e.g. `+6142...`).
+    pub contact_id: String,
+    pub kind: InboundKind,
+    /// The provider's id of this message (kept for the message's history).
+    pub provider_id: String,
+    /// Epoch milliseconds.
+    pub timestamp_ms: i64,
+    pub message: Message,
+    pub contact: Option<Contact>,
+}
+
+/// A delivery receipt read from a provider webhook.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Receipt {
+    /// What identifies this receipt webhook (e.g. provider id + status code + timestamp).
+    pub dedupe_key: String,
+    /// The provider's id of the message we sent (the id its send API returned).
+    pub provider_id: String,
+    /// `None` for informational receipts that change nothing (ClickSend 300: will retry).
+    pub status: Option<StatusValue>,
+    /// The provider's reason, for failures.
+    pub reason: Option<String>,
+    pub timestamp_ms: i64,
+}
+
+/// What we ask a provider to send.
+#[derive(Debug, Clone)]
+pub struct SendRequest<'a> {
+    /// Our mId (≤ 50 chars); providers that echo a reference back get this one.
+    pub mid: &'a str,
+    pub contact_id: &'a str,
+    pub message: &'a Message,
+}
+
+/// The provider took the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub provider_id: String,
+}
+
+/// Why a send did not succeed, typed by what the lane should do about it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendError {
+    /// The request never reached the provider (connect refused, DNS failure): retrying
+    /// cannot double the message.
+    Unsent(String),
+    /// The request may have been acted on (timeout after it went out, 5xx): a retry may
+    /// double the message, so these retries are capped and marked ambiguous.
+    Ambiguous(String),
+    /// The provider asked us to slow down; `retry_after` if it said how long.
+    Throttled { retry_after: Option<Duration>, reason: String },
+    /// This message will never go through (invalid recipient, content the provider cannot
+    /// carry). Reported to respond.io as an error.
+    Permanent(String),
+    /// The channel itself is broken (credentials rejected, no credit): the lane pauses
+    /// and probes instead of burning every queued message into dead letters.
+    ChannelFault(String),
+}
+
+impl SendError {
+    pub fn reason(&self) -> &str {
+        match self {
+            SendError::Unsent(r)
+            | SendError::Ambiguous(r)
+            | SendError::Permanent(r)
+            | SendError::ChannelFault(r) => r,
+            SendError::Throttled { reason, .. } => reason,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// The config name of this provider (`provider = "clicksend"`).
+    fn kind(&self) -> &'static str;
+
+    /// Sends per second toward the provider.
+    fn rate_limit(&self) -> u32;
+
+    /// Checks that a webhook is authentic, before anything is parsed. `Err(reason)` → 403,
+    /// nothing stored.
+    fn authenticate(&self, req: &WebhookRequest<'_>) -> Result<(), String>;
+
+    /// Reads an inbound-message webhook. `Err(reason)` for an authentic payload we cannot
+    /// read: it is stored raw, answered 2xx and dead-lettered with that reason.
+    fn parse_inbound(&self, req: &WebhookRequest<'_>) -> Result<Vec<InboundEvent>, String>;
+
+    /// Reads a delivery-receipt webhook; errors as for `parse_inbound`.
+    fn parse_receipts(&self, req: &WebhookRequest<'_>) -> Result<Vec<Receipt>, String>;
+
+    /// Sends one message.
+    async fn send(&self, req: SendRequest<'_>) -> Result<Accepted, SendError>;
+}
+
+/// Classifies a reqwest error: a failure before the request was written cannot have been
+/// acted on; anything later might have been.
+pub fn classify_transport_error(e: &reqwest::Error) -> SendError {
+    if e.is_connect() || e.is_builder() {
+        SendError::Unsent(format!("could not reach provider: {e}"))
+    } else {
+        SendError::Ambiguous(format!("no answer from provider: {e}"))
+    }
+}
+
+/// Parses a `Retry-After` header value: delta-seconds or an HTTP-date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = v.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Some(Duration::from_secs_f64(secs));
+        }
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+}

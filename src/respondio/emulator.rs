@@ -1,0 +1,1 @@
+//! The respond.io emulator (being written).

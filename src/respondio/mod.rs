@@ -1,0 +1,4 @@
+//! Everything respond.io: the wire format, the webhook client, and the emulator.
+
+pub mod emulator;
+pub mod wire;

@@ -1,0 +1,1 @@
+//! ClickSend stand-in (being written).

@@ -1,0 +1,4 @@
+//! Local stand-ins for providers we cannot reach from tests: they enforce the provider's
+//! documented rules, record every raw arrival and never dedupe.
+
+pub mod clicksend;
