@@ -1,0 +1,177 @@
+//! Wiring: builds channels, lanes and the router from a config, runs them until shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::config::{ChannelConfig, Config};
+use crate::lanes::deliver::{ToProvider, ToRespondIo};
+use crate::lanes::{LaneCtx, LaneRunner, Waiters};
+use crate::providers::Provider;
+use crate::providers::clicksend::ClickSend;
+use crate::respondio::client::RespondIoClient;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Lane, Store};
+
+/// One configured channel with its provider and its two lanes.
+pub struct Channel {
+    pub cfg: ChannelConfig,
+    pub provider: Arc<dyn Provider>,
+    pub to_respondio: Arc<LaneCtx>,
+    pub to_provider: Arc<LaneCtx>,
+    pub waiters: Arc<Waiters>,
+}
+
+pub struct AppState {
+    pub cfg: Config,
+    pub store: Arc<dyn Store>,
+    pub channels: HashMap<String, Arc<Channel>>,
+    /// respond.io channel id → our channel name, for `POST /message`.
+    pub by_respondio_id: HashMap<String, String>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl AppState {
+    pub fn channel(&self, name: &str) -> Option<&Arc<Channel>> {
+        self.channels.get(name)
+    }
+}
+
+fn http_client(timeout_ms: u64) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        // Provider and respond.io endpoints never legitimately redirect a POST; following
+        // one could send credentials elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_millis(timeout_ms))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()?)
+}
+
+fn build_provider(ch: &ChannelConfig) -> anyhow::Result<Arc<dyn Provider>> {
+    let client = http_client(ch.delivery.provider_timeout_ms)?;
+    match ch.provider.as_str() {
+        "clicksend" => {
+            let cs = ch.clicksend.clone().ok_or_else(|| anyhow::anyhow!("channel {}: [channel.clicksend] missing", ch.name))?;
+            Ok(Arc::new(ClickSend::new(cs, ch.webhook_secret.clone(), client)))
+        }
+        other => anyhow::bail!("channel {}: unknown provider {other}", ch.name),
+    }
+}
+
+/// A running gateway: its state, and the lane tasks to stop on shutdown.
+pub struct App {
+    pub state: Arc<AppState>,
+    lanes: Vec<LaneRunner>,
+}
+
+impl App {
+    /// Opens the store, recovers what a crash left in flight, and prepares every lane.
+    pub async fn build(cfg: Config) -> anyhow::Result<App> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.store)?);
+        let on_crash: HashMap<String, crate::config::OnCrash> =
+            cfg.channels.iter().map(|c| (c.name.clone(), c.delivery.on_crash)).collect();
+        let report = store.recover(&on_crash).await?;
+        if report.resent + report.failed > 0 {
+            tracing::warn!(resent = report.resent, failed = report.failed,
+                "items were in flight when the gateway last stopped: their next attempt is marked ambiguous");
+        }
+        let respondio_http = http_client(30_000)?;
+        let mut channels = HashMap::new();
+        let mut by_respondio_id = HashMap::new();
+        let mut lanes = Vec::new();
+        for ch in &cfg.channels {
+            let provider = build_provider(ch)?;
+            let waiters = Arc::new(Waiters::default());
+            let client = RespondIoClient::new(
+                respondio_http.clone(),
+                ch.respondio_webhook_url.clone(),
+                ch.respondio_token.clone(),
+                ch.respondio_channel_id.clone(),
+                Duration::from_millis(ch.delivery.respondio_timeout_ms),
+            );
+            let to_respondio = LaneCtx::new(
+                ch.name.clone(),
+                Lane::RespondIo,
+                store.clone(),
+                Arc::new(ToRespondIo { client, max_events_per_call: ch.delivery.max_events_per_call }),
+                ch.delivery.clone(),
+                ch.respondio_rate_limit,
+                waiters.clone(),
+            );
+            let to_provider = LaneCtx::new(
+                ch.name.clone(),
+                Lane::Provider,
+                store.clone(),
+                Arc::new(ToProvider { provider: provider.clone() }),
+                ch.delivery.clone(),
+                provider.rate_limit(),
+                waiters.clone(),
+            );
+            lanes.push(LaneRunner::new(to_respondio.clone()).await?);
+            lanes.push(LaneRunner::new(to_provider.clone()).await?);
+            by_respondio_id.insert(ch.respondio_channel_id.clone(), ch.name.clone());
+            channels.insert(
+                ch.name.clone(),
+                Arc::new(Channel { cfg: ch.clone(), provider, to_respondio, to_provider, waiters }),
+            );
+        }
+        let state = Arc::new(AppState { cfg, store, channels, by_respondio_id, metrics: crate::http::metrics::handle() });
+        Ok(App { state, lanes })
+    }
+
+    /// Serves on `listener` until `shutdown` fires, then stops accepting, lets lanes
+    /// finish their in-flight attempts, and returns.
+    pub async fn run(self, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let App { state, lanes } = self;
+        let lane_stop = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        for lane in lanes {
+            tasks.spawn(lane.run(lane_stop.clone()));
+        }
+        tasks.spawn(housekeeping(state.clone(), lane_stop.clone()));
+        let router = crate::http::router(state.clone());
+        tracing::info!(listen = %listener.local_addr()?, channels = state.channels.len(), "rio-bridge serving");
+        let stop = shutdown.clone();
+        let server = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+            .with_graceful_shutdown(async move { stop.cancelled().await });
+        let grace = Duration::from_millis(state.cfg.server.shutdown_grace_ms);
+        let served = tokio::spawn(async move { server.await });
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: no new requests; finishing in-flight work");
+        // axum's graceful shutdown waits for in-flight requests without a deadline.
+        match tokio::time::timeout(grace, served).await {
+            Ok(r) => r??,
+            Err(_) => tracing::warn!("requests still open after the grace period; closing"),
+        }
+        lane_stop.cancel();
+        let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        Ok(())
+    }
+}
+
+/// Publishes queue gauges and prunes old rows, off the lanes' path.
+async fn housekeeping(state: Arc<AppState>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut last_prune = 0i64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        crate::http::metrics::publish_lane_stats(&state).await;
+        let now = now_ms();
+        if now - last_prune >= 60_000 {
+            last_prune = now;
+            let retention = (state.cfg.store.retention_secs as i64) * 1000;
+            match state.store.prune(now, retention).await {
+                Ok(r) if r.items + r.dedupe + r.parked + r.attempts > 0 => tracing::info!(?r, "pruned"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "prune failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! Configuration: TOML with `${VAR}` replaced from the environment, validated up front so
+//! `check-config` can list every problem with its key.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::providers::clicksend::ClickSendConfig;
+use crate::respondio::wire::IdType;
+use crate::secret::Secret;
+
+pub const DEFAULT_WEBHOOK_URL: &str = "https://webhook.respond.io/custom/channel/webhook/";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<ChannelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// How providers and respond.io reach us; the base of the URLs we hand out.
+    pub public_url: String,
+    /// How long `/message` waits for the lane's first outcome before answering 200.
+    pub message_budget_ms: u64,
+    /// Largest request body accepted on any route (413 above it).
+    pub max_body_bytes: usize,
+    /// How long SIGTERM waits for in-flight work.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:3030".parse().expect("static address"),
+            public_url: "http://127.0.0.1:3030".into(),
+            message_budget_ms: 2000,
+            max_body_bytes: 1 << 20,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every commit: a 2xx survives a power cut.
+    Full,
+    /// WAL + NORMAL: survives a process crash, may lose the last commits on power loss.
+    Normal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    /// How long a provider webhook's dedupe key is remembered.
+    pub dedupe_ttl_secs: u64,
+    /// How long a receipt for a provider id we do not know yet waits for its send.
+    pub parked_receipt_ttl_secs: u64,
+    /// How many requests one transaction (one fsync) may carry.
+    pub group_commit_max: usize,
+    /// Delivered items, attempts and history older than this are pruned.
+    pub retention_secs: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("data/rio-bridge.db"),
+            synchronous: Synchronous::Full,
+            dedupe_ttl_secs: 7 * 86_400,
+            parked_receipt_ttl_secs: 86_400,
+            group_commit_max: 256,
+            retention_secs: 7 * 86_400,
+        }
+    }
+}
+
+/// What to do with an item whose send was in flight when the process died.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnCrash {
+    /// Send again (at least once; the repeat carries the same mId).
+    #[default]
+    Resend,
+    /// Dead-letter it and report `failed` (at most once).
+    Fail,
+}
+
+/// `deny_unknown_fields` does not work together with `flatten`, so unknown channel keys
+/// are caught by [`unknown_channel_keys`] instead.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChannelConfig {
+    pub name: String,
+    pub respondio_channel_id: String,
+    pub respondio_token: Secret,
+    /// A second valid token during a rotation.
+    #[serde(default)]
+    pub respondio_token_next: Option<Secret>,
+    #[serde(default = "default_webhook_url")]
+    pub respondio_webhook_url: String,
+    #[serde(default = "default_respondio_rate")]
+    pub respondio_rate_limit: u32,
+    #[serde(default)]
+    pub id_type: IdType,
+    pub provider: String,
+    #[serde(default)]
+    pub webhook_secret: Secret,
+    #[serde(default)]
+    pub clicksend: Option<ClickSendConfig>,
+    #[serde(flatten)]
+    pub delivery: DeliveryConfig,
+}
+
+/// Retry, ordering and batching policy of a channel's lanes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DeliveryConfig {
+    pub max_attempts: u32,
+    pub max_age_secs: u64,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Sends that may have gone out (timeout, 5xx) are retried at most this often.
+    pub ambiguous_retry_cap: u32,
+    pub on_crash: OnCrash,
+    /// A contact who wrote in this recently is in a live conversation: their outbound
+    /// queue goes ahead of bulk sends.
+    pub conversation_window_secs: u64,
+    /// The share of sends bulk keeps while conversations are promoted.
+    pub bulk_min_share: f64,
+    /// Events of one contact that may share one webhook call to respond.io.
+    pub max_events_per_call: usize,
+    pub respondio_timeout_ms: u64,
+    pub provider_timeout_ms: u64,
+    /// Attempts in flight at once per lane (across contacts; one per contact).
+    pub max_inflight: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            max_attempts: 10,
+            max_age_secs: 86_400,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+            ambiguous_retry_cap: 3,
+            on_crash: OnCrash::Resend,
+            conversation_window_secs: 3_600,
+            bulk_min_share: 0.1,
+            max_events_per_call: 10,
+            respondio_timeout_ms: 10_000,
+            provider_timeout_ms: 15_000,
+            max_inflight: 32,
+        }
+    }
+}
+
+fn default_webhook_url() -> String {
+    DEFAULT_WEBHOOK_URL.into()
+}
+fn default_respondio_rate() -> u32 {
+    20
+}
+
+/// One problem found while loading or validating: the config key and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug)]
+pub struct ConfigError(pub Vec<Problem>);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.0 {
+            writeln!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+impl std::error::Error for ConfigError {}
+
+fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem { key: key.into(), message: message.into() }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![problem(path.display().to_string(), format!("cannot read: {e}"))]))?;
+        Config::from_toml(&text, &|k| std::env::var(k).ok())
+    }
+
+    /// Parses and validates; `env` resolves `${VAR}`.
+    pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| ConfigError(vec![problem("(file)", e.message().to_string())]))?;
+        let mut problems = unknown_channel_keys(&value);
+        interpolate(&mut value, "", env, &mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError(vec![problem(if key == "." { "(file)".into() } else { key }, e.inner().to_string())])
+        })?;
+        let problems = cfg.validate();
+        if problems.is_empty() { Ok(cfg) } else { Err(ConfigError(problems)) }
+    }
+
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        match url::Url::parse(&self.server.public_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => out.push(problem("server.public_url", "must be an http(s) URL")),
+        }
+        if self.server.message_budget_ms == 0 || self.server.message_budget_ms > 30_000 {
+            out.push(problem("server.message_budget_ms", "must be 1..=30000"));
+        }
+        if self.server.max_body_bytes < 1024 {
+            out.push(problem("server.max_body_bytes", "must be at least 1024"));
+        }
+        if self.store.group_commit_max == 0 {
+            out.push(problem("store.group_commit_max", "must be at least 1"));
+        }
+        if self.channels.is_empty() {
+            out.push(problem("channel", "at least one [[channel]] is required"));
+        }
+        let mut names = HashSet::new();
+        let mut ids = HashSet::new();
+        for (i, ch) in self.channels.iter().enumerate() {
+            let k = |f: &str| format!("channel[{i}].{f}");
+            let name_ok = !ch.name.is_empty()
+                && ch.name.len() <= 64
+                && ch.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !name_ok {
+                out.push(problem(k("name"), "must be 1-64 characters of A-Z a-z 0-9 - _ (it is part of our URLs)"));
+            }
+            if !names.insert(ch.name.clone()) {
+                out.push(problem(k("name"), format!("duplicate channel name {:?}", ch.name)));
+            }
+            if ch.respondio_channel_id.is_empty() {
+                out.push(problem(k("respondio_channel_id"), "is required"));
+            } else if !ids.insert(ch.respondio_channel_id.clone()) {
+                out.push(problem(k("respondio_channel_id"), "is used by another channel"));
+            }
+            if ch.respondio_token.is_empty() {
+                out.push(problem(k("respondio_token"), "is required (the channel's API Token from respond.io)"));
+            }
+            match url::Url::parse(&ch.respondio_webhook_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => out.push(problem(k("respondio_webhook_url"), "must be an http(s) URL")),
+            }
+            if ch.respondio_rate_limit == 0 {
+                out.push(problem(k("respondio_rate_limit"), "must be at least 1"));
+            }
+            let d = &ch.delivery;
+            if d.max_attempts == 0 {
+                out.push(problem(k("max_attempts"), "must be at least 1"));
+            }
+            if d.backoff_base_ms == 0 || d.backoff_max_ms < d.backoff_base_ms {
+                out.push(problem(k("backoff_base_ms"), "must be > 0 and <= backoff_max_ms"));
+            }
+            if !(0.0..=1.0).contains(&d.bulk_min_share) {
+                out.push(problem(k("bulk_min_share"), "must be between 0 and 1"));
+            }
+            if d.max_events_per_call == 0 {
+                out.push(problem(k("max_events_per_call"), "must be at least 1"));
+            }
+            if d.max_inflight == 0 {
+                out.push(problem(k("max_inflight"), "must be at least 1"));
+            }
+            match ch.provider.as_str() {
+                "clicksend" => {
+                    if ch.webhook_secret.is_empty() {
+                        out.push(problem(
+                            k("webhook_secret"),
+                            "is required: ClickSend signs nothing, so its webhooks must carry ?secret=",
+                        ));
+                    }
+                    match &ch.clicksend {
+                        None => out.push(problem(k("clicksend"), "section [channel.clicksend] is required")),
+                        Some(c) => out.extend(
+                            c.problems(&k("clicksend")).into_iter().map(|(key, m)| problem(key, m)),
+                        ),
+                    }
+                }
+                other => out.push(problem(k("provider"), format!("unknown provider {other:?} (known: clicksend)"))),
+            }
+        }
+        out
+    }
+
+    pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {
+        self.channels.iter().find(|c| c.name == name)
+    }
+}
+
+const CHANNEL_KEYS: &[&str] = &[
+    "name", "respondio_channel_id", "respondio_token", "respondio_token_next", "respondio_webhook_url",
+    "respondio_rate_limit", "id_type", "provider", "webhook_secret", "clicksend", "max_attempts",
+    "max_age_secs", "backoff_base_ms", "backoff_max_ms", "ambiguous_retry_cap", "on_crash",
+    "conversation_window_secs", "bulk_min_share", "max_events_per_call", "respondio_timeout_ms",
+    "provider_timeout_ms", "max_inflight",
+];
+
+fn unknown_channel_keys(v: &toml::Value) -> Vec<Problem> {
+    let Some(chans) = v.get("channel").and_then(|c| c.as_array()) else { return Vec::new() };
+    let mut out = Vec::new();
+    for (i, ch) in chans.iter().enumerate() {
+        for key in ch.as_table().into_iter().flat_map(|t| t.keys()) {
+            if !CHANNEL_KEYS.contains(&key.as_str()) {
+                out.push(problem(format!("channel[{i}].{key}"), "unknown key"));
+            }
+        }
+    }
+    out
+}
+
+/// Replaces `${VAR}` in every string value; `$${` stands for a literal `${`.
+fn interpolate(
+    v: &mut toml::Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    match v {
+        toml::Value::String(s) => match substitute(s, env) {
+            Ok(new) => *s = new,
+            Err(var) => problems.push(problem(path, format!("environment variable {var} is not set"))),
+        },
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate(item, &format!("{path}[{i}]"), env, problems);
+            }
+        }
+        toml::Value::Table(t) => {
+            let keys: BTreeMap<_, _> = t.iter_mut().collect();
+            for (k, item) in keys {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                interpolate(item, &p, env, problems);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn substitute(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        if let Some(tail) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix("${") {
+            let end = tail.find('}').ok_or_else(|| format!("(unclosed ${{ in {s:?})"))?;
+            let name = &tail[..end];
+            out.push_str(&env(name).ok_or_else(|| name.to_string())?);
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+[server]
+listen = "127.0.0.1:3030"
+public_url = "https://gw.example.com"
+[store]
+path = "data/rio-bridge.db"
+[[channel]]
+name = "sms"
+respondio_channel_id = "CH1"
+respondio_token = "${RIO_TOKEN}"
+id_type = "phone"
+provider = "clicksend"
+webhook_secret = "${SMS_HOOK_SECRET}"
+[channel.clicksend]
+username = "user"
+api_key = "${CLICKSEND_KEY}"
+from = "+61411111111"
+api_base = "https://rest.clicksend.com"
+rate_limit = 10
+"#;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "RIO_TOKEN" => Some("tok".into()),
+            "SMS_HOOK_SECRET" => Some("hook".into()),
+            "CLICKSEND_KEY" => Some("key".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn loads_the_documented_sample() {
+        let cfg = Config::from_toml(SAMPLE, &env).unwrap();
+        let ch = &cfg.channels[0];
+        assert!(ch.respondio_token.matches("tok"));
+        assert_eq!(ch.respondio_rate_limit, 20);
+        assert_eq!(ch.respondio_webhook_url, DEFAULT_WEBHOOK_URL);
+        assert_eq!(ch.delivery.ambiguous_retry_cap, 3);
+        assert_eq!(cfg.server.message_budget_ms, 2000);
+    }
+
+    #[test]
+    fn missing_env_var_names_key_and_variable() {
+        let err = Config::from_toml(SAMPLE, &|k| if k == "RIO_TOKEN" { None } else { env(k) }).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].key, "channel[0].respondio_token");
+        assert!(err.0[0].message.contains("RIO_TOKEN"));
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_key() {
+        let text = SAMPLE
+            .replace("name = \"sms\"", "name = \"s m s\"")
+            .replace("public_url = \"https://gw.example.com\"", "public_url = \"nope\"")
+            .replace("webhook_secret = \"${SMS_HOOK_SECRET}\"", "");
+        let err = Config::from_toml(&text, &env).unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"server.public_url"), "{keys:?}");
+        assert!(keys.contains(&"channel[0].name"), "{keys:?}");
+        assert!(keys.contains(&"channel[0].webhook_secret"), "{keys:?}");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_its_path() {
+        let err = Config::from_toml(&SAMPLE.replace("[store]", "[store]\npaht = 1"), &env).unwrap_err();
+        assert!(err.0[0].key.starts_with("store"), "{:?}", err.0);
+        assert!(err.0[0].message.contains("paht"));
+    }
+
+    #[test]
+    fn unknown_channel_key_is_reported() {
+        let err = Config::from_toml(&SAMPLE.replace("id_type = \"phone\"", "id_typo = \"phone\""), &env).unwrap_err();
+        assert_eq!(err.0[0].key, "channel[0].id_typo");
+    }
+
+    #[test]
+    fn substitution_rules() {
+        let e = |k: &str| (k == "A").then(|| "x".to_string());
+        assert_eq!(substitute("a${A}b$${A}$c", &e).unwrap(), "ax b${A}$c".replace(' ', ""));
+        assert_eq!(substitute("${B}", &e).unwrap_err(), "B");
+    }
+}

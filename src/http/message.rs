@@ -1,0 +1,135 @@
+//! `POST /message`: respond.io hands us a message to send.
+//!
+//! Check the bearer token (constant time), validate, commit, hand the item to its lane
+//! and wait for the first attempt's outcome up to the budget. Accepted, retrying, or
+//! budget spent → 200 `{"mId"}`; rejected for good → 400 with the provider's reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::json_error;
+use crate::app::{AppState, Channel};
+use crate::lanes::FirstOutcome;
+use crate::respondio::wire::OutboundRequest;
+use crate::store::NewOutbound;
+
+/// `POST /channels/{name}/message`.
+pub async fn by_name(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(channel) = state.channel(&name).cloned() else {
+        return json_error(StatusCode::NOT_FOUND, "unknown channel");
+    };
+    if let Err(r) = check_token(&channel, &headers) {
+        return r;
+    }
+    let req = match OutboundRequest::parse(&body) {
+        Ok(r) => r,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
+    };
+    accept(&state, &channel, req).await
+}
+
+/// `POST /message`: the channel is the one whose respond.io id is the body's `channelId`,
+/// and the bearer token must be that channel's.
+pub async fn by_channel_id(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if bearer(&headers).is_none() {
+        return json_error(StatusCode::UNAUTHORIZED, "missing bearer token");
+    }
+    let req = match OutboundRequest::parse(&body) {
+        Ok(r) => r,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
+    };
+    let channel = req
+        .channel_id
+        .as_deref()
+        .and_then(|id| state.by_respondio_id.get(id))
+        .and_then(|name| state.channel(name))
+        .cloned();
+    // An unknown channelId answers like a wrong token, so ids cannot be probed.
+    let Some(channel) = channel else {
+        return json_error(StatusCode::UNAUTHORIZED, "invalid token for this channelId");
+    };
+    if let Err(r) = check_token(&channel, &headers) {
+        return r;
+    }
+    accept(&state, &channel, req).await
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn check_token(channel: &Channel, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = bearer(headers) else {
+        return Err(json_error(StatusCode::UNAUTHORIZED, "missing bearer token"));
+    };
+    // Both comparisons always run, so timing does not tell which token matched.
+    let current = channel.cfg.respondio_token.matches(token);
+    let next = channel.cfg.respondio_token_next.as_ref().is_some_and(|t| t.matches(token));
+    if current | next {
+        Ok(())
+    } else {
+        Err(json_error(StatusCode::UNAUTHORIZED, "invalid token"))
+    }
+}
+
+async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) -> Response {
+    let cfg = &channel.cfg;
+    if let Some(id) = &req.channel_id {
+        if *id != cfg.respondio_channel_id {
+            return json_error(StatusCode::BAD_REQUEST, "channelId does not match this channel");
+        }
+    }
+    if let Err(e) = cfg.id_type.validate(&req.contact_id) {
+        return json_error(StatusCode::BAD_REQUEST, &e);
+    }
+    let mid = ulid::Ulid::new().to_string();
+    let message_json = match serde_json::to_string(&req.message) {
+        Ok(j) => j,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("message cannot be stored: {e}")),
+    };
+    let window_ms = (cfg.delivery.conversation_window_secs as i64).saturating_mul(1000);
+    let item = NewOutbound { mid: mid.clone(), contact: req.contact_id.clone(), message_json };
+    let id = match state.store.accept_outbound(&cfg.name, item, window_ms).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(channel = %cfg.name, mid = %mid, error = %e, "could not commit an outbound message");
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable, try again");
+        }
+    };
+    metrics::counter!("rio_accepted_total", "channel" => cfg.name.clone(), "direction" => "to_provider").increment(1);
+    tracing::info!(channel = %cfg.name, mid = %mid, contact = %req.contact_id, "outbound accepted");
+    let mut rx = channel.waiters.register(id);
+    channel.to_provider.wake();
+    let budget = Duration::from_millis(state.cfg.server.message_budget_ms);
+    let outcome = match tokio::time::timeout(budget, &mut rx).await {
+        Ok(Ok(o)) => o,
+        _ => {
+            // Close first, then look once more: an outcome sent before the close is seen
+            // here, and none can be sent after it (the lane then knows nobody heard it).
+            rx.close();
+            let late = rx.try_recv().unwrap_or(FirstOutcome::Pending);
+            channel.waiters.forget(id);
+            late
+        }
+    };
+    match outcome {
+        FirstOutcome::Rejected(reason) => {
+            tracing::info!(channel = %cfg.name, mid = %mid, reason = %reason, "outbound rejected by the provider");
+            json_error(StatusCode::BAD_REQUEST, &reason)
+        }
+        FirstOutcome::Accepted | FirstOutcome::Pending => (StatusCode::OK, Json(serde_json::json!({ "mId": mid }))).into_response(),
+    }
+}

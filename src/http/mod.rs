@@ -1,0 +1,65 @@
+//! The HTTP surface: respond.io's `/message`, the providers' webhooks, health and metrics.
+
+pub mod health;
+pub mod message;
+pub mod metrics;
+pub mod webhooks;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::app::AppState;
+use crate::respondio::wire::error_body;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.cfg.server.max_body_bytes;
+    Router::new()
+        .route("/channels/{name}/message", post(message::by_name))
+        .route("/channels/{name}//message", post(message::by_name))
+        .route("/message", post(message::by_channel_id))
+        .route("//message", post(message::by_channel_id))
+        .route("/channels/{name}/inbound", post(webhooks::inbound).get(webhooks::inbound))
+        .route("/channels/{name}/status", post(webhooks::status).get(webhooks::status))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::render))
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such route") })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }))
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// respond.io's error shape: `{"error":{"message":"..."}}`.
+pub fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(error_body(message))).into_response()
+}
+
+/// Records the latency of every request by route.
+async fn observe(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    ::metrics::histogram!("rio_http_request_duration_seconds", "route" => route, "status" => status)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}

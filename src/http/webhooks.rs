@@ -1,0 +1,184 @@
+//! Provider webhooks: inbound messages and delivery receipts.
+//!
+//! Authenticity first (nothing is parsed or stored before it), then parse, dedupe and
+//! commit, then answer. An authentic payload we cannot read is stored raw, answered 2xx
+//! and dead-lettered: some providers retry a non-2xx for a day. A store failure answers
+//! 503 so the provider retries: never 200-and-drop.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::json_error;
+use crate::app::{AppState, Channel};
+use crate::clock::now_ms;
+use crate::providers::{InboundEvent, InboundKind, WebhookRequest};
+use crate::respondio::wire::{Event, EventType};
+use crate::store::{IngestResult, ItemKind, NewInbound, ReceiptIn, ReceiptResult};
+
+fn ok() -> Response {
+    (StatusCode::OK, "OK").into_response()
+}
+
+fn unavailable(channel: &str, e: impl std::fmt::Display) -> Response {
+    tracing::error!(channel, error = %e, "could not commit a webhook; answering 503 so the provider retries");
+    json_error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable, try again")
+}
+
+struct Incoming {
+    channel: Arc<Channel>,
+    public_url: String,
+    query: String,
+}
+
+fn prepare(state: &AppState, name: &str, uri: &axum::http::Uri) -> Result<Incoming, Response> {
+    let channel = state.channel(name).cloned().ok_or_else(|| json_error(StatusCode::NOT_FOUND, "unknown channel"))?;
+    let base = state.cfg.server.public_url.trim_end_matches('/');
+    let path_q = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    Ok(Incoming { channel, public_url: format!("{base}{path_q}"), query: uri.query().unwrap_or("").to_string() })
+}
+
+async fn store_raw(state: &AppState, ch: &Channel, route: &str, headers: &HeaderMap, body: &[u8], reason: &str) -> Response {
+    let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    match state.store.store_unparseable(&ch.cfg.name, route, ct, body.to_vec(), reason).await {
+        Ok(id) => {
+            metrics::counter!("rio_unparseable_webhooks_total", "channel" => ch.cfg.name.clone(), "route" => route.to_string())
+                .increment(1);
+            tracing::warn!(channel = %ch.cfg.name, route, raw_id = id, reason, "authentic webhook could not be read: kept raw and dead-lettered");
+            ok()
+        }
+        Err(e) => unavailable(&ch.cfg.name, e),
+    }
+}
+
+/// `POST /channels/{name}/inbound`.
+pub async fn inbound(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let inc = match prepare(&state, &name, &uri) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let ch = &inc.channel;
+    let req = WebhookRequest { query: &inc.query, headers: &headers, body: &body, public_url: &inc.public_url };
+    if let Err(reason) = ch.provider.authenticate(&req) {
+        tracing::warn!(channel = %ch.cfg.name, reason = %reason, "inbound webhook rejected: not authentic");
+        return json_error(StatusCode::FORBIDDEN, "forbidden");
+    }
+    let events = match ch.provider.parse_inbound(&req) {
+        Ok(ev) => ev,
+        Err(reason) => return store_raw(&state, ch, "inbound", &headers, &body, &reason).await,
+    };
+    if let Some(bad) = events.iter().find_map(|e| ch.cfg.id_type.validate(&e.contact_id).err()) {
+        return store_raw(&state, ch, "inbound", &headers, &body, &bad).await;
+    }
+    let items = match events.iter().map(to_new_inbound).collect::<Result<Vec<_>, _>>() {
+        Ok(items) => items,
+        Err(reason) => return store_raw(&state, ch, "inbound", &headers, &body, &reason).await,
+    };
+    let mids: Vec<String> = items.iter().map(|i| i.mid.clone()).collect();
+    match state.store.ingest_inbound(&ch.cfg.name, items).await {
+        Ok(results) => {
+            for (r, mid) in results.iter().zip(&mids) {
+                match r {
+                    IngestResult::Stored { .. } => {
+                        metrics::counter!("rio_accepted_total", "channel" => ch.cfg.name.clone(), "direction" => "to_respondio")
+                            .increment(1);
+                        tracing::info!(channel = %ch.cfg.name, mid = %mid, "inbound accepted");
+                    }
+                    IngestResult::Duplicate => {
+                        metrics::counter!("rio_duplicates_total", "channel" => ch.cfg.name.clone()).increment(1);
+                        tracing::info!(channel = %ch.cfg.name, mid = %mid, "inbound redelivery dropped (duplicate)");
+                    }
+                }
+            }
+            ch.to_respondio.wake();
+            ok()
+        }
+        Err(e) => unavailable(&ch.cfg.name, e),
+    }
+}
+
+fn to_new_inbound(e: &InboundEvent) -> Result<NewInbound, String> {
+    let mid = ulid::Ulid::new().to_string();
+    let (kind, event_type) = match e.kind {
+        InboundKind::Message => (ItemKind::Message, EventType::Message),
+        InboundKind::Echo => (ItemKind::Echo, EventType::MessageEcho),
+    };
+    // respond.io wants epoch milliseconds; a provider clock in seconds would look like 1970.
+    let ts = if e.timestamp_ms < 1_000_000_000_000 { now_ms() } else { e.timestamp_ms };
+    let event = Event { kind: event_type, mid: mid.clone(), timestamp: ts, message: Some(e.message.clone()), status: None };
+    let contact_json = match &e.contact {
+        Some(c) if !c.is_empty() => Some(serde_json::to_string(c).map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    Ok(NewInbound {
+        dedupe_key: e.dedupe_key.clone(),
+        contact: e.contact_id.clone(),
+        kind,
+        mid,
+        event_json: serde_json::to_string(&event).map_err(|e| e.to_string())?,
+        contact_json,
+        provider_id: e.provider_id.clone(),
+    })
+}
+
+/// `POST /channels/{name}/status`.
+pub async fn status(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let inc = match prepare(&state, &name, &uri) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let ch = &inc.channel;
+    let req = WebhookRequest { query: &inc.query, headers: &headers, body: &body, public_url: &inc.public_url };
+    if let Err(reason) = ch.provider.authenticate(&req) {
+        tracing::warn!(channel = %ch.cfg.name, reason = %reason, "receipt webhook rejected: not authentic");
+        return json_error(StatusCode::FORBIDDEN, "forbidden");
+    }
+    let receipts = match ch.provider.parse_receipts(&req) {
+        Ok(r) => r,
+        Err(reason) => return store_raw(&state, ch, "status", &headers, &body, &reason).await,
+    };
+    let items = receipts
+        .into_iter()
+        .map(|r| ReceiptIn { dedupe_key: r.dedupe_key, provider_id: r.provider_id, status: r.status, reason: r.reason })
+        .collect();
+    match state.store.apply_receipts(&ch.cfg.name, items).await {
+        Ok(results) => {
+            let mut forwarded = false;
+            for r in &results {
+                match r {
+                    ReceiptResult::Forwarded { mid, status, .. } => {
+                        forwarded = true;
+                        tracing::info!(channel = %ch.cfg.name, mid = %mid, status = status.as_str(), "receipt applied");
+                    }
+                    ReceiptResult::Ignored { mid, why } => {
+                        tracing::info!(channel = %ch.cfg.name, mid = %mid, why = %why, "receipt not forwarded")
+                    }
+                    ReceiptResult::Parked => {
+                        tracing::info!(channel = %ch.cfg.name, "receipt for an unknown provider id parked until its send records it")
+                    }
+                    ReceiptResult::Duplicate => tracing::info!(channel = %ch.cfg.name, "receipt redelivery dropped"),
+                }
+            }
+            if forwarded {
+                ch.to_respondio.wake();
+            }
+            ok()
+        }
+        Err(e) => unavailable(&ch.cfg.name, e),
+    }
+}

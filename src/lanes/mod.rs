@@ -1,0 +1,525 @@
+//! Lanes: each channel has one toward respond.io and one toward the provider.
+//!
+//! A lane schedules queues (one per contact, or per mId for statuses), not messages: it
+//! claims due queues from the store into a small in-memory ready list, two classes deep
+//! (conversations/messages first, bulk/statuses after, with a minimum share for the
+//! second), and runs one attempt per queue at a time, many queues in parallel. Every
+//! attempt takes a slot from the lane's sliding-window rate limiter first, retries and
+//! throttled ones included. The queue of a contact is held until its head item is
+//! delivered or dead-lettered, so order per contact holds; a backoff hands the queue back
+//! to the store with its due time, so it blocks only that contact.
+
+pub mod deliver;
+pub mod limiter;
+pub mod retry;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::config::DeliveryConfig;
+use crate::providers::SendError;
+use crate::store::{Finish, Item, Lane, Store};
+use deliver::Deliverer;
+use limiter::SlidingWindow;
+
+/// What `/message` learns from the first attempt of its send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirstOutcome {
+    Accepted,
+    Rejected(String),
+    /// Retrying (or paused): respond.io gets 200 now and a `failed` status if it dies.
+    Pending,
+}
+
+/// `/message` handlers waiting for their send's first outcome, by item id.
+#[derive(Default)]
+pub struct Waiters(Mutex<HashMap<i64, oneshot::Sender<FirstOutcome>>>);
+
+impl Waiters {
+    pub fn register(&self, id: i64) -> oneshot::Receiver<FirstOutcome> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(id, tx);
+        }
+        rx
+    }
+    /// Hands the outcome to a waiting handler; false when nobody was listening any more.
+    pub fn resolve(&self, id: i64, outcome: FirstOutcome) -> bool {
+        let tx = self.0.lock().ok().and_then(|mut m| m.remove(&id));
+        tx.is_some_and(|tx| tx.send(outcome).is_ok())
+    }
+    pub fn forget(&self, id: i64) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&id);
+        }
+    }
+}
+
+/// Everything a lane needs; shared with the HTTP handlers that feed it.
+pub struct LaneCtx {
+    pub channel: String,
+    pub lane: Lane,
+    pub store: Arc<dyn Store>,
+    pub deliverer: Arc<dyn Deliverer>,
+    pub policy: DeliveryConfig,
+    pub rate_limit: u32,
+    pub waiters: Arc<Waiters>,
+    dirty: AtomicBool,
+    notify: Notify,
+    running: AtomicBool,
+}
+
+impl LaneCtx {
+    pub fn new(
+        channel: String,
+        lane: Lane,
+        store: Arc<dyn Store>,
+        deliverer: Arc<dyn Deliverer>,
+        policy: DeliveryConfig,
+        rate_limit: u32,
+        waiters: Arc<Waiters>,
+    ) -> Arc<LaneCtx> {
+        Arc::new(LaneCtx {
+            channel,
+            lane,
+            store,
+            deliverer,
+            policy,
+            rate_limit,
+            waiters,
+            dirty: AtomicBool::new(true),
+            notify: Notify::new(),
+            running: AtomicBool::new(false),
+        })
+    }
+
+    /// New work was committed for this lane.
+    pub fn wake(&self) {
+        self.dirty.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    fn labels(&self) -> [(&'static str, String); 2] {
+        [("channel", self.channel.clone()), ("direction", self.lane.name().to_string())]
+    }
+}
+
+/// How one attempt left its queue.
+#[derive(Debug)]
+enum Next {
+    /// Delivered or dead-lettered, and the queue has more: keep it.
+    More,
+    /// The queue went back to the store (empty, or retrying later).
+    Released,
+    /// 429: pause the whole lane until then.
+    Paused { until: i64 },
+    /// The channel is broken (credentials, credit): open the circuit.
+    Fault(String),
+    /// The store failed; the queue stays held and is tried again.
+    StoreError,
+}
+
+#[derive(Debug)]
+struct Completion {
+    qkey: String,
+    class: u8,
+    next: Next,
+    /// The batch was rejected as a whole: send this queue one event per call from now on.
+    split: bool,
+}
+
+#[derive(Debug, Default)]
+struct Circuit {
+    open: bool,
+    probing: bool,
+    probe_at: i64,
+    backoff_ms: i64,
+    reason: String,
+}
+
+const CIRCUIT_FIRST_PROBE_MS: i64 = 5_000;
+const CIRCUIT_MAX_PROBE_MS: i64 = 300_000;
+
+pub struct LaneRunner {
+    ctx: Arc<LaneCtx>,
+    limiter: SlidingWindow,
+    ready: [VecDeque<String>; 2],
+    held: HashSet<String>,
+    single: HashSet<String>,
+    inflight: usize,
+    bulk_credit: f64,
+    paused_until: i64,
+    circuit: Circuit,
+    next_due: Option<i64>,
+    done_tx: mpsc::UnboundedSender<Completion>,
+    done_rx: mpsc::UnboundedReceiver<Completion>,
+}
+
+impl LaneRunner {
+    /// Prepares a lane: seeds its limiter from the attempt log and restores a pause.
+    pub async fn new(ctx: Arc<LaneCtx>) -> crate::store::Result<LaneRunner> {
+        let mut limiter = SlidingWindow::new(ctx.rate_limit, 1000);
+        limiter.seed(ctx.store.recent_attempts(&ctx.channel, ctx.lane, ctx.rate_limit as usize).await?);
+        let paused_until = ctx.store.paused_until(&ctx.channel, ctx.lane).await?;
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Ok(LaneRunner {
+            ctx,
+            limiter,
+            ready: [VecDeque::new(), VecDeque::new()],
+            held: HashSet::new(),
+            single: HashSet::new(),
+            inflight: 0,
+            bulk_credit: 0.0,
+            paused_until,
+            circuit: Circuit::default(),
+            next_due: None,
+            done_tx,
+            done_rx,
+        })
+    }
+
+    /// How many queues a class keeps ready in memory: about half a second of sends.
+    fn ready_cap(&self) -> usize {
+        ((self.ctx.rate_limit as usize) / 2).clamp(8, 512)
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let ctx = self.ctx.clone();
+        ctx.running.store(true, Ordering::Release);
+        self.publish_gauges();
+        tracing::info!(channel = %ctx.channel, lane = ctx.lane.name(), rate = ctx.rate_limit, "lane started");
+        loop {
+            while let Ok(c) = self.done_rx.try_recv() {
+                self.complete(c);
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let now = now_ms();
+            if let Some(until) = self.gate(now) {
+                self.wait(&shutdown, Some(until - now)).await;
+                continue;
+            }
+            if self.ctx.dirty.swap(false, Ordering::AcqRel) || self.next_due.is_some_and(|d| d <= now) {
+                if let Err(e) = self.fill(now).await {
+                    tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e, "lane cannot read its queues");
+                    self.ctx.dirty.store(true, Ordering::Release);
+                    self.wait(&shutdown, Some(500)).await;
+                    continue;
+                }
+            }
+            if self.ready[0].is_empty() && self.ready[1].is_empty() {
+                let idle = self.next_due.map_or(1000, |d| (d - now).clamp(1, 1000));
+                self.wait(&shutdown, Some(idle)).await;
+                continue;
+            }
+            if self.inflight >= self.ctx.policy.max_inflight {
+                self.wait(&shutdown, None).await;
+                continue;
+            }
+            let slot = match self.limiter.try_acquire(now) {
+                Ok(t) => t,
+                Err(wait) => {
+                    self.wait(&shutdown, Some(wait)).await;
+                    continue;
+                }
+            };
+            let Some((qkey, class)) = self.pick() else { continue };
+            if self.circuit.open {
+                self.circuit.probing = true;
+                tracing::info!(channel = %ctx.channel, lane = ctx.lane.name(), fault = %self.circuit.reason,
+                    "circuit open: probing with one attempt");
+            }
+            self.inflight += 1;
+            let single = self.single.contains(&qkey);
+            let (ctx2, tx) = (self.ctx.clone(), self.done_tx.clone());
+            tokio::spawn(async move {
+                let c = attempt(ctx2, qkey, class, slot, single).await;
+                let _ = tx.send(c);
+            });
+        }
+        self.drain().await;
+        ctx.running.store(false, Ordering::Release);
+        tracing::info!(channel = %ctx.channel, lane = ctx.lane.name(), "lane stopped");
+    }
+
+    /// Gives in-flight attempts a moment to finish (their outcomes are recorded), then
+    /// hands every held queue back to the store.
+    async fn drain(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.inflight > 0 {
+            match tokio::time::timeout_at(deadline, self.done_rx.recv()).await {
+                Ok(Some(c)) => self.complete(c),
+                _ => break,
+            }
+        }
+        for qkey in self.held.drain() {
+            let _ = self.ctx.store.release(&self.ctx.channel, self.ctx.lane, &qkey).await;
+        }
+    }
+
+    /// Until when the lane may not start attempts (a 429 pause, an open circuit).
+    fn gate(&self, now: i64) -> Option<i64> {
+        if self.paused_until > now {
+            return Some(self.paused_until);
+        }
+        if self.circuit.open {
+            if self.circuit.probing {
+                return Some(now + 1000);
+            }
+            if now < self.circuit.probe_at {
+                return Some(self.circuit.probe_at);
+            }
+        }
+        None
+    }
+
+    async fn wait(&mut self, shutdown: &CancellationToken, ms: Option<i64>) {
+        let sleep = tokio::time::sleep(Duration::from_millis(ms.unwrap_or(60_000).max(1) as u64));
+        tokio::select! {
+            c = self.done_rx.recv() => if let Some(c) = c { self.complete(c) },
+            _ = self.ctx.notify.notified() => {}
+            _ = sleep => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+
+    async fn fill(&mut self, now: i64) -> crate::store::Result<()> {
+        let cap = self.ready_cap();
+        let limits = [cap.saturating_sub(self.ready[0].len()), cap.saturating_sub(self.ready[1].len())];
+        if limits == [0, 0] {
+            self.ctx.dirty.store(true, Ordering::Release);
+            return Ok(());
+        }
+        let batch = self.ctx.store.claim(&self.ctx.channel, self.ctx.lane, now, limits).await?;
+        let mut per_class = [0usize; 2];
+        for (qkey, class) in batch.claimed {
+            let c = (class as usize).min(1);
+            per_class[c] += 1;
+            if self.held.insert(qkey.clone()) {
+                self.ready[c].push_back(qkey);
+            }
+        }
+        // A full batch may have left more behind: look again soon.
+        if per_class.iter().zip(limits).any(|(&got, lim)| lim > 0 && got == lim) {
+            self.ctx.dirty.store(true, Ordering::Release);
+        }
+        self.next_due = batch.next_due_ms;
+        Ok(())
+    }
+
+    /// Weighted round robin: class 0 first, class 1 keeps at least `bulk_min_share`.
+    fn pick(&mut self) -> Option<(String, u8)> {
+        let share = self.ctx.policy.bulk_min_share;
+        self.bulk_credit = (self.bulk_credit + share).min(1.0);
+        let take_bulk = self.ready[0].is_empty() || (self.bulk_credit >= 1.0 && !self.ready[1].is_empty());
+        let class = if take_bulk { 1 } else { 0 };
+        let qkey = self.ready[class].pop_front()?;
+        if class == 1 {
+            self.bulk_credit = (self.bulk_credit - 1.0).max(0.0);
+        }
+        Some((qkey, class as u8))
+    }
+
+    fn complete(&mut self, c: Completion) {
+        self.inflight = self.inflight.saturating_sub(1);
+        let ctx = self.ctx.clone();
+        let now = now_ms();
+        if c.split {
+            self.single.insert(c.qkey.clone());
+        }
+        let probing = std::mem::take(&mut self.circuit.probing);
+        match c.next {
+            Next::More => {
+                self.ready[c.class as usize].push_back(c.qkey);
+            }
+            Next::Released => {
+                self.held.remove(&c.qkey);
+                self.single.remove(&c.qkey);
+                self.ctx.dirty.store(true, Ordering::Release);
+            }
+            Next::Paused { until } => {
+                self.held.remove(&c.qkey);
+                if until > self.paused_until {
+                    self.paused_until = until;
+                    tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), pause_ms = until - now, "throttled: lane paused");
+                    let ctx2 = ctx.clone();
+                    tokio::spawn(async move {
+                        let _ = ctx2.store.set_paused_until(&ctx2.channel, ctx2.lane, until).await;
+                    });
+                }
+                self.ctx.dirty.store(true, Ordering::Release);
+            }
+            Next::Fault(reason) => {
+                self.held.remove(&c.qkey);
+                let backoff = if self.circuit.open {
+                    (self.circuit.backoff_ms * 2).min(CIRCUIT_MAX_PROBE_MS)
+                } else {
+                    CIRCUIT_FIRST_PROBE_MS
+                };
+                tracing::error!(channel = %ctx.channel, lane = ctx.lane.name(), reason = %reason, probe_in_ms = backoff,
+                    "channel fault: lane paused (circuit open) until a probe succeeds");
+                self.circuit = Circuit { open: true, probing: false, probe_at: now + backoff, backoff_ms: backoff, reason };
+                self.ctx.dirty.store(true, Ordering::Release);
+            }
+            Next::StoreError => {
+                // Still claimed in the store: keep holding it and try again.
+                self.ready[c.class as usize].push_back(c.qkey);
+            }
+        }
+        let faulted = self.circuit.open && self.circuit.probe_at > now;
+        if probing && !faulted && self.circuit.open {
+            tracing::info!(channel = %ctx.channel, lane = ctx.lane.name(), "probe succeeded: circuit closed, lane resumes");
+            self.circuit = Circuit::default();
+        }
+        self.publish_gauges();
+    }
+
+    fn publish_gauges(&self) {
+        let l = self.ctx.labels();
+        metrics::gauge!("rio_lane_paused", &l).set(if self.paused_until > now_ms() { 1.0 } else { 0.0 });
+        metrics::gauge!("rio_lane_circuit_open", &l).set(if self.circuit.open { 1.0 } else { 0.0 });
+        metrics::gauge!("rio_lane_inflight", &l).set(self.inflight as f64);
+    }
+}
+
+/// One attempt for one queue: load its head, mark it attempting, deliver, record.
+async fn attempt(ctx: Arc<LaneCtx>, qkey: String, class: u8, slot_ms: i64, single: bool) -> Completion {
+    let limit = if single { 1 } else { ctx.deliverer.batch_limit(&qkey).max(1) };
+    let done = |next, split| Completion { qkey: qkey.clone(), class, next, split };
+    let store_failed = |e: crate::store::StoreError| {
+        tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e, "store failed during an attempt");
+    };
+    let items = match ctx.store.head_items(&ctx.channel, ctx.lane, &qkey, limit).await {
+        Ok(items) => items,
+        Err(e) => {
+            store_failed(e);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return done(Next::StoreError, false);
+        }
+    };
+    if items.is_empty() {
+        return done(Next::Released, false);
+    }
+    let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
+    if let Err(e) = ctx.store.begin_attempt(&ctx.channel, ctx.lane, &ids, slot_ms).await {
+        store_failed(e);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        return done(Next::StoreError, false);
+    }
+    let started = Instant::now();
+    let result = ctx.deliverer.deliver(&items).await;
+    let dur = started.elapsed();
+    let labels = ctx.labels();
+    metrics::histogram!("rio_delivery_duration_seconds", &labels).record(dur.as_secs_f64());
+    let (fin, next, split) = decide(&ctx, &items, result, dur);
+    let more = match ctx.store.finish(&ctx.channel, ctx.lane, &qkey, &ids, fin, dur.as_millis() as i64).await {
+        Ok(more) => more,
+        Err(e) => {
+            store_failed(e);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return done(Next::StoreError, false);
+        }
+    };
+    let next = match next {
+        Some(n) => n,
+        None if more => Next::More,
+        None => Next::Released,
+    };
+    done(next, split)
+}
+
+/// Turns a delivery result into what to record and what the lane does next. `None` for
+/// "next" means: depends on whether the queue has more.
+fn decide(
+    ctx: &LaneCtx,
+    items: &[Item],
+    result: Result<Option<String>, SendError>,
+    dur: Duration,
+) -> (Finish, Option<Next>, bool) {
+    let head = &items[0];
+    let now = now_ms();
+    let p = &ctx.policy;
+    let labels = ctx.labels();
+    let log_item = |what: &str, detail: &str| {
+        for it in items {
+            tracing::info!(channel = %ctx.channel, mid = %it.mid, lane = ctx.lane.name(), attempt = it.attempts + 1,
+                ms = dur.as_millis() as u64, detail, "{what}");
+        }
+    };
+    let dead = |reason: String, report: bool| {
+        metrics::counter!("rio_dead_total", &labels).increment(items.len() as u64);
+        for it in items {
+            tracing::warn!(channel = %ctx.channel, mid = %it.mid, lane = ctx.lane.name(), reason = %reason, "dead-lettered");
+        }
+        (Finish::Dead { reason, report_failed: report }, None, false)
+    };
+    match result {
+        Ok(provider_id) => {
+            metrics::counter!("rio_delivered_total", &labels).increment(items.len() as u64);
+            log_item("delivered", provider_id.as_deref().unwrap_or(""));
+            ctx.waiters.resolve(head.id, FirstOutcome::Accepted);
+            (Finish::Done { provider_id }, None, false)
+        }
+        Err(SendError::Permanent(reason)) if items.len() > 1 => {
+            // A batch answered 4xx: find the culprit one event at a time before anything
+            // is dead-lettered.
+            log_item("batch rejected; retrying one event per call", &reason);
+            let fin = Finish::Retry { next_ms: now, error: reason, ambiguous: false, counted: false, outcome: "split" };
+            (fin, Some(Next::Released), true)
+        }
+        Err(SendError::Permanent(reason)) => {
+            metrics::counter!("rio_failed_total", &labels).increment(1);
+            // If `/message` is still waiting, respond.io hears this as our 4xx and needs no
+            // `failed` status; otherwise it already has our 200 and must be told.
+            let told = ctx.waiters.resolve(head.id, FirstOutcome::Rejected(reason.clone()));
+            dead(reason, !told)
+        }
+        Err(SendError::ChannelFault(reason)) => {
+            metrics::counter!("rio_channel_faults_total", &labels).increment(1);
+            ctx.waiters.resolve(head.id, FirstOutcome::Pending);
+            let fin = Finish::Retry { next_ms: now, error: reason.clone(), ambiguous: false, counted: false, outcome: "fault" };
+            (fin, Some(Next::Fault(reason)), false)
+        }
+        Err(SendError::Throttled { retry_after, reason }) => {
+            metrics::counter!("rio_throttled_total", &labels).increment(1);
+            ctx.waiters.resolve(head.id, FirstOutcome::Pending);
+            let pause = retry::throttle_pause_ms(retry_after);
+            let until = now + pause;
+            let fin = Finish::Retry { next_ms: until, error: reason, ambiguous: false, counted: false, outcome: "throttled" };
+            (fin, Some(Next::Paused { until }), false)
+        }
+        Err(e @ (SendError::Unsent(_) | SendError::Ambiguous(_))) => {
+            let ambiguous = matches!(e, SendError::Ambiguous(_));
+            let reason = e.reason().to_string();
+            metrics::counter!("rio_retries_total", &labels).increment(1);
+            ctx.waiters.resolve(head.id, FirstOutcome::Pending);
+            let attempts = head.attempts + 1;
+            let age_ms = now - head.created_ms;
+            // Toward the provider a repeat may double the message: cap those.
+            if ambiguous && ctx.lane == Lane::Provider && head.ambiguous + 1 > p.ambiguous_retry_cap as i64 {
+                return dead(format!("may have been sent; not retried again after {} ambiguous attempts: {reason}", head.ambiguous + 1), true);
+            }
+            if attempts >= p.max_attempts as i64 {
+                return dead(format!("gave up after {attempts} attempts: {reason}"), true);
+            }
+            if age_ms >= (p.max_age_secs as i64) * 1000 {
+                return dead(format!("gave up after {} s: {reason}", age_ms / 1000), true);
+            }
+            let delay = retry::backoff_ms(attempts as u32, p.backoff_base_ms, p.backoff_max_ms);
+            log_item(if ambiguous { "retrying (ambiguous)" } else { "retrying" }, &reason);
+            let outcome = if ambiguous { "ambiguous" } else { "retry" };
+            (Finish::Retry { next_ms: now + delay, error: reason, ambiguous, counted: true, outcome }, None, false)
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The durable store: one trait, implemented by SQLite (the embedded default).
+//!
+//! Every method that returns `Ok` has committed its writes to disk: the HTTP layer answers
+//! 2xx only after that. Lanes read and update items through the same trait.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::config::OnCrash;
+use crate::respondio::wire::StatusValue;
+
+/// A channel has two lanes: toward respond.io and toward the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lane {
+    RespondIo,
+    Provider,
+}
+
+impl Lane {
+    pub fn code(self) -> i64 {
+        match self {
+            Lane::RespondIo => 0,
+            Lane::Provider => 1,
+        }
+    }
+    pub fn from_code(c: i64) -> Lane {
+        if c == 0 { Lane::RespondIo } else { Lane::Provider }
+    }
+    /// The name used in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::RespondIo => "to_respondio",
+            Lane::Provider => "to_provider",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemKind {
+    Message = 0,
+    Echo = 1,
+    Status = 2,
+    Send = 3,
+}
+
+impl ItemKind {
+    pub fn from_code(c: i64) -> ItemKind {
+        match c {
+            0 => ItemKind::Message,
+            1 => ItemKind::Echo,
+            2 => ItemKind::Status,
+            _ => ItemKind::Send,
+        }
+    }
+}
+
+pub const STATE_PENDING: i64 = 0;
+pub const STATE_ATTEMPTING: i64 = 1;
+pub const STATE_DONE: i64 = 2;
+pub const STATE_DEAD: i64 = 3;
+
+/// The FIFO of a contact's messages toward respond.io.
+pub fn message_qkey(contact: &str) -> String {
+    format!("c:{contact}")
+}
+/// Statuses of one mId collapse into one queue: only the latest pending one is sent.
+pub fn status_qkey(mid: &str) -> String {
+    format!("s:{mid}")
+}
+
+#[derive(Debug, Clone)]
+pub struct NewInbound {
+    pub dedupe_key: String,
+    pub contact: String,
+    pub kind: ItemKind,
+    pub mid: String,
+    /// The respond.io event, serialised.
+    pub event_json: String,
+    pub contact_json: Option<String>,
+    pub provider_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestResult {
+    Stored { item_id: i64 },
+    Duplicate,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewOutbound {
+    pub mid: String,
+    pub contact: String,
+    /// The respond.io `message` object, serialised.
+    pub message_json: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReceiptIn {
+    pub dedupe_key: String,
+    pub provider_id: String,
+    pub status: Option<StatusValue>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReceiptResult {
+    /// The status moved forward and a `message_status` event was queued.
+    Forwarded { mid: String, contact: String, status: StatusValue },
+    /// Known message, nothing to forward (informational, or not newer).
+    Ignored { mid: String, why: String },
+    /// No send with that provider id yet: parked until one records it.
+    Parked,
+    Duplicate,
+}
+
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub id: i64,
+    pub channel: String,
+    pub lane: Lane,
+    pub qkey: String,
+    pub contact: String,
+    pub kind: ItemKind,
+    pub mid: String,
+    pub payload: String,
+    pub contact_json: Option<String>,
+    pub state: i64,
+    pub attempts: i64,
+    pub ambiguous: i64,
+    pub created_ms: i64,
+    pub provider_id: Option<String>,
+    pub status: i64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClaimBatch {
+    /// (qkey, class), class 0 first.
+    pub claimed: Vec<(String, u8)>,
+    /// When the earliest unclaimed queue that is not due yet becomes due.
+    pub next_due_ms: Option<i64>,
+}
+
+/// How an attempt ended, for the items it carried.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    Done { provider_id: Option<String> },
+    /// Try again at `next_ms`. `ambiguous`: the attempt may have been acted on.
+    /// `counted`: whether it uses up one of `max_attempts` (throttles and channel faults don't).
+    Retry { next_ms: i64, error: String, ambiguous: bool, counted: bool, outcome: &'static str },
+    /// Dead-lettered. `report_failed`: queue a `message_status` failed to respond.io
+    /// (a send whose 200 respond.io already has).
+    Dead { reason: String, report_failed: bool },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub resent: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneStats {
+    pub channel: String,
+    pub lane: Lane,
+    pub pending: i64,
+    pub oldest_pending_ms: Option<i64>,
+    pub dead: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    pub items: u64,
+    pub dedupe: u64,
+    pub parked: u64,
+    pub attempts: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Dedupes and commits inbound events, in order. A contact who writes in has their
+    /// outbound queue promoted to the conversation class.
+    async fn ingest_inbound(&self, channel: &str, items: Vec<NewInbound>) -> Result<Vec<IngestResult>>;
+
+    /// Keeps an authentic webhook we could not parse, dead-lettered with the reason.
+    async fn store_unparseable(
+        &self,
+        channel: &str,
+        route: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        reason: &str,
+    ) -> Result<i64>;
+
+    /// Commits a send from respond.io; its class is conversation if the contact wrote in
+    /// within `conversation_window_ms`, else bulk.
+    async fn accept_outbound(&self, channel: &str, item: NewOutbound, conversation_window_ms: i64) -> Result<i64>;
+
+    /// Applies delivery receipts through the status machine; parks unknown provider ids.
+    async fn apply_receipts(&self, channel: &str, receipts: Vec<ReceiptIn>) -> Result<Vec<ReceiptResult>>;
+
+    /// Claims due, unclaimed queues of a lane: up to `limits[c]` of class `c`.
+    async fn claim(&self, channel: &str, lane: Lane, now_ms: i64, limits: [usize; 2]) -> Result<ClaimBatch>;
+
+    /// The first pending items of a queue (at most `limit`). Drops the queue row when it
+    /// has none left.
+    async fn head_items(&self, channel: &str, lane: Lane, qkey: &str, limit: usize) -> Result<Vec<Item>>;
+
+    /// Marks items as attempting and logs the attempt at `at_ms`, before the request leaves.
+    async fn begin_attempt(&self, channel: &str, lane: Lane, ids: &[i64], at_ms: i64) -> Result<()>;
+
+    /// Records how an attempt ended. Returns whether the queue has more pending items
+    /// (it then stays claimed); otherwise the queue is released or removed.
+    async fn finish(
+        &self,
+        channel: &str,
+        lane: Lane,
+        qkey: &str,
+        ids: &[i64],
+        fin: Finish,
+        duration_ms: i64,
+    ) -> Result<bool>;
+
+    /// Gives a claimed queue back (shutdown, or a lane that stops holding it).
+    async fn release(&self, channel: &str, lane: Lane, qkey: &str) -> Result<()>;
+
+    /// At start-up: releases every claim and settles items a crash left attempting, per
+    /// channel policy (channels not in the map resend).
+    async fn recover(&self, on_crash: &std::collections::HashMap<String, OnCrash>) -> Result<RecoveryReport>;
+
+    /// The newest `n` attempt times of a lane, newest first (seeds the rate limiter).
+    async fn recent_attempts(&self, channel: &str, lane: Lane, n: usize) -> Result<Vec<i64>>;
+
+    async fn set_paused_until(&self, channel: &str, lane: Lane, until_ms: i64) -> Result<()>;
+    async fn paused_until(&self, channel: &str, lane: Lane) -> Result<i64>;
+
+    async fn lane_stats(&self) -> Result<Vec<LaneStats>>;
+
+    /// A tiny committed write: readiness means the store accepts writes.
+    async fn probe_write(&self) -> Result<()>;
+
+    /// Deletes finished items, expired dedupe keys and parked receipts, and old attempts.
+    async fn prune(&self, now_ms: i64, retention_ms: i64) -> Result<PruneReport>;
+
+    async fn item_by_mid(&self, channel: &str, mid: &str) -> Result<Option<Item>>;
+}
