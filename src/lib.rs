@@ -12,3 +12,4 @@ pub mod lanes;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod demo;
