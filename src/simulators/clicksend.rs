@@ -45,6 +45,9 @@ pub struct SimConfig {
     pub api_key: String,
     /// Where to push delivery receipts (the gateway's receipt URL with its `?secret=`).
     pub receipt_url: Option<String>,
+    /// Wait before pushing a receipt, counted from just before the send is answered. With 0
+    /// a receipt can race the send's own answer to the gateway, which the gateway must
+    /// survive anyway (nothing orders ClickSend's pushes after its API answers).
     pub receipt_delay_ms: u64,
     /// Where `push_inbound` posts (the gateway's inbound URL with its `?secret=`).
     pub inbound_url: Option<String>,
