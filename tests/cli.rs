@@ -1,0 +1,69 @@
+//! The command line: check-config reports problems with their keys; --help everywhere.
+
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rio-bridge"))
+}
+
+#[test]
+fn check_config_lists_problems_with_keys_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[server]
+public_url = "not a url"
+[[channel]]
+name = "sms"
+respondio_channel_id = "CH1"
+respondio_token = "${RIO_TEST_UNSET_TOKEN}"
+provider = "clicksend"
+"#,
+    )
+    .unwrap();
+    let out = bin().args(["check-config", "--config"]).arg(&path).env_remove("RIO_TEST_UNSET_TOKEN").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("channel[0].respondio_token") && text.contains("RIO_TEST_UNSET_TOKEN"), "{text}");
+
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("RIO_TEST_UNSET_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for key in ["server.public_url", "channel[0].webhook_secret", "channel[0].clicksend"] {
+        assert!(text.contains(key), "{key} missing in:\n{text}");
+    }
+}
+
+#[test]
+fn check_config_accepts_the_example() {
+    let out = bin()
+        .args(["check-config", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/examples/rio-bridge.toml")])
+        .env("RIO_TOKEN", "token")
+        .env("SMS_HOOK_SECRET", "secret")
+        .env("CLICKSEND_KEY", "key")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["check-config", "--help"],
+        vec!["emulate", "respondio", "--help"],
+        vec!["demo", "--help"],
+    ] {
+        let out = bin().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(!out.stdout.is_empty());
+    }
+}

@@ -1,0 +1,245 @@
+//! Test harness: a gateway on real loopback HTTP with the respond.io emulator and the
+//! ClickSend stand-in, in-process or as the real binary.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rio_bridge::app::App;
+use rio_bridge::config::Config;
+use rio_bridge::respondio::emulator::{EmulatedChannel, EmulatedIdType, Emulator, EmulatorConfig, RecordedEvent};
+use rio_bridge::simulators::clicksend::{ClickSendSim, SimConfig};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const CHANNEL_ID: &str = "CH1";
+pub const TOKEN: &str = "rio-test-token-aaaaxczsadzxcasdacxzcasdaaaxcz";
+pub const SECRET: &str = "hook-secret-123";
+pub const CS_USER: &str = "csuser";
+pub const CS_KEY: &str = "cs-api-key-456";
+pub const OUR_NUMBER: &str = "+61411111111";
+
+#[derive(Clone)]
+pub struct Opts {
+    pub max_events_per_call: usize,
+    pub budget_ms: u64,
+    pub provider_rate: u32,
+    pub respondio_rate: u32,
+    pub push_receipts: bool,
+    pub backoff_base_ms: u64,
+    /// Extra `key = value` lines for the channel.
+    pub channel_extra: String,
+    pub emulator_max_events: Option<usize>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            max_events_per_call: 10,
+            budget_ms: 2000,
+            provider_rate: 50,
+            respondio_rate: 20,
+            push_receipts: true,
+            backoff_base_ms: 100,
+            channel_extra: String::new(),
+            emulator_max_events: None,
+        }
+    }
+}
+
+pub struct Stage {
+    pub emulator: Emulator,
+    pub sim: ClickSendSim,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub opts: Opts,
+}
+
+impl Stage {
+    /// Starts the emulator and the stand-in, and picks the gateway's port.
+    pub async fn new(opts: Opts) -> Stage {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().unwrap().port()
+        };
+        let emulator = Emulator::new(EmulatorConfig {
+            channels: vec![EmulatedChannel {
+                channel_id: CHANNEL_ID.into(),
+                token: TOKEN.into(),
+                id_type: EmulatedIdType::Phone,
+                rate_limit: 20,
+            }],
+            dedupe_by_mid: false,
+            max_events_per_call: opts.emulator_max_events,
+            retry_after: Default::default(),
+        });
+        let el = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let emu_addr = el.local_addr().unwrap();
+        tokio::spawn(emulator.clone().serve(el));
+        let sim = ClickSendSim::new(SimConfig {
+            username: CS_USER.into(),
+            api_key: CS_KEY.into(),
+            receipt_url: opts
+                .push_receipts
+                .then(|| format!("http://127.0.0.1:{port}/channels/sms/status?secret={SECRET}")),
+            receipt_delay_ms: 50,
+            inbound_url: Some(format!("http://127.0.0.1:{port}/channels/sms/inbound?secret={SECRET}")),
+        });
+        let sl = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim_addr = sl.local_addr().unwrap();
+        tokio::spawn(sim.clone().serve(sl));
+        let stage = Stage { emulator, sim, dir, port, opts };
+        std::fs::write(stage.config_path(), stage.config_toml(&emu_addr.to_string(), &sim_addr.to_string())).unwrap();
+        stage
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("rio-bridge.toml")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("rio-bridge.db")
+    }
+
+    fn config_toml(&self, emu: &str, sim: &str) -> String {
+        let o = &self.opts;
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+message_budget_ms = {budget}
+shutdown_grace_ms = 3000
+[store]
+path = "{db}"
+[[channel]]
+name = "sms"
+respondio_channel_id = "{CHANNEL_ID}"
+respondio_token = "{TOKEN}"
+respondio_webhook_url = "http://{emu}/custom/channel/webhook/"
+respondio_rate_limit = {rrate}
+id_type = "phone"
+provider = "clicksend"
+webhook_secret = "{SECRET}"
+max_events_per_call = {mepc}
+backoff_base_ms = {backoff}
+backoff_max_ms = 2000
+{extra}
+[channel.clicksend]
+username = "{CS_USER}"
+api_key = "{CS_KEY}"
+from = "{OUR_NUMBER}"
+api_base = "http://{sim}"
+rate_limit = {prate}
+"#,
+            port = self.port,
+            budget = o.budget_ms,
+            db = self.db_path().display(),
+            rrate = o.respondio_rate,
+            mepc = o.max_events_per_call,
+            backoff = o.backoff_base_ms,
+            extra = o.channel_extra,
+            prate = o.provider_rate,
+        )
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// respond.io's side: POST /message through the emulator.
+    pub async fn send(&self, contact: &str, text: &str) -> (u16, Value) {
+        self.emulator
+            .send_to_gateway(
+                &format!("{}/channels/sms/message", self.base()),
+                CHANNEL_ID,
+                contact,
+                serde_json::json!({"type": "text", "text": text}),
+            )
+            .await
+            .expect("gateway reachable")
+    }
+
+    pub fn events(&self) -> Vec<RecordedEvent> {
+        self.emulator.events(CHANNEL_ID)
+    }
+
+    pub fn events_of_type(&self, ty: &str) -> Vec<RecordedEvent> {
+        self.events().into_iter().filter(|e| e.event["type"] == ty).collect()
+    }
+}
+
+/// A gateway running in this process.
+pub struct InProcess {
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    pub async fn start(stage: &Stage) -> InProcess {
+        let cfg = Config::load(&stage.config_path()).expect("config");
+        let listener = TcpListener::bind(("127.0.0.1", stage.port)).await.expect("gateway port");
+        let app = App::build(cfg).await.expect("build app");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run(listener, stop.clone()));
+        wait_ready(&stage.base()).await;
+        InProcess { stop, task }
+    }
+
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+pub async fn wait_ready(base: &str) {
+    let client = reqwest::Client::new();
+    let url = format!("{base}/readyz");
+    wait_until("gateway ready", 30, || {
+        let c = client.clone();
+        let u = url.clone();
+        async move { c.get(&u).send().await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+    })
+    .await;
+}
+
+/// Polls `f` every 20 ms until it yields, or panics after `secs` seconds.
+pub async fn wait_until<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {secs} s waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The gateway's own attempt log: request times per lane (one row per request).
+pub fn attempt_times(db: &std::path::Path, lane: i64) -> Vec<i64> {
+    let conn = rusqlite::Connection::open(db).expect("open db");
+    let mut stmt = conn
+        .prepare("SELECT at_ms FROM attempts WHERE lane = ?1 AND call_first = 1 ORDER BY at_ms")
+        .unwrap();
+    stmt.query_map([lane], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+}
+
+/// mIds the gateway marked ambiguous at least once (a repeat is allowed only for these).
+pub fn ambiguous_mids(db: &std::path::Path) -> std::collections::HashSet<String> {
+    let conn = rusqlite::Connection::open(db).expect("open db");
+    let mut stmt = conn.prepare("SELECT mid FROM items WHERE ambiguous > 0").unwrap();
+    stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+}
+
+pub fn text_of(e: &RecordedEvent) -> String {
+    e.event["message"]["text"].as_str().unwrap_or_default().to_string()
+}

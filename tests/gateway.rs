@@ -1,0 +1,382 @@
+//! End-to-end flows over real loopback HTTP: the gateway (in-process router and lanes on a
+//! real SQLite file), the respond.io emulator, and the ClickSend stand-in.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use rio_bridge::lanes::limiter::max_in_window;
+use rio_bridge::respondio::emulator::FaultResponse;
+use rio_bridge::simulators::clicksend::SimFault;
+use serde_json::json;
+
+const ALICE: &str = "+61400000001";
+
+#[tokio::test]
+async fn inbound_text_reaches_respondio_as_a_message_event() {
+    let stage = Stage::new(Opts::default()).await;
+    let gw = InProcess::start(&stage).await;
+    assert_eq!(stage.sim.push_inbound(ALICE, OUR_NUMBER, "Hello there").await.unwrap(), 200);
+    let ev = wait_until("event at respond.io", 20, || async { stage.events().into_iter().next() }).await;
+    assert_eq!(ev.contact_id, ALICE);
+    assert_eq!(ev.event["type"], "message");
+    assert_eq!(ev.event["message"], json!({"type": "text", "text": "Hello there"}));
+    let mid = ev.event["mId"].as_str().unwrap();
+    assert!(!mid.is_empty() && mid.len() <= 50);
+    assert!(ev.event["timestamp"].as_i64().unwrap() > 1_000_000_000_000, "epoch ms");
+    let call = stage.emulator.calls(CHANNEL_ID).into_iter().find(|c| c.status == 200).unwrap();
+    assert_eq!(call.contact.unwrap()["phone"], ALICE);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn outbound_text_is_sent_and_its_receipt_becomes_a_message_status() {
+    let stage = Stage::new(Opts::default()).await;
+    let gw = InProcess::start(&stage).await;
+    let (status, body) = stage.send(ALICE, "Your order shipped").await;
+    assert_eq!(status, 200, "{body}");
+    let mid = body["mId"].as_str().expect("mId").to_string();
+    assert!(mid.len() <= 50);
+    let sent = stage.sim.sent();
+    assert_eq!(sent.len(), 1, "the first attempt completed within the budget");
+    let msg = &sent[0].body["messages"][0];
+    assert_eq!(msg["to"], ALICE);
+    assert_eq!(msg["body"], "Your order shipped");
+    assert_eq!(msg["from"], OUR_NUMBER);
+    assert_eq!(msg["custom_string"], mid.as_str());
+    let st = wait_until("delivered status at respond.io", 20, || async {
+        stage.events_of_type("message_status").into_iter().next()
+    })
+    .await;
+    assert_eq!(st.event["mId"], mid.as_str());
+    assert_eq!(st.event["status"]["value"], "delivered");
+    assert_eq!(st.contact_id, ALICE);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn auth_and_validation_errors_are_clear() {
+    let stage = Stage::new(Opts::default()).await;
+    let gw = InProcess::start(&stage).await;
+    let http = reqwest::Client::new();
+    let base = stage.base();
+    let good = json!({"channelId": CHANNEL_ID, "contactId": ALICE, "message": {"type": "text", "text": "hi"}});
+    let cases: Vec<(&str, &str, Option<&str>, String, u16, &str)> = vec![
+        ("no token", "/channels/sms/message", None, good.to_string(), 401, "missing bearer"),
+        ("wrong token", "/channels/sms/message", Some("Bearer nope"), good.to_string(), 401, "invalid token"),
+        ("basic scheme", "/channels/sms/message", Some("Basic abc"), good.to_string(), 401, "missing bearer"),
+        ("unknown channel name", "/channels/nope/message", Some("Bearer x"), good.to_string(), 404, "unknown channel"),
+        ("bad json", "/channels/sms/message", Some(TOKEN), "{".into(), 400, "not valid JSON"),
+        ("no message", "/channels/sms/message", Some(TOKEN), json!({"contactId": ALICE}).to_string(), 400, "message is required"),
+        ("bad contact", "/channels/sms/message", Some(TOKEN),
+            json!({"contactId": "0412", "message": {"type": "text", "text": "x"}}).to_string(), 400, "E.164"),
+        ("channel mismatch", "/channels/sms/message", Some(TOKEN),
+            json!({"channelId": "OTHER", "contactId": ALICE, "message": {"type": "text", "text": "x"}}).to_string(), 400, "channelId"),
+        ("unsupported type", "/channels/sms/message", Some(TOKEN),
+            json!({"contactId": ALICE, "message": {"type": "custom_payload", "payload": {}}}).to_string(), 400, "not supported"),
+        ("root: unknown channelId", "/message", Some(TOKEN),
+            json!({"channelId": "NOPE", "contactId": ALICE, "message": {"type": "text", "text": "x"}}).to_string(), 401, "invalid token"),
+        ("root: wrong token", "/message", Some("Bearer nope"), good.to_string(), 401, "invalid token"),
+    ];
+    for (name, path, auth, body, want, needle) in cases {
+        let mut req = http.post(format!("{base}{path}")).header("content-type", "application/json").body(body);
+        if let Some(a) = auth {
+            req = req.header("authorization", if a == TOKEN { format!("Bearer {TOKEN}") } else { a.to_string() });
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), want, "{name}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        let msg = v["error"]["message"].as_str().unwrap_or_else(|| panic!("{name}: no error.message in {v}"));
+        assert!(msg.contains(needle), "{name}: {msg}");
+    }
+    // /message finds the channel by channelId + token; lower-case scheme accepted.
+    let r = http
+        .post(format!("{base}/message"))
+        .header("authorization", format!("bearer {TOKEN}"))
+        .json(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Provider webhooks: secret wrong or missing → 403, nothing stored.
+    for path in ["/channels/sms/inbound", "/channels/sms/inbound?secret=wrong", "/channels/sms/status?secret=x"] {
+        let r = http.post(format!("{base}{path}")).form(&[("from", ALICE), ("body", "x"), ("message_id", "m")]).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+    }
+    let r = http.post(format!("{base}/channels/nope/inbound?secret={SECRET}")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // Too big → 413.
+    let r = http
+        .post(format!("{base}/channels/sms/message"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(vec![b'x'; 2 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    gw.shutdown().await;
+    assert!(stage.events().is_empty(), "nothing from a rejected webhook reached respond.io");
+}
+
+#[tokio::test]
+async fn redelivered_inbound_webhook_produces_one_event() {
+    let stage = Stage::new(Opts::default()).await;
+    let gw = InProcess::start(&stage).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/channels/sms/inbound?secret={SECRET}", stage.base());
+    let form = [("from", ALICE), ("to", OUR_NUMBER), ("body", "once"), ("message_id", "DUP-1"), ("timestamp", "1767225600")];
+    for _ in 0..3 {
+        assert_eq!(http.post(&url).form(&form).send().await.unwrap().status(), 200);
+    }
+    wait_until("event", 20, || async { stage.events().into_iter().next() }).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(stage.events().len(), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn unparseable_authentic_webhook_is_kept_and_answered_2xx() {
+    let stage = Stage::new(Opts::default()).await;
+    let gw = InProcess::start(&stage).await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/channels/sms/inbound?secret={SECRET}", stage.base()))
+        .header("content-type", "application/json")
+        .body("{\"not\": \"clicksend\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    gw.shutdown().await;
+    let conn = rusqlite::Connection::open(stage.db_path()).unwrap();
+    let (n, reason): (i64, String) =
+        conn.query_row("SELECT COUNT(*), MAX(reason) FROM raw_webhooks", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!(n, 1);
+    assert!(!reason.is_empty());
+}
+
+#[tokio::test]
+async fn provider_5xx_then_success_is_delivered_once() {
+    let stage = Stage::new(Opts::default()).await;
+    let gw = InProcess::start(&stage).await;
+    stage.sim.push_fault(SimFault::Http5xx(503));
+    let (status, body) = stage.send(ALICE, "retry me").await;
+    assert_eq!(status, 200, "a transient failure still answers 200 with our mId: {body}");
+    let mid = body["mId"].as_str().unwrap().to_string();
+    wait_until("second attempt accepted", 20, || async {
+        stage.sim.sent().iter().any(|a| a.status == 200).then_some(())
+    })
+    .await;
+    let st = wait_until("delivered", 20, || async { stage.events_of_type("message_status").into_iter().next() }).await;
+    assert_eq!(st.event["mId"], mid.as_str());
+    let sent = stage.sim.sent();
+    assert_eq!(sent.iter().filter(|a| a.status == 200).count(), 1, "delivered once");
+    assert_eq!(sent[0].status, 503);
+    gw.shutdown().await;
+    // The 5xx attempt may have been acted on: the history says so.
+    assert!(ambiguous_mids(&stage.db_path()).contains(&mid));
+}
+
+#[tokio::test]
+async fn provider_permanent_error_is_a_4xx_to_respondio() {
+    let stage = Stage::new(Opts::default()).await;
+    let gw = InProcess::start(&stage).await;
+    stage.sim.set_fault_for_recipient("+61400000009", "INVALID_RECIPIENT");
+    let (status, body) = stage.send("+61400000009", "to nowhere").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("INVALID_RECIPIENT"), "{body}");
+    gw.shutdown().await;
+    assert!(stage.events_of_type("message_status").is_empty(), "the 4xx was the answer; no failed status");
+}
+
+#[tokio::test]
+async fn failure_after_the_200_is_reported_as_failed_status() {
+    let stage = Stage::new(Opts { budget_ms: 100, ..Opts::default() }).await;
+    let gw = InProcess::start(&stage).await;
+    stage.sim.push_fault(SimFault::Delay(600));
+    stage.sim.set_fault_for_recipient("+61400000009", "INVALID_RECIPIENT");
+    let (status, body) = stage.send("+61400000009", "slow then rejected").await;
+    assert_eq!(status, 200, "budget spent: 200 with our mId");
+    let mid = body["mId"].as_str().unwrap().to_string();
+    let st = wait_until("failed status", 20, || async { stage.events_of_type("message_status").into_iter().next() }).await;
+    assert_eq!(st.event["mId"], mid.as_str());
+    assert_eq!(st.event["status"]["value"], "failed");
+    assert!(st.event["status"]["message"].as_str().unwrap().contains("INVALID_RECIPIENT"));
+    gw.shutdown().await;
+}
+
+/// 300 inbound messages from 30 contacts at once, one event per webhook call: all arrive,
+/// each contact's in order, and no 1-second window carries more than 20 calls.
+async fn burst(opts: Opts) {
+    let stage = Stage::new(opts).await;
+    let gw = InProcess::start(&stage).await;
+    let contacts: Vec<String> = (0..30).map(|i| format!("+614000001{i:02}")).collect();
+    let mut pushes = Vec::new();
+    for c in &contacts {
+        let (sim, c) = (stage.sim.clone(), c.clone());
+        pushes.push(tokio::spawn(async move {
+            for n in 0..10 {
+                assert_eq!(sim.push_inbound(&c, OUR_NUMBER, &format!("{c} #{n}")).await.unwrap(), 200);
+            }
+        }));
+    }
+    for p in pushes {
+        p.await.unwrap();
+    }
+    wait_until("all 300 at respond.io", 60, || async { (stage.events().len() >= 300).then_some(()) }).await;
+    let events = stage.events();
+    assert_eq!(events.len(), 300, "no doubles");
+    let mut per_contact: HashMap<String, Vec<String>> = HashMap::new();
+    for e in &events {
+        per_contact.entry(e.contact_id.clone()).or_default().push(text_of(e));
+    }
+    for c in &contacts {
+        let want: Vec<String> = (0..10).map(|n| format!("{c} #{n}")).collect();
+        assert_eq!(per_contact[c], want, "order for {c}");
+    }
+    gw.shutdown().await;
+    // The hard limit, from the gateway's own attempt log.
+    let log = attempt_times(&stage.db_path(), 0);
+    assert!(max_in_window(&log, 1000) <= 20, "attempt log: {} in a window", max_in_window(&log, 1000));
+    // Arrival times at the emulator, with a little slack for scheduling between the slot and the wire.
+    let arrivals: Vec<i64> = stage.emulator.calls(CHANNEL_ID).iter().map(|c| c.arrival_ms).collect();
+    assert!(max_in_window(&arrivals, 950) <= 20, "arrivals: {}", max_in_window(&arrivals, 950));
+    assert!(stage.emulator.calls(CHANNEL_ID).iter().all(|c| c.status == 200), "never throttled by respond.io");
+}
+
+#[tokio::test]
+async fn inbound_burst_one_event_per_call() {
+    burst(Opts { max_events_per_call: 1, ..Opts::default() }).await;
+}
+
+#[tokio::test]
+async fn inbound_burst_batched_events() {
+    burst(Opts::default()).await;
+}
+
+#[tokio::test]
+async fn batch_rejected_by_respondio_is_retried_one_event_at_a_time() {
+    // respond.io may not take several events per call (unknown): the emulator says 400 to
+    // batches; the gateway splits, and everything still arrives once, in order.
+    let stage = Stage::new(Opts { emulator_max_events: Some(1), ..Opts::default() }).await;
+    let gw = InProcess::start(&stage).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/channels/sms/inbound?secret={SECRET}", stage.base());
+    // Commit five for one contact before the lane can take the first alone.
+    let pushes: Vec<_> = (0..5)
+        .map(|n| {
+            let (http, url) = (http.clone(), url.clone());
+            let form = vec![
+                ("from".to_string(), ALICE.to_string()),
+                ("body".to_string(), format!("split #{n}")),
+                ("message_id".to_string(), format!("S{n}")),
+                ("timestamp".to_string(), format!("{}", 1767225600 + n)),
+            ];
+            async move { http.post(&url).form(&form).send().await.unwrap().status() }
+        })
+        .collect();
+    for p in pushes {
+        assert_eq!(p.await, 200);
+    }
+    wait_until("5 events", 30, || async { (stage.events().len() >= 5).then_some(()) }).await;
+    let events = stage.events();
+    assert_eq!(events.len(), 5);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn respondio_429_pauses_the_lane_and_loses_nothing() {
+    let stage = Stage::new(Opts::default()).await;
+    let gw = InProcess::start(&stage).await;
+    stage.emulator.inject(CHANNEL_ID, vec![FaultResponse { status: 429, retry_after: Some(1), delay_ms: None }]);
+    for n in 0..5 {
+        stage.sim.push_inbound(&format!("+6140000020{n}"), OUR_NUMBER, &format!("m{n}")).await.unwrap();
+    }
+    wait_until("5 events", 30, || async { (stage.events().len() >= 5).then_some(()) }).await;
+    let calls = stage.emulator.calls(CHANNEL_ID);
+    let throttled = calls.iter().find(|c| c.status == 429).expect("a 429 was answered");
+    let next_ok = calls.iter().filter(|c| c.status == 200).map(|c| c.arrival_ms).min().unwrap();
+    assert!(next_ok >= throttled.arrival_ms + 950, "the lane honoured Retry-After: 1 ({} ms)", next_ok - throttled.arrival_ms);
+    assert_eq!(stage.events().len(), 5);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn provider_auth_failure_opens_the_circuit_instead_of_dead_letters() {
+    let stage = Stage::new(Opts::default()).await;
+    let gw = InProcess::start(&stage).await;
+    stage.sim.push_fault(SimFault::Unauthorized);
+    let mut mids = Vec::new();
+    for n in 0..3 {
+        let (s, b) = stage.send(&format!("+6140000030{n}"), "after the fault").await;
+        assert_eq!(s, 200, "{b}");
+        mids.push(b["mId"].as_str().unwrap().to_string());
+    }
+    // One attempt hit the 401; the lane then waits for its probe instead of trying the rest.
+    let sent = stage.sim.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let metrics = reqwest::get(format!("{}/metrics", stage.base())).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("rio_lane_circuit_open") && l.contains("to_provider") && l.ends_with(" 1")),
+        "circuit gauge: {metrics}"
+    );
+    wait_until("all three sent after the probe", 30, || async {
+        (stage.sim.sent().iter().filter(|a| a.status == 200).count() == 3).then_some(())
+    })
+    .await;
+    gw.shutdown().await;
+    let conn = rusqlite::Connection::open(stage.db_path()).unwrap();
+    let dead: i64 = conn.query_row("SELECT COUNT(*) FROM items WHERE state = 3", [], |r| r.get(0)).unwrap();
+    assert_eq!(dead, 0);
+}
+
+#[tokio::test]
+async fn a_reply_in_a_live_conversation_overtakes_a_broadcast() {
+    let stage = Stage::new(Opts { provider_rate: 10, budget_ms: 50, push_receipts: false, ..Opts::default() }).await;
+    let gw = InProcess::start(&stage).await;
+    // A broadcast of 60 sends to contacts who never wrote in: 6 s at 10/s.
+    for n in 0..60 {
+        let (s, _) = stage.send(&format!("+614000040{n:02}"), "broadcast").await;
+        assert_eq!(s, 200);
+    }
+    // Alice writes in, then an agent replies.
+    stage.sim.push_inbound(ALICE, OUR_NUMBER, "help please").await.unwrap();
+    wait_until("alice's message at respond.io", 20, || async { stage.events().into_iter().next() }).await;
+    let before = stage.sim.sent().len();
+    let (s, _) = stage.send(ALICE, "agent reply").await;
+    assert_eq!(s, 200);
+    let pos = wait_until("the reply at the provider", 20, || async {
+        stage.sim.sent().iter().position(|a| a.body["messages"][0]["to"] == ALICE)
+    })
+    .await;
+    assert!(pos <= before + 12, "reply went out at position {pos}, broadcast had sent {before} when it was accepted");
+    assert!(before < 55, "the broadcast was still draining");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_and_health_endpoints() {
+    let stage = Stage::new(Opts::default()).await;
+    let gw = InProcess::start(&stage).await;
+    stage.sim.push_inbound(ALICE, OUR_NUMBER, "hi").await.unwrap();
+    wait_until("event", 20, || async { stage.events().into_iter().next() }).await;
+    assert_eq!(reqwest::get(format!("{}/healthz", stage.base())).await.unwrap().status(), 200);
+    let ready: serde_json::Value = reqwest::get(format!("{}/readyz", stage.base())).await.unwrap().json().await.unwrap();
+    assert_eq!(ready["status"], "ready");
+    let m = reqwest::get(format!("{}/metrics", stage.base())).await.unwrap().text().await.unwrap();
+    for name in [
+        "rio_accepted_total",
+        "rio_delivered_total",
+        "rio_lane_depth",
+        "rio_lane_oldest_pending_seconds",
+        "rio_dead_letters",
+        "rio_lane_paused",
+        "rio_lane_circuit_open",
+        "rio_http_request_duration_seconds",
+    ] {
+        assert!(m.contains(name), "{name} missing from /metrics");
+    }
+    assert!(!m.contains(TOKEN) && !m.contains(SECRET) && !m.contains(CS_KEY));
+    gw.shutdown().await;
+}
