@@ -1,1 +1,0 @@
-//! The respond.io emulator (being written).
