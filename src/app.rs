@@ -111,6 +111,7 @@ impl App {
                 provider.rate_limit(),
                 waiters.clone(),
             );
+            to_provider.set_status_lane(&to_respondio);
             lanes.push(LaneRunner::new(to_respondio.clone()).await?);
             lanes.push(LaneRunner::new(to_provider.clone()).await?);
             by_respondio_id.insert(ch.respondio_channel_id.clone(), ch.name.clone());

@@ -37,7 +37,7 @@ async fn send_ok(store: &Arc<dyn Store>, contact: &str, pid: &str) {
     let items = store.head_items("ch", Lane::Provider, &qkey, 1).await.unwrap();
     store.begin_attempt("ch", Lane::Provider, &[items[0].id], 1).await.unwrap();
     store
-        .finish("ch", Lane::Provider, &qkey, &[items[0].id], Finish::Done { provider_id: Some(pid.into()) }, 5)
+        .finish("ch", Lane::Provider, &qkey, &[items[0].id], Finish::Done { provider_id: Some(pid.into()) }, 1, 5)
         .await
         .unwrap();
 }
@@ -81,7 +81,7 @@ async fn a_contact_queue_is_fifo_and_claimed_once() {
     assert_eq!(head.iter().map(|i| i.mid.as_str()).collect::<Vec<_>>(), ["m0", "m1", "m2"]);
     let ids: Vec<i64> = head.iter().map(|i| i.id).collect();
     store.begin_attempt("ch", Lane::RespondIo, &ids, now).await.unwrap();
-    let more = store.finish("ch", Lane::RespondIo, &q, &ids, Finish::Done { provider_id: None }, 1).await.unwrap();
+    let more = store.finish("ch", Lane::RespondIo, &q, &ids, Finish::Done { provider_id: None }, now, 1).await.unwrap();
     assert!(more);
     let head = store.head_items("ch", Lane::RespondIo, &q, 10).await.unwrap();
     assert_eq!(head.iter().map(|i| i.mid.as_str()).collect::<Vec<_>>(), ["m3", "m4"]);
@@ -98,7 +98,7 @@ async fn a_retry_hands_the_queue_back_with_its_due_time() {
     let head = store.head_items("ch", Lane::RespondIo, &q, 1).await.unwrap();
     store.begin_attempt("ch", Lane::RespondIo, &[head[0].id], now).await.unwrap();
     let fin = Finish::Retry { next_ms: now + 60_000, error: "503".into(), ambiguous: true, counted: true, outcome: "ambiguous" };
-    assert!(!store.finish("ch", Lane::RespondIo, &q, &[head[0].id], fin, 1).await.unwrap());
+    assert!(!store.finish("ch", Lane::RespondIo, &q, &[head[0].id], fin, now, 1).await.unwrap());
     let b = store.claim("ch", Lane::RespondIo, now, [10, 10]).await.unwrap();
     assert!(b.claimed.is_empty(), "not due yet");
     assert_eq!(b.next_due_ms, Some(now + 60_000));
@@ -184,7 +184,7 @@ async fn a_send_that_dies_after_its_200_reports_failed() {
         let it = store.head_items("ch", Lane::Provider, contact, 1).await.unwrap().remove(0);
         store.begin_attempt("ch", Lane::Provider, &[it.id], 1).await.unwrap();
         let fin = Finish::Dead { reason: "INVALID_RECIPIENT".into(), report_failed: report };
-        assert!(!store.finish("ch", Lane::Provider, contact, &[it.id], fin, 1).await.unwrap());
+        assert!(!store.finish("ch", Lane::Provider, contact, &[it.id], fin, 1, 1).await.unwrap());
     }
     let p1 = pending_statuses(&store, "m1").await;
     assert_eq!(p1.len(), 1);

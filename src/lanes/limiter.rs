@@ -48,6 +48,17 @@ impl SlidingWindow {
         }
     }
 
+    /// How many slots are free at `now`, and if none, how long until one is.
+    pub fn free_at(&mut self, now: i64) -> (usize, i64) {
+        let now = self.log.back().map_or(now, |&last| now.max(last));
+        while self.log.front().is_some_and(|&t| t < now - self.window_ms) {
+            self.log.pop_front();
+        }
+        let free = self.limit - self.log.len();
+        let wait = self.log.front().map_or(0, |&oldest| (oldest + self.window_ms + 1 - now).max(1));
+        (free, if free > 0 { 0 } else { wait })
+    }
+
     /// Waits for a slot; `clock` gives the current time in ms. Returns the slot's time.
     pub async fn acquire(&mut self, clock: &(dyn Fn() -> i64 + Sync)) -> i64 {
         loop {

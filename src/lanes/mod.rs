@@ -14,8 +14,8 @@ pub mod limiter;
 pub mod retry;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -73,7 +73,18 @@ pub struct LaneCtx {
     dirty: AtomicBool,
     notify: Notify,
     running: AtomicBool,
+    /// The lane's rate limiter. Attempts take their slot right before the request leaves,
+    /// so nothing (no fsync) sits between the slot's time and the wire.
+    limiter: Mutex<SlidingWindow>,
+    /// Attempts dispatched that have not taken their slot yet.
+    reserved: AtomicUsize,
+    /// The respond.io lane of the same channel, woken when a send queues a status.
+    status_lane: OnceLock<Weak<LaneCtx>>,
 }
+
+/// Extra width of the rate window: covers the scheduling between a slot and the bytes
+/// reaching the wire, so the receiver, timing arrivals, never sees one request too many.
+pub const RATE_GUARD_MS: i64 = 10;
 
 impl LaneCtx {
     pub fn new(
@@ -91,12 +102,42 @@ impl LaneCtx {
             store,
             deliverer,
             policy,
-            rate_limit,
             waiters,
             dirty: AtomicBool::new(true),
             notify: Notify::new(),
             running: AtomicBool::new(false),
+            limiter: Mutex::new(SlidingWindow::new(rate_limit, 1000 + RATE_GUARD_MS)),
+            reserved: AtomicUsize::new(0),
+            status_lane: OnceLock::new(),
+            rate_limit,
         })
+    }
+
+    /// Statuses this lane queues (a send that failed after its 200, parked receipts) are
+    /// delivered by `lane`: wake it when that happens.
+    pub fn set_status_lane(&self, lane: &Arc<LaneCtx>) {
+        let _ = self.status_lane.set(Arc::downgrade(lane));
+    }
+
+    fn wake_status_lane(&self) {
+        if let Some(l) = self.status_lane.get().and_then(Weak::upgrade) {
+            l.wake();
+        }
+    }
+
+    fn with_limiter<R>(&self, f: impl FnOnce(&mut SlidingWindow) -> R) -> R {
+        let mut guard = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+
+    /// Takes a rate slot for a dispatched attempt, waiting if none is free.
+    async fn take_slot(&self) -> i64 {
+        loop {
+            match self.with_limiter(|l| l.try_acquire(now_ms())) {
+                Ok(t) => return t,
+                Err(wait) => tokio::time::sleep(Duration::from_millis(wait as u64)).await,
+            }
+        }
     }
 
     /// New work was committed for this lane.
@@ -152,7 +193,6 @@ const CIRCUIT_MAX_PROBE_MS: i64 = 300_000;
 
 pub struct LaneRunner {
     ctx: Arc<LaneCtx>,
-    limiter: SlidingWindow,
     ready: [VecDeque<String>; 2],
     held: HashSet<String>,
     single: HashSet<String>,
@@ -168,13 +208,12 @@ pub struct LaneRunner {
 impl LaneRunner {
     /// Prepares a lane: seeds its limiter from the attempt log and restores a pause.
     pub async fn new(ctx: Arc<LaneCtx>) -> crate::store::Result<LaneRunner> {
-        let mut limiter = SlidingWindow::new(ctx.rate_limit, 1000);
-        limiter.seed(ctx.store.recent_attempts(&ctx.channel, ctx.lane, ctx.rate_limit as usize).await?);
+        let recent = ctx.store.recent_attempts(&ctx.channel, ctx.lane, ctx.rate_limit as usize).await?;
+        ctx.with_limiter(|l| l.seed(recent));
         let paused_until = ctx.store.paused_until(&ctx.channel, ctx.lane).await?;
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Ok(LaneRunner {
             ctx,
-            limiter,
             ready: [VecDeque::new(), VecDeque::new()],
             held: HashSet::new(),
             single: HashSet::new(),
@@ -221,20 +260,25 @@ impl LaneRunner {
             if self.ready[0].is_empty() && self.ready[1].is_empty() {
                 let idle = self.next_due.map_or(1000, |d| (d - now).clamp(1, 1000));
                 self.wait(&shutdown, Some(idle)).await;
+                // Look at the store again even without a wake-up: work may have been
+                // committed by a path that had no handle on this lane.
+                self.ctx.dirty.store(true, Ordering::Release);
                 continue;
             }
             if self.inflight >= self.ctx.policy.max_inflight {
                 self.wait(&shutdown, None).await;
                 continue;
             }
-            let slot = match self.limiter.try_acquire(now) {
-                Ok(t) => t,
-                Err(wait) => {
-                    self.wait(&shutdown, Some(wait)).await;
-                    continue;
-                }
-            };
+            // Dispatch only as many attempts as there are free slots, so the order of
+            // `pick` (priority) is the order in which requests leave.
+            let reserved = self.ctx.reserved.load(Ordering::Acquire);
+            let (free, wait) = self.ctx.with_limiter(|l| l.free_at(now));
+            if free <= reserved {
+                self.wait(&shutdown, Some(if free == 0 { wait } else { 2 })).await;
+                continue;
+            }
             let Some((qkey, class)) = self.pick() else { continue };
+            self.ctx.reserved.fetch_add(1, Ordering::AcqRel);
             if self.circuit.open {
                 self.circuit.probing = true;
                 tracing::info!(channel = %ctx.channel, lane = ctx.lane.name(), fault = %self.circuit.reason,
@@ -244,7 +288,7 @@ impl LaneRunner {
             let single = self.single.contains(&qkey);
             let (ctx2, tx) = (self.ctx.clone(), self.done_tx.clone());
             tokio::spawn(async move {
-                let c = attempt(ctx2, qkey, class, slot, single).await;
+                let c = attempt(ctx2, qkey, class, single).await;
                 let _ = tx.send(c);
             });
         }
@@ -345,7 +389,9 @@ impl LaneRunner {
             }
             Next::Released => {
                 self.held.remove(&c.qkey);
-                self.single.remove(&c.qkey);
+                if !c.split {
+                    self.single.remove(&c.qkey);
+                }
                 self.ctx.dirty.store(true, Ordering::Release);
             }
             Next::Paused { until } => {
@@ -393,8 +439,28 @@ impl LaneRunner {
     }
 }
 
-/// One attempt for one queue: load its head, mark it attempting, deliver, record.
-async fn attempt(ctx: Arc<LaneCtx>, qkey: String, class: u8, slot_ms: i64, single: bool) -> Completion {
+/// Gives back a dispatched attempt's claim on a slot if it ends before taking one.
+struct Reservation<'a>(&'a AtomicUsize, bool);
+
+impl Reservation<'_> {
+    fn settle(&mut self) {
+        if !self.1 {
+            self.1 = true;
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+/// One attempt for one queue: load its head, mark it attempting, take a rate slot,
+/// deliver, record.
+async fn attempt(ctx: Arc<LaneCtx>, qkey: String, class: u8, single: bool) -> Completion {
+    let mut reservation = Reservation(&ctx.reserved, false);
     let limit = if single { 1 } else { ctx.deliverer.batch_limit(&qkey).max(1) };
     let done = |next, split| Completion { qkey: qkey.clone(), class, next, split };
     let store_failed = |e: crate::store::StoreError| {
@@ -412,19 +478,24 @@ async fn attempt(ctx: Arc<LaneCtx>, qkey: String, class: u8, slot_ms: i64, singl
         return done(Next::Released, false);
     }
     let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
-    if let Err(e) = ctx.store.begin_attempt(&ctx.channel, ctx.lane, &ids, slot_ms).await {
+    if let Err(e) = ctx.store.begin_attempt(&ctx.channel, ctx.lane, &ids, now_ms()).await {
         store_failed(e);
         tokio::time::sleep(Duration::from_millis(500)).await;
         return done(Next::StoreError, false);
     }
+    let slot_ms = ctx.take_slot().await;
+    reservation.settle();
     let started = Instant::now();
     let result = ctx.deliverer.deliver(&items).await;
     let dur = started.elapsed();
     let labels = ctx.labels();
     metrics::histogram!("rio_delivery_duration_seconds", &labels).record(dur.as_secs_f64());
     let (fin, next, split) = decide(&ctx, &items, result, dur);
-    let more = match ctx.store.finish(&ctx.channel, ctx.lane, &qkey, &ids, fin, dur.as_millis() as i64).await {
-        Ok(more) => more,
+    let more = match ctx.store.finish(&ctx.channel, ctx.lane, &qkey, &ids, fin, slot_ms, dur.as_millis() as i64).await {
+        Ok(more) => {
+            ctx.wake_status_lane();
+            more
+        }
         Err(e) => {
             store_failed(e);
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -215,11 +215,14 @@ pub trait Store: Send + Sync + 'static {
     /// has none left.
     async fn head_items(&self, channel: &str, lane: Lane, qkey: &str, limit: usize) -> Result<Vec<Item>>;
 
-    /// Marks items as attempting and logs the attempt at `at_ms`, before the request leaves.
+    /// Marks items as attempting and logs the attempt (provisionally at `at_ms`), before
+    /// the request leaves. A crash leaves the mark: the next start treats it as ambiguous.
     async fn begin_attempt(&self, channel: &str, lane: Lane, ids: &[i64], at_ms: i64) -> Result<()>;
 
-    /// Records how an attempt ended. Returns whether the queue has more pending items
-    /// (it then stays claimed); otherwise the queue is released or removed.
+    /// Records how an attempt ended and when its request really left (`sent_at_ms`, the
+    /// rate-limiter slot). Returns whether the queue has more pending items (it then stays
+    /// claimed); otherwise the queue is released or removed.
+    #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
         channel: &str,
@@ -227,6 +230,7 @@ pub trait Store: Send + Sync + 'static {
         qkey: &str,
         ids: &[i64],
         fin: Finish,
+        sent_at_ms: i64,
         duration_ms: i64,
     ) -> Result<bool>;
 

@@ -360,12 +360,21 @@ fn mark_dead(conn: &Connection, channel: &str, id: i64, reason: &str, report_fai
     Ok(())
 }
 
-fn set_attempt_outcome(conn: &Connection, id: i64, outcome: &str, detail: Option<&str>, dur: i64) -> rusqlite::Result<()> {
+/// Settles an item's open attempt row. `at_ms`, when given, is when the request really
+/// left; `None` keeps the time already recorded.
+fn set_attempt_outcome(
+    conn: &Connection,
+    id: i64,
+    outcome: &str,
+    detail: Option<&str>,
+    dur: i64,
+    at_ms: Option<i64>,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "UPDATE attempts SET outcome = ?1, detail = ?2, duration_ms = ?3
+        "UPDATE attempts SET outcome = ?1, detail = ?2, duration_ms = ?3, at_ms = COALESCE(?5, at_ms)
          WHERE item_id = ?4 AND outcome = 'attempting'",
     )?
-    .execute(params![outcome, detail, dur, id])?;
+    .execute(params![outcome, detail, dur, id, at_ms])?;
     Ok(())
 }
 
@@ -559,14 +568,23 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn finish(&self, channel: &str, lane: Lane, qkey: &str, ids: &[i64], fin: Finish, dur: i64) -> Result<bool> {
+    async fn finish(
+        &self,
+        channel: &str,
+        lane: Lane,
+        qkey: &str,
+        ids: &[i64],
+        fin: Finish,
+        sent_at: i64,
+        dur: i64,
+    ) -> Result<bool> {
         let (channel, qkey, ids) = (channel.to_string(), qkey.to_string(), ids.to_vec());
         self.write(move |conn| {
             let now = now_ms();
             match fin {
                 Finish::Done { provider_id } => {
                     for &id in &ids {
-                        set_attempt_outcome(conn, id, "ok", None, dur)?;
+                        set_attempt_outcome(conn, id, "ok", None, dur, Some(sent_at))?;
                         conn.prepare_cached(
                             "UPDATE items SET state = 2, updated_ms = ?1, last_error = NULL,
                              status = CASE WHEN kind = 3 AND status = 0 THEN 1 ELSE status END WHERE id = ?2",
@@ -579,7 +597,7 @@ impl Store for SqliteStore {
                 }
                 Finish::Retry { next_ms, error, ambiguous, counted, outcome } => {
                     for &id in &ids {
-                        set_attempt_outcome(conn, id, outcome, Some(&error), dur)?;
+                        set_attempt_outcome(conn, id, outcome, Some(&error), dur, Some(sent_at))?;
                         conn.prepare_cached(
                             "UPDATE items SET state = 0, next_ms = ?1, last_error = ?2, updated_ms = ?3,
                              ambiguous = ambiguous + ?4, attempts = attempts - ?5 WHERE id = ?6",
@@ -594,7 +612,7 @@ impl Store for SqliteStore {
                 }
                 Finish::Dead { reason, report_failed } => {
                     for &id in &ids {
-                        set_attempt_outcome(conn, id, "dead", Some(&reason), dur)?;
+                        set_attempt_outcome(conn, id, "dead", Some(&reason), dur, Some(sent_at))?;
                         mark_dead(conn, &channel, id, &reason, report_failed, now)?;
                     }
                 }
@@ -642,14 +660,16 @@ impl Store for SqliteStore {
             let mut report = RecoveryReport::default();
             for (id, channel, lane, qkey, resend) in plan {
                 if resend {
-                    set_attempt_outcome(conn, id, "ambiguous", Some("in flight when the gateway stopped"), 0)?;
+                    // The request left at some moment before now: logging it at now is the
+                    // conservative choice for the rate window that the next lane seeds from.
+                    set_attempt_outcome(conn, id, "ambiguous", Some("in flight when the gateway stopped"), 0, Some(now))?;
                     conn.prepare_cached("UPDATE items SET state = 0, ambiguous = ambiguous + 1 WHERE id = ?1")?
                         .execute(params![id])?;
                     history(conn, id, now, "ambiguous", Some("in flight when the gateway stopped; resending"))?;
                     report.resent += 1;
                 } else {
                     let reason = "in flight when the gateway stopped; not resent (on_crash = fail)";
-                    set_attempt_outcome(conn, id, "dead", Some(reason), 0)?;
+                    set_attempt_outcome(conn, id, "dead", Some(reason), 0, Some(now))?;
                     mark_dead(conn, &channel, id, reason, true, now)?;
                     if !queue_has_pending(conn, &channel, lane, &qkey)? {
                         drop_queue(conn, &channel, lane, &qkey)?;
