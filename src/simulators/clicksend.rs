@@ -386,9 +386,15 @@ impl ClickSendSim {
         });
     }
 
+    /// A redelivery repeats the same receipt byte for byte (same `timestamp`), as a
+    /// redelivered webhook would, so the gateway's dedupe key sees a duplicate.
     async fn push_receipt_retrying(&self, id: &str) {
+        let Some(url) = self.inner.cfg.receipt_url.as_deref() else {
+            return;
+        };
+        let form = self.receipt_form(id, 201, None);
         for attempt in 1..=RECEIPT_ATTEMPTS {
-            match self.push_receipt(id, 201, None).await {
+            match self.post_form(url, &form).await {
                 Ok(s) if (200..300).contains(&s) => return,
                 Ok(s) => tracing::debug!(
                     message_id = id,
