@@ -55,8 +55,14 @@ fn build_provider(ch: &ChannelConfig) -> anyhow::Result<Arc<dyn Provider>> {
     let client = http_client(ch.delivery.provider_timeout_ms)?;
     match ch.provider.as_str() {
         "clicksend" => {
-            let cs = ch.clicksend.clone().ok_or_else(|| anyhow::anyhow!("channel {}: [channel.clicksend] missing", ch.name))?;
-            Ok(Arc::new(ClickSend::new(cs, ch.webhook_secret.clone(), client)))
+            let cs = ch.clicksend.clone().ok_or_else(|| {
+                anyhow::anyhow!("channel {}: [channel.clicksend] missing", ch.name)
+            })?;
+            Ok(Arc::new(ClickSend::new(
+                cs,
+                ch.webhook_secret.clone(),
+                client,
+            )))
         }
         other => anyhow::bail!("channel {}: unknown provider {other}", ch.name),
     }
@@ -72,12 +78,18 @@ impl App {
     /// Opens the store, recovers what a crash left in flight, and prepares every lane.
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.store)?);
-        let on_crash: HashMap<String, crate::config::OnCrash> =
-            cfg.channels.iter().map(|c| (c.name.clone(), c.delivery.on_crash)).collect();
+        let on_crash: HashMap<String, crate::config::OnCrash> = cfg
+            .channels
+            .iter()
+            .map(|c| (c.name.clone(), c.delivery.on_crash))
+            .collect();
         let report = store.recover(&on_crash).await?;
         if report.resent + report.failed > 0 {
-            tracing::warn!(resent = report.resent, failed = report.failed,
-                "items were in flight when the gateway last stopped: their next attempt is marked ambiguous");
+            tracing::warn!(
+                resent = report.resent,
+                failed = report.failed,
+                "items were in flight when the gateway last stopped: their next attempt is marked ambiguous"
+            );
         }
         let respondio_http = http_client(30_000)?;
         let mut channels = HashMap::new();
@@ -97,7 +109,10 @@ impl App {
                 ch.name.clone(),
                 Lane::RespondIo,
                 store.clone(),
-                Arc::new(ToRespondIo { client, max_events_per_call: ch.delivery.max_events_per_call }),
+                Arc::new(ToRespondIo {
+                    client,
+                    max_events_per_call: ch.delivery.max_events_per_call,
+                }),
                 ch.delivery.clone(),
                 ch.respondio_rate_limit,
                 waiters.clone(),
@@ -106,7 +121,9 @@ impl App {
                 ch.name.clone(),
                 Lane::Provider,
                 store.clone(),
-                Arc::new(ToProvider { provider: provider.clone() }),
+                Arc::new(ToProvider {
+                    provider: provider.clone(),
+                }),
                 ch.delivery.clone(),
                 provider.rate_limit(),
                 waiters.clone(),
@@ -117,16 +134,32 @@ impl App {
             by_respondio_id.insert(ch.respondio_channel_id.clone(), ch.name.clone());
             channels.insert(
                 ch.name.clone(),
-                Arc::new(Channel { cfg: ch.clone(), provider, to_respondio, to_provider, waiters }),
+                Arc::new(Channel {
+                    cfg: ch.clone(),
+                    provider,
+                    to_respondio,
+                    to_provider,
+                    waiters,
+                }),
             );
         }
-        let state = Arc::new(AppState { cfg, store, channels, by_respondio_id, metrics: crate::http::metrics::handle() });
+        let state = Arc::new(AppState {
+            cfg,
+            store,
+            channels,
+            by_respondio_id,
+            metrics: crate::http::metrics::handle(),
+        });
         Ok(App { state, lanes })
     }
 
     /// Serves on `listener` until `shutdown` fires, then stops accepting, lets lanes
     /// finish their in-flight attempts, and returns.
-    pub async fn run(self, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let App { state, lanes } = self;
         let lane_stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
@@ -137,8 +170,11 @@ impl App {
         let router = crate::http::router(state.clone());
         tracing::info!(listen = %listener.local_addr()?, channels = state.channels.len(), "rio-bridge serving");
         let stop = shutdown.clone();
-        let server = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(async move { stop.cancelled().await });
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await });
         let grace = Duration::from_millis(state.cfg.server.shutdown_grace_ms);
         let served = tokio::spawn(async move { server.await });
         shutdown.cancelled().await;
@@ -149,7 +185,8 @@ impl App {
             Err(_) => tracing::warn!("requests still open after the grace period; closing"),
         }
         lane_stop.cancel();
-        let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        let _ =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         Ok(())
     }
 }
@@ -169,7 +206,9 @@ async fn housekeeping(state: Arc<AppState>, stop: CancellationToken) {
             last_prune = now;
             let retention = (state.cfg.store.retention_secs as i64) * 1000;
             match state.store.prune(now, retention).await {
-                Ok(r) if r.items + r.dedupe + r.parked + r.attempts > 0 => tracing::info!(?r, "pruned"),
+                Ok(r) if r.items + r.dedupe + r.parked + r.attempts > 0 => {
+                    tracing::info!(?r, "pruned")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "prune failed"),
             }

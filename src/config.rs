@@ -145,6 +145,9 @@ pub struct DeliveryConfig {
     pub provider_timeout_ms: u64,
     /// Attempts in flight at once per lane (across contacts; one per contact).
     pub max_inflight: usize,
+    /// The rate window is 1 s plus this: it covers the time between taking a slot and the
+    /// request reaching the receiver, who times arrivals. Larger is safer, smaller faster.
+    pub rate_guard_ms: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -162,6 +165,7 @@ impl Default for DeliveryConfig {
             respondio_timeout_ms: 10_000,
             provider_timeout_ms: 15_000,
             max_inflight: 32,
+            rate_guard_ms: 25,
         }
     }
 }
@@ -200,20 +204,30 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
-    Problem { key: key.into(), message: message.into() }
+    Problem {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(vec![problem(path.display().to_string(), format!("cannot read: {e}"))]))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(vec![problem(
+                path.display().to_string(),
+                format!("cannot read: {e}"),
+            )])
+        })?;
         Config::from_toml(&text, &|k| std::env::var(k).ok())
     }
 
     /// Parses and validates; `env` resolves `${VAR}`.
-    pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let mut value: toml::Value =
-            toml::from_str(text).map_err(|e| ConfigError(vec![problem("(file)", e.message().to_string())]))?;
+    pub fn from_toml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Value = toml::from_str(text)
+            .map_err(|e| ConfigError(vec![problem("(file)", e.message().to_string())]))?;
         let mut problems = unknown_channel_keys(&value);
         interpolate(&mut value, "", env, &mut problems);
         if !problems.is_empty() {
@@ -221,10 +235,17 @@ impl Config {
         }
         let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
-            ConfigError(vec![problem(if key == "." { "(file)".into() } else { key }, e.inner().to_string())])
+            ConfigError(vec![problem(
+                if key == "." { "(file)".into() } else { key },
+                e.inner().to_string(),
+            )])
         })?;
         let problems = cfg.validate();
-        if problems.is_empty() { Ok(cfg) } else { Err(ConfigError(problems)) }
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError(problems))
+        }
     }
 
     pub fn validate(&self) -> Vec<Problem> {
@@ -251,24 +272,42 @@ impl Config {
             let k = |f: &str| format!("channel[{i}].{f}");
             let name_ok = !ch.name.is_empty()
                 && ch.name.len() <= 64
-                && ch.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                && ch
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !name_ok {
-                out.push(problem(k("name"), "must be 1-64 characters of A-Z a-z 0-9 - _ (it is part of our URLs)"));
+                out.push(problem(
+                    k("name"),
+                    "must be 1-64 characters of A-Z a-z 0-9 - _ (it is part of our URLs)",
+                ));
             }
             if !names.insert(ch.name.clone()) {
-                out.push(problem(k("name"), format!("duplicate channel name {:?}", ch.name)));
+                out.push(problem(
+                    k("name"),
+                    format!("duplicate channel name {:?}", ch.name),
+                ));
             }
             if ch.respondio_channel_id.is_empty() {
                 out.push(problem(k("respondio_channel_id"), "is required"));
             } else if !ids.insert(ch.respondio_channel_id.clone()) {
-                out.push(problem(k("respondio_channel_id"), "is used by another channel"));
+                out.push(problem(
+                    k("respondio_channel_id"),
+                    "is used by another channel",
+                ));
             }
             if ch.respondio_token.is_empty() {
-                out.push(problem(k("respondio_token"), "is required (the channel's API Token from respond.io)"));
+                out.push(problem(
+                    k("respondio_token"),
+                    "is required (the channel's API Token from respond.io)",
+                ));
             }
             match url::Url::parse(&ch.respondio_webhook_url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                _ => out.push(problem(k("respondio_webhook_url"), "must be an http(s) URL")),
+                _ => out.push(problem(
+                    k("respondio_webhook_url"),
+                    "must be an http(s) URL",
+                )),
             }
             if ch.respondio_rate_limit == 0 {
                 out.push(problem(k("respondio_rate_limit"), "must be at least 1"));
@@ -278,13 +317,19 @@ impl Config {
                 out.push(problem(k("max_attempts"), "must be at least 1"));
             }
             if d.backoff_base_ms == 0 || d.backoff_max_ms < d.backoff_base_ms {
-                out.push(problem(k("backoff_base_ms"), "must be > 0 and <= backoff_max_ms"));
+                out.push(problem(
+                    k("backoff_base_ms"),
+                    "must be > 0 and <= backoff_max_ms",
+                ));
             }
             if !(0.0..=1.0).contains(&d.bulk_min_share) {
                 out.push(problem(k("bulk_min_share"), "must be between 0 and 1"));
             }
             if d.max_events_per_call == 0 {
                 out.push(problem(k("max_events_per_call"), "must be at least 1"));
+            }
+            if d.rate_guard_ms > 500 {
+                out.push(problem(k("rate_guard_ms"), "must be at most 500"));
             }
             if d.max_inflight == 0 {
                 out.push(problem(k("max_inflight"), "must be at least 1"));
@@ -298,13 +343,21 @@ impl Config {
                         ));
                     }
                     match &ch.clicksend {
-                        None => out.push(problem(k("clicksend"), "section [channel.clicksend] is required")),
+                        None => out.push(problem(
+                            k("clicksend"),
+                            "section [channel.clicksend] is required",
+                        )),
                         Some(c) => out.extend(
-                            c.problems(&k("clicksend")).into_iter().map(|(key, m)| problem(key, m)),
+                            c.problems(&k("clicksend"))
+                                .into_iter()
+                                .map(|(key, m)| problem(key, m)),
                         ),
                     }
                 }
-                other => out.push(problem(k("provider"), format!("unknown provider {other:?} (known: clicksend)"))),
+                other => out.push(problem(
+                    k("provider"),
+                    format!("unknown provider {other:?} (known: clicksend)"),
+                )),
             }
         }
         out
@@ -316,15 +369,35 @@ impl Config {
 }
 
 const CHANNEL_KEYS: &[&str] = &[
-    "name", "respondio_channel_id", "respondio_token", "respondio_token_next", "respondio_webhook_url",
-    "respondio_rate_limit", "id_type", "provider", "webhook_secret", "clicksend", "max_attempts",
-    "max_age_secs", "backoff_base_ms", "backoff_max_ms", "ambiguous_retry_cap", "on_crash",
-    "conversation_window_secs", "bulk_min_share", "max_events_per_call", "respondio_timeout_ms",
-    "provider_timeout_ms", "max_inflight",
+    "name",
+    "respondio_channel_id",
+    "respondio_token",
+    "respondio_token_next",
+    "respondio_webhook_url",
+    "respondio_rate_limit",
+    "id_type",
+    "provider",
+    "webhook_secret",
+    "clicksend",
+    "max_attempts",
+    "max_age_secs",
+    "backoff_base_ms",
+    "backoff_max_ms",
+    "ambiguous_retry_cap",
+    "on_crash",
+    "conversation_window_secs",
+    "bulk_min_share",
+    "max_events_per_call",
+    "respondio_timeout_ms",
+    "provider_timeout_ms",
+    "max_inflight",
+    "rate_guard_ms",
 ];
 
 fn unknown_channel_keys(v: &toml::Value) -> Vec<Problem> {
-    let Some(chans) = v.get("channel").and_then(|c| c.as_array()) else { return Vec::new() };
+    let Some(chans) = v.get("channel").and_then(|c| c.as_array()) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for (i, ch) in chans.iter().enumerate() {
         for key in ch.as_table().into_iter().flat_map(|t| t.keys()) {
@@ -346,7 +419,10 @@ fn interpolate(
     match v {
         toml::Value::String(s) => match substitute(s, env) {
             Ok(new) => *s = new,
-            Err(var) => problems.push(problem(path, format!("environment variable {var} is not set"))),
+            Err(var) => problems.push(problem(
+                path,
+                format!("environment variable {var} is not set"),
+            )),
         },
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
@@ -356,7 +432,11 @@ fn interpolate(
         toml::Value::Table(t) => {
             let keys: BTreeMap<_, _> = t.iter_mut().collect();
             for (k, item) in keys {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 interpolate(item, &p, env, problems);
             }
         }
@@ -374,7 +454,9 @@ fn substitute(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
             out.push_str("${");
             rest = tail;
         } else if let Some(tail) = after.strip_prefix("${") {
-            let end = tail.find('}').ok_or_else(|| format!("(unclosed ${{ in {s:?})"))?;
+            let end = tail
+                .find('}')
+                .ok_or_else(|| format!("(unclosed ${{ in {s:?})"))?;
             let name = &tail[..end];
             out.push_str(&env(name).ok_or_else(|| name.to_string())?);
             rest = &tail[end + 1..];
@@ -434,7 +516,8 @@ rate_limit = 10
 
     #[test]
     fn missing_env_var_names_key_and_variable() {
-        let err = Config::from_toml(SAMPLE, &|k| if k == "RIO_TOKEN" { None } else { env(k) }).unwrap_err();
+        let err = Config::from_toml(SAMPLE, &|k| if k == "RIO_TOKEN" { None } else { env(k) })
+            .unwrap_err();
         assert_eq!(err.0.len(), 1);
         assert_eq!(err.0[0].key, "channel[0].respondio_token");
         assert!(err.0[0].message.contains("RIO_TOKEN"));
@@ -444,7 +527,10 @@ rate_limit = 10
     fn reports_every_problem_with_its_key() {
         let text = SAMPLE
             .replace("name = \"sms\"", "name = \"s m s\"")
-            .replace("public_url = \"https://gw.example.com\"", "public_url = \"nope\"")
+            .replace(
+                "public_url = \"https://gw.example.com\"",
+                "public_url = \"nope\"",
+            )
             .replace("webhook_secret = \"${SMS_HOOK_SECRET}\"", "");
         let err = Config::from_toml(&text, &env).unwrap_err();
         let keys: Vec<_> = err.0.iter().map(|p| p.key.as_str()).collect();
@@ -455,21 +541,29 @@ rate_limit = 10
 
     #[test]
     fn unknown_key_is_an_error_with_its_path() {
-        let err = Config::from_toml(&SAMPLE.replace("[store]", "[store]\npaht = 1"), &env).unwrap_err();
+        let err =
+            Config::from_toml(&SAMPLE.replace("[store]", "[store]\npaht = 1"), &env).unwrap_err();
         assert!(err.0[0].key.starts_with("store"), "{:?}", err.0);
         assert!(err.0[0].message.contains("paht"));
     }
 
     #[test]
     fn unknown_channel_key_is_reported() {
-        let err = Config::from_toml(&SAMPLE.replace("id_type = \"phone\"", "id_typo = \"phone\""), &env).unwrap_err();
+        let err = Config::from_toml(
+            &SAMPLE.replace("id_type = \"phone\"", "id_typo = \"phone\""),
+            &env,
+        )
+        .unwrap_err();
         assert_eq!(err.0[0].key, "channel[0].id_typo");
     }
 
     #[test]
     fn substitution_rules() {
         let e = |k: &str| (k == "A").then(|| "x".to_string());
-        assert_eq!(substitute("a${A}b$${A}$c", &e).unwrap(), "ax b${A}$c".replace(' ', ""));
+        assert_eq!(
+            substitute("a${A}b$${A}$c", &e).unwrap(),
+            "ax b${A}$c".replace(' ', "")
+        );
         assert_eq!(substitute("${B}", &e).unwrap_err(), "B");
     }
 }

@@ -9,13 +9,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::respondio::emulator::{EmulatedChannel, EmulatedIdType, Emulator, EmulatorConfig, RetryAfterForm, parse_channel_arg};
+use crate::respondio::emulator::{
+    EmulatedChannel, EmulatedIdType, Emulator, EmulatorConfig, RetryAfterForm, parse_channel_arg,
+};
 use crate::simulators::clicksend::{ClickSendSim, SimConfig};
 
 fn random_token(len: usize) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 pub fn parse_retry_after_form(s: &str) -> anyhow::Result<RetryAfterForm> {
@@ -47,8 +51,13 @@ pub async fn emulate_respondio(
     });
     let listener = TcpListener::bind(listen).await?;
     println!("respond.io emulator on http://{}", listener.local_addr()?);
-    println!("  webhook URL: http://{}/custom/channel/webhook/", listener.local_addr()?);
-    println!("  recorded events: GET /_emulator/events?channel=ID   register a channel: POST /_emulator/channels");
+    println!(
+        "  webhook URL: http://{}/custom/channel/webhook/",
+        listener.local_addr()?
+    );
+    println!(
+        "  recorded events: GET /_emulator/events?channel=ID   register a channel: POST /_emulator/channels"
+    );
     tokio::select! {
         r = emulator.serve(listener) => r?,
         _ = shutdown.cancelled() => {}
@@ -78,9 +87,9 @@ pub async fn run(listen: SocketAddr, shutdown: CancellationToken) -> anyhow::Res
     });
     tokio::spawn(emulator.serve(emu_listener));
 
-    let gw_listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e} (try --listen 127.0.0.1:0)"))?;
+    let gw_listener = TcpListener::bind(listen).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {listen}: {e} (try --listen 127.0.0.1:0)")
+    })?;
     let gw = gw_listener.local_addr()?;
     let sim_listener = TcpListener::bind("127.0.0.1:0").await?;
     let sim_addr = sim_listener.local_addr()?;
@@ -118,7 +127,8 @@ rate_limit = 10
 "#,
         db = db.display()
     );
-    let cfg = Config::from_toml(&toml, &|_| None).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
+    let cfg =
+        Config::from_toml(&toml, &|_| None).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
     let app = App::build(cfg).await?;
     println!(
         r#"

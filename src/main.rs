@@ -11,7 +11,11 @@ use rio_bridge::config::Config;
 use rio_bridge::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "rio-bridge", version, about = "Connects any messaging provider to respond.io as a Custom Channel")]
+#[command(
+    name = "rio-bridge",
+    version,
+    about = "Connects any messaging provider to respond.io as a Custom Channel"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -72,7 +76,10 @@ enum Emulate {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -83,8 +90,25 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config } => serve(config).await,
             Command::CheckConfig { config } => return Ok(check_config(config)),
-            Command::Emulate { what: Emulate::Respondio { listen, channels, dedupe_by_mid, max_events_per_call, retry_after } } => {
-                rio_bridge::demo::emulate_respondio(listen, &channels, dedupe_by_mid, max_events_per_call, &retry_after, shutdown_signal()).await
+            Command::Emulate {
+                what:
+                    Emulate::Respondio {
+                        listen,
+                        channels,
+                        dedupe_by_mid,
+                        max_events_per_call,
+                        retry_after,
+                    },
+            } => {
+                rio_bridge::demo::emulate_respondio(
+                    listen,
+                    &channels,
+                    dedupe_by_mid,
+                    max_events_per_call,
+                    &retry_after,
+                    shutdown_signal(),
+                )
+                .await
             }
             Command::Demo { listen } => rio_bridge::demo::run(listen, shutdown_signal()).await,
         }
@@ -115,7 +139,8 @@ fn check_config(path: PathBuf) -> ExitCode {
 }
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
-    let cfg = Config::load(&path).map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
+    let cfg = Config::load(&path)
+        .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.server.listen))?;
@@ -131,14 +156,15 @@ fn shutdown_signal() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    t.cancel();
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        t.cancel();
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}

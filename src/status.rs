@@ -66,13 +66,41 @@ mod tests {
             (code(Sent), Read, Transition::Forward(Read)),
             (code(Sent), Failed, Transition::Forward(Failed)),
             (code(Delivered), Read, Transition::Forward(Read)),
-            (code(Read), Delivered, Transition::Ignore("not newer than the current status")),
-            (code(Delivered), Sent, Transition::Ignore("not newer than the current status")),
-            (code(Delivered), Delivered, Transition::Ignore("not newer than the current status")),
-            (code(Delivered), Failed, Transition::Ignore("failed after delivered: provider anomaly, not forwarded")),
-            (code(Read), Failed, Transition::Ignore("failed after delivered: provider anomaly, not forwarded")),
-            (code(Failed), Delivered, Transition::Ignore("already failed (terminal)")),
-            (code(Failed), Failed, Transition::Ignore("already failed (terminal)")),
+            (
+                code(Read),
+                Delivered,
+                Transition::Ignore("not newer than the current status"),
+            ),
+            (
+                code(Delivered),
+                Sent,
+                Transition::Ignore("not newer than the current status"),
+            ),
+            (
+                code(Delivered),
+                Delivered,
+                Transition::Ignore("not newer than the current status"),
+            ),
+            (
+                code(Delivered),
+                Failed,
+                Transition::Ignore("failed after delivered: provider anomaly, not forwarded"),
+            ),
+            (
+                code(Read),
+                Failed,
+                Transition::Ignore("failed after delivered: provider anomaly, not forwarded"),
+            ),
+            (
+                code(Failed),
+                Delivered,
+                Transition::Ignore("already failed (terminal)"),
+            ),
+            (
+                code(Failed),
+                Failed,
+                Transition::Ignore("already failed (terminal)"),
+            ),
         ];
         for (cur, new, want) in cases {
             assert_eq!(advance(cur, new), want, "{cur} + {new:?}");

@@ -23,10 +23,18 @@ provider = "clicksend"
 "#,
     )
     .unwrap();
-    let out = bin().args(["check-config", "--config"]).arg(&path).env_remove("RIO_TEST_UNSET_TOKEN").output().unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env_remove("RIO_TEST_UNSET_TOKEN")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("channel[0].respondio_token") && text.contains("RIO_TEST_UNSET_TOKEN"), "{text}");
+    assert!(
+        text.contains("channel[0].respondio_token") && text.contains("RIO_TEST_UNSET_TOKEN"),
+        "{text}"
+    );
 
     let out = bin()
         .args(["check-config", "--config"])
@@ -36,7 +44,11 @@ provider = "clicksend"
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    for key in ["server.public_url", "channel[0].webhook_secret", "channel[0].clicksend"] {
+    for key in [
+        "server.public_url",
+        "channel[0].webhook_secret",
+        "channel[0].clicksend",
+    ] {
         assert!(text.contains(key), "{key} missing in:\n{text}");
     }
 }
@@ -44,13 +56,21 @@ provider = "clicksend"
 #[test]
 fn check_config_accepts_the_example() {
     let out = bin()
-        .args(["check-config", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/examples/rio-bridge.toml")])
+        .args([
+            "check-config",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/rio-bridge.toml"),
+        ])
         .env("RIO_TOKEN", "token")
         .env("SMS_HOOK_SECRET", "secret")
         .env("CLICKSEND_KEY", "key")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]

@@ -35,7 +35,13 @@ fn rank(v: &str) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_burst_loses_nothing_acknowledged() {
-    let stage = Arc::new(Stage::new(Opts { provider_rate: 40, ..Opts::default() }).await);
+    let stage = Arc::new(
+        Stage::new(Opts {
+            provider_rate: 40,
+            ..Opts::default()
+        })
+        .await,
+    );
     let mut child = spawn_gateway(&stage, 1);
     wait_ready(&stage.base()).await;
 
@@ -70,14 +76,20 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() {
                     )
                     .await;
                 if let Ok((200, body)) = r {
-                    acked.lock().unwrap().push(body["mId"].as_str().unwrap().to_string());
+                    acked
+                        .lock()
+                        .unwrap()
+                        .push(body["mId"].as_str().unwrap().to_string());
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }));
     }
     // Kill once traffic is well under way.
-    wait_until("traffic under way", 30, || async { (acked_in.lock().unwrap().len() >= 60).then_some(()) }).await;
+    wait_until("traffic under way", 30, || async {
+        (acked_in.lock().unwrap().len() >= 60).then_some(())
+    })
+    .await;
     child.start_kill().expect("SIGKILL");
     let _ = child.wait().await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -90,10 +102,15 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() {
     let acked_in = acked_in.lock().unwrap().clone();
     let acked_out = acked_out.lock().unwrap().clone();
     assert!(acked_in.len() >= 60 && !acked_out.is_empty());
-    wait_until("every acknowledged inbound message at respond.io", 60, || async {
-        let seen: std::collections::HashSet<String> = stage.events().iter().map(text_of).collect();
-        acked_in.iter().all(|t| seen.contains(t)).then_some(())
-    })
+    wait_until(
+        "every acknowledged inbound message at respond.io",
+        60,
+        || async {
+            let seen: std::collections::HashSet<String> =
+                stage.events().iter().map(text_of).collect();
+            acked_in.iter().all(|t| seen.contains(t)).then_some(())
+        },
+    )
     .await;
     wait_until("every acknowledged send at the provider", 60, || async {
         let seen: std::collections::HashSet<String> = stage
@@ -101,7 +118,11 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() {
             .sent()
             .iter()
             .filter(|a| a.status == 200)
-            .filter_map(|a| a.body["messages"][0]["custom_string"].as_str().map(str::to_string))
+            .filter_map(|a| {
+                a.body["messages"][0]["custom_string"]
+                    .as_str()
+                    .map(str::to_string)
+            })
             .collect();
         acked_out.iter().all(|m| seen.contains(m)).then_some(())
     })
@@ -113,14 +134,23 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() {
     // Inbound repeats: same text → same mId, and only from ambiguous attempts.
     let mut by_text: HashMap<String, Vec<String>> = HashMap::new();
     for e in stage.events_of_type("message") {
-        by_text.entry(text_of(&e)).or_default().push(e.event["mId"].as_str().unwrap().to_string());
+        by_text
+            .entry(text_of(&e))
+            .or_default()
+            .push(e.event["mId"].as_str().unwrap().to_string());
     }
     let mut repeats = 0;
     for (text, mids) in &by_text {
         if mids.len() > 1 {
             repeats += mids.len() - 1;
-            assert!(mids.iter().all(|m| m == &mids[0]), "{text}: repeats with different mIds {mids:?}");
-            assert!(ambiguous.contains(&mids[0]), "{text}: repeated but never marked ambiguous");
+            assert!(
+                mids.iter().all(|m| m == &mids[0]),
+                "{text}: repeats with different mIds {mids:?}"
+            );
+            assert!(
+                ambiguous.contains(&mids[0]),
+                "{text}: repeated but never marked ambiguous"
+            );
         }
     }
     // Outbound repeats at the provider, the same way.
@@ -133,10 +163,17 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() {
     for (mid, n) in &by_mid {
         if *n > 1 {
             repeats += n - 1;
-            assert!(ambiguous.contains(mid), "send {mid} repeated {n}x but never marked ambiguous");
+            assert!(
+                ambiguous.contains(mid),
+                "send {mid} repeated {n}x but never marked ambiguous"
+            );
         }
     }
-    eprintln!("crash test: {} inbound and {} outbound acknowledged, {repeats} repeat(s)", acked_in.len(), acked_out.len());
+    eprintln!(
+        "crash test: {} inbound and {} outbound acknowledged, {repeats} repeat(s)",
+        acked_in.len(),
+        acked_out.len()
+    );
     // Statuses never went backwards.
     let mut last: HashMap<String, i32> = HashMap::new();
     for e in stage.events_of_type("message_status") {
@@ -147,7 +184,15 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() {
     }
     // No window above the limit, across the restart.
     let log = attempt_times(&stage.db_path(), 0);
-    assert!(max_in_window(&log, 1000) <= 20, "respond.io lane: {}", max_in_window(&log, 1000));
+    assert!(
+        max_in_window(&log, 1000) <= 20,
+        "respond.io lane: {}",
+        max_in_window(&log, 1000)
+    );
     let log = attempt_times(&stage.db_path(), 1);
-    assert!(max_in_window(&log, 1000) <= 40, "provider lane: {}", max_in_window(&log, 1000));
+    assert!(
+        max_in_window(&log, 1000) <= 40,
+        "provider lane: {}",
+        max_in_window(&log, 1000)
+    );
 }

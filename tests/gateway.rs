@@ -17,15 +17,36 @@ const ALICE: &str = "+61400000001";
 async fn inbound_text_reaches_respondio_as_a_message_event() {
     let stage = Stage::new(Opts::default()).await;
     let gw = InProcess::start(&stage).await;
-    assert_eq!(stage.sim.push_inbound(ALICE, OUR_NUMBER, "Hello there").await.unwrap(), 200);
-    let ev = wait_until("event at respond.io", 20, || async { stage.events().into_iter().next() }).await;
+    assert_eq!(
+        stage
+            .sim
+            .push_inbound(ALICE, OUR_NUMBER, "Hello there")
+            .await
+            .unwrap(),
+        200
+    );
+    let ev = wait_until("event at respond.io", 20, || async {
+        stage.events().into_iter().next()
+    })
+    .await;
     assert_eq!(ev.contact_id, ALICE);
     assert_eq!(ev.event["type"], "message");
-    assert_eq!(ev.event["message"], json!({"type": "text", "text": "Hello there"}));
+    assert_eq!(
+        ev.event["message"],
+        json!({"type": "text", "text": "Hello there"})
+    );
     let mid = ev.event["mId"].as_str().unwrap();
     assert!(!mid.is_empty() && mid.len() <= 50);
-    assert!(ev.event["timestamp"].as_i64().unwrap() > 1_000_000_000_000, "epoch ms");
-    let call = stage.emulator.calls(CHANNEL_ID).into_iter().find(|c| c.status == 200).unwrap();
+    assert!(
+        ev.event["timestamp"].as_i64().unwrap() > 1_000_000_000_000,
+        "epoch ms"
+    );
+    let call = stage
+        .emulator
+        .calls(CHANNEL_ID)
+        .into_iter()
+        .find(|c| c.status == 200)
+        .unwrap();
     assert_eq!(call.contact.unwrap()["phone"], ALICE);
     gw.shutdown().await;
 }
@@ -39,7 +60,11 @@ async fn outbound_text_is_sent_and_its_receipt_becomes_a_message_status() {
     let mid = body["mId"].as_str().expect("mId").to_string();
     assert!(mid.len() <= 50);
     let sent = stage.sim.sent();
-    assert_eq!(sent.len(), 1, "the first attempt completed within the budget");
+    assert_eq!(
+        sent.len(),
+        1,
+        "the first attempt completed within the budget"
+    );
     let msg = &sent[0].body["messages"][0];
     assert_eq!(msg["to"], ALICE);
     assert_eq!(msg["body"], "Your order shipped");
@@ -62,7 +87,9 @@ async fn auth_and_validation_errors_are_clear() {
     let http = reqwest::Client::new();
     let base = stage.base();
     let good = json!({"channelId": CHANNEL_ID, "contactId": ALICE, "message": {"type": "text", "text": "hi"}});
-    let cases: Vec<(&str, &str, Option<&str>, String, u16, &str)> = vec![
+    // (name, path, Authorization, body, expected status, expected words in error.message)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("no token", "/channels/sms/message", None, good.to_string(), 401, "missing bearer"),
         ("wrong token", "/channels/sms/message", Some("Bearer nope"), good.to_string(), 401, "invalid token"),
         ("basic scheme", "/channels/sms/message", Some("Basic abc"), good.to_string(), 401, "missing bearer"),
@@ -80,14 +107,26 @@ async fn auth_and_validation_errors_are_clear() {
         ("root: wrong token", "/message", Some("Bearer nope"), good.to_string(), 401, "invalid token"),
     ];
     for (name, path, auth, body, want, needle) in cases {
-        let mut req = http.post(format!("{base}{path}")).header("content-type", "application/json").body(body);
+        let mut req = http
+            .post(format!("{base}{path}"))
+            .header("content-type", "application/json")
+            .body(body);
         if let Some(a) = auth {
-            req = req.header("authorization", if a == TOKEN { format!("Bearer {TOKEN}") } else { a.to_string() });
+            req = req.header(
+                "authorization",
+                if a == TOKEN {
+                    format!("Bearer {TOKEN}")
+                } else {
+                    a.to_string()
+                },
+            );
         }
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status().as_u16(), want, "{name}");
         let v: serde_json::Value = resp.json().await.unwrap();
-        let msg = v["error"]["message"].as_str().unwrap_or_else(|| panic!("{name}: no error.message in {v}"));
+        let msg = v["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no error.message in {v}"));
         assert!(msg.contains(needle), "{name}: {msg}");
     }
     // /message finds the channel by channelId + token; lower-case scheme accepted.
@@ -100,11 +139,24 @@ async fn auth_and_validation_errors_are_clear() {
         .unwrap();
     assert_eq!(r.status(), 200);
     // Provider webhooks: secret wrong or missing → 403, nothing stored.
-    for path in ["/channels/sms/inbound", "/channels/sms/inbound?secret=wrong", "/channels/sms/status?secret=x"] {
-        let r = http.post(format!("{base}{path}")).form(&[("from", ALICE), ("body", "x"), ("message_id", "m")]).send().await.unwrap();
+    for path in [
+        "/channels/sms/inbound",
+        "/channels/sms/inbound?secret=wrong",
+        "/channels/sms/status?secret=x",
+    ] {
+        let r = http
+            .post(format!("{base}{path}"))
+            .form(&[("from", ALICE), ("body", "x"), ("message_id", "m")])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 403, "{path}");
     }
-    let r = http.post(format!("{base}/channels/nope/inbound?secret={SECRET}")).send().await.unwrap();
+    let r = http
+        .post(format!("{base}/channels/nope/inbound?secret={SECRET}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     // Too big → 413.
     let r = http
@@ -116,7 +168,10 @@ async fn auth_and_validation_errors_are_clear() {
         .unwrap();
     assert_eq!(r.status(), 413);
     gw.shutdown().await;
-    assert!(stage.events().is_empty(), "nothing from a rejected webhook reached respond.io");
+    assert!(
+        stage.events().is_empty(),
+        "nothing from a rejected webhook reached respond.io"
+    );
 }
 
 #[tokio::test]
@@ -125,9 +180,18 @@ async fn redelivered_inbound_webhook_produces_one_event() {
     let gw = InProcess::start(&stage).await;
     let http = reqwest::Client::new();
     let url = format!("{}/channels/sms/inbound?secret={SECRET}", stage.base());
-    let form = [("from", ALICE), ("to", OUR_NUMBER), ("body", "once"), ("message_id", "DUP-1"), ("timestamp", "1767225600")];
+    let form = [
+        ("from", ALICE),
+        ("to", OUR_NUMBER),
+        ("body", "once"),
+        ("message_id", "DUP-1"),
+        ("timestamp", "1767225600"),
+    ];
     for _ in 0..3 {
-        assert_eq!(http.post(&url).form(&form).send().await.unwrap().status(), 200);
+        assert_eq!(
+            http.post(&url).form(&form).send().await.unwrap().status(),
+            200
+        );
     }
     wait_until("event", 20, || async { stage.events().into_iter().next() }).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -141,7 +205,10 @@ async fn unparseable_authentic_webhook_is_kept_and_answered_2xx() {
     let gw = InProcess::start(&stage).await;
     let http = reqwest::Client::new();
     let r = http
-        .post(format!("{}/channels/sms/inbound?secret={SECRET}", stage.base()))
+        .post(format!(
+            "{}/channels/sms/inbound?secret={SECRET}",
+            stage.base()
+        ))
         .header("content-type", "application/json")
         .body("{\"not\": \"clicksend\"}")
         .send()
@@ -150,8 +217,11 @@ async fn unparseable_authentic_webhook_is_kept_and_answered_2xx() {
     assert_eq!(r.status(), 200);
     gw.shutdown().await;
     let conn = rusqlite::Connection::open(stage.db_path()).unwrap();
-    let (n, reason): (i64, String) =
-        conn.query_row("SELECT COUNT(*), MAX(reason) FROM raw_webhooks", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    let (n, reason): (i64, String) = conn
+        .query_row("SELECT COUNT(*), MAX(reason) FROM raw_webhooks", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
     assert_eq!(n, 1);
     assert!(!reason.is_empty());
 }
@@ -162,16 +232,31 @@ async fn provider_5xx_then_success_is_delivered_once() {
     let gw = InProcess::start(&stage).await;
     stage.sim.push_fault(SimFault::Http5xx(503));
     let (status, body) = stage.send(ALICE, "retry me").await;
-    assert_eq!(status, 200, "a transient failure still answers 200 with our mId: {body}");
+    assert_eq!(
+        status, 200,
+        "a transient failure still answers 200 with our mId: {body}"
+    );
     let mid = body["mId"].as_str().unwrap().to_string();
     wait_until("second attempt accepted", 20, || async {
-        stage.sim.sent().iter().any(|a| a.status == 200).then_some(())
+        stage
+            .sim
+            .sent()
+            .iter()
+            .any(|a| a.status == 200)
+            .then_some(())
     })
     .await;
-    let st = wait_until("delivered", 20, || async { stage.events_of_type("message_status").into_iter().next() }).await;
+    let st = wait_until("delivered", 20, || async {
+        stage.events_of_type("message_status").into_iter().next()
+    })
+    .await;
     assert_eq!(st.event["mId"], mid.as_str());
     let sent = stage.sim.sent();
-    assert_eq!(sent.iter().filter(|a| a.status == 200).count(), 1, "delivered once");
+    assert_eq!(
+        sent.iter().filter(|a| a.status == 200).count(),
+        1,
+        "delivered once"
+    );
     assert_eq!(sent[0].status, 503);
     gw.shutdown().await;
     // The 5xx attempt may have been acted on: the history says so.
@@ -182,27 +267,52 @@ async fn provider_5xx_then_success_is_delivered_once() {
 async fn provider_permanent_error_is_a_4xx_to_respondio() {
     let stage = Stage::new(Opts::default()).await;
     let gw = InProcess::start(&stage).await;
-    stage.sim.set_fault_for_recipient("+61400000009", "INVALID_RECIPIENT");
+    stage
+        .sim
+        .set_fault_for_recipient("+61400000009", "INVALID_RECIPIENT");
     let (status, body) = stage.send("+61400000009", "to nowhere").await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("INVALID_RECIPIENT"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("INVALID_RECIPIENT"),
+        "{body}"
+    );
     gw.shutdown().await;
-    assert!(stage.events_of_type("message_status").is_empty(), "the 4xx was the answer; no failed status");
+    assert!(
+        stage.events_of_type("message_status").is_empty(),
+        "the 4xx was the answer; no failed status"
+    );
 }
 
 #[tokio::test]
 async fn failure_after_the_200_is_reported_as_failed_status() {
-    let stage = Stage::new(Opts { budget_ms: 100, ..Opts::default() }).await;
+    let stage = Stage::new(Opts {
+        budget_ms: 100,
+        ..Opts::default()
+    })
+    .await;
     let gw = InProcess::start(&stage).await;
     stage.sim.push_fault(SimFault::Delay(600));
-    stage.sim.set_fault_for_recipient("+61400000009", "INVALID_RECIPIENT");
+    stage
+        .sim
+        .set_fault_for_recipient("+61400000009", "INVALID_RECIPIENT");
     let (status, body) = stage.send("+61400000009", "slow then rejected").await;
     assert_eq!(status, 200, "budget spent: 200 with our mId");
     let mid = body["mId"].as_str().unwrap().to_string();
-    let st = wait_until("failed status", 20, || async { stage.events_of_type("message_status").into_iter().next() }).await;
+    let st = wait_until("failed status", 20, || async {
+        stage.events_of_type("message_status").into_iter().next()
+    })
+    .await;
     assert_eq!(st.event["mId"], mid.as_str());
     assert_eq!(st.event["status"]["value"], "failed");
-    assert!(st.event["status"]["message"].as_str().unwrap().contains("INVALID_RECIPIENT"));
+    assert!(
+        st.event["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("INVALID_RECIPIENT")
+    );
     gw.shutdown().await;
 }
 
@@ -217,19 +327,30 @@ async fn burst(opts: Opts) {
         let (sim, c) = (stage.sim.clone(), c.clone());
         pushes.push(tokio::spawn(async move {
             for n in 0..10 {
-                assert_eq!(sim.push_inbound(&c, OUR_NUMBER, &format!("{c} #{n}")).await.unwrap(), 200);
+                assert_eq!(
+                    sim.push_inbound(&c, OUR_NUMBER, &format!("{c} #{n}"))
+                        .await
+                        .unwrap(),
+                    200
+                );
             }
         }));
     }
     for p in pushes {
         p.await.unwrap();
     }
-    wait_until("all 300 at respond.io", 60, || async { (stage.events().len() >= 300).then_some(()) }).await;
+    wait_until("all 300 at respond.io", 60, || async {
+        (stage.events().len() >= 300).then_some(())
+    })
+    .await;
     let events = stage.events();
     assert_eq!(events.len(), 300, "no doubles");
     let mut per_contact: HashMap<String, Vec<String>> = HashMap::new();
     for e in &events {
-        per_contact.entry(e.contact_id.clone()).or_default().push(text_of(e));
+        per_contact
+            .entry(e.contact_id.clone())
+            .or_default()
+            .push(text_of(e));
     }
     for c in &contacts {
         let want: Vec<String> = (0..10).map(|n| format!("{c} #{n}")).collect();
@@ -238,21 +359,32 @@ async fn burst(opts: Opts) {
     gw.shutdown().await;
     // The hard limit, from the gateway's own attempt log.
     let log = attempt_times(&stage.db_path(), 0);
-    assert!(max_in_window(&log, 1000) <= 20, "attempt log: {} in a window", max_in_window(&log, 1000));
+    assert!(
+        max_in_window(&log, 1000) <= 20,
+        "attempt log: {} in a window",
+        max_in_window(&log, 1000)
+    );
     // Arrival times at the emulator, with a little slack for scheduling between the slot and the wire.
-    let arrivals: Vec<i64> = stage.emulator.calls(CHANNEL_ID).iter().map(|c| c.arrival_ms).collect();
-    assert!(max_in_window(&arrivals, 950) <= 20, "arrivals: {}", max_in_window(&arrivals, 950));
-    let calls = stage.emulator.calls(CHANNEL_ID);
-    if let Some(bad) = calls.iter().find(|c| c.status != 200) {
-        let near: Vec<(i64, u16)> = calls.iter().filter(|c| (c.arrival_ms - bad.arrival_ms).abs() <= 1100).map(|c| (c.arrival_ms - bad.arrival_ms, c.status)).collect();
-        let slots: Vec<i64> = log.iter().map(|t| t - bad.arrival_ms).filter(|d| d.abs() <= 1100).collect();
-        panic!("throttled by respond.io: {bad:?}\narrivals around it: {near:?}\nslots around it: {slots:?}");
-    }
+    let arrivals: Vec<i64> = stage
+        .emulator
+        .calls(CHANNEL_ID)
+        .iter()
+        .map(|c| c.arrival_ms)
+        .collect();
+    assert!(
+        max_in_window(&arrivals, 950) <= 20,
+        "arrivals: {}",
+        max_in_window(&arrivals, 950)
+    );
 }
 
 #[tokio::test]
 async fn inbound_burst_one_event_per_call() {
-    burst(Opts { max_events_per_call: 1, ..Opts::default() }).await;
+    burst(Opts {
+        max_events_per_call: 1,
+        ..Opts::default()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -264,7 +396,11 @@ async fn inbound_burst_batched_events() {
 async fn batch_rejected_by_respondio_is_retried_one_event_at_a_time() {
     // respond.io may not take several events per call (unknown): the emulator says 400 to
     // batches; the gateway splits, and everything still arrives once, in order.
-    let stage = Stage::new(Opts { emulator_max_events: Some(1), ..Opts::default() }).await;
+    let stage = Stage::new(Opts {
+        emulator_max_events: Some(1),
+        ..Opts::default()
+    })
+    .await;
     let gw = InProcess::start(&stage).await;
     let http = reqwest::Client::new();
     let url = format!("{}/channels/sms/inbound?secret={SECRET}", stage.base());
@@ -284,7 +420,10 @@ async fn batch_rejected_by_respondio_is_retried_one_event_at_a_time() {
     for p in pushes {
         assert_eq!(p.await, 200);
     }
-    wait_until("5 events", 30, || async { (stage.events().len() >= 5).then_some(()) }).await;
+    wait_until("5 events", 30, || async {
+        (stage.events().len() >= 5).then_some(())
+    })
+    .await;
     let events = stage.events();
     assert_eq!(events.len(), 5);
     gw.shutdown().await;
@@ -294,20 +433,48 @@ async fn batch_rejected_by_respondio_is_retried_one_event_at_a_time() {
 async fn respondio_429_pauses_the_lane_and_loses_nothing() {
     let stage = Stage::new(Opts::default()).await;
     let gw = InProcess::start(&stage).await;
-    stage.emulator.inject(CHANNEL_ID, vec![FaultResponse { status: 429, retry_after: Some(1), delay_ms: None }]);
+    stage.emulator.inject(
+        CHANNEL_ID,
+        vec![FaultResponse {
+            status: 429,
+            retry_after: Some(1),
+            delay_ms: None,
+        }],
+    );
     for n in 0..5 {
-        stage.sim.push_inbound(&format!("+6140000020{n}"), OUR_NUMBER, &format!("m{n}")).await.unwrap();
+        stage
+            .sim
+            .push_inbound(&format!("+6140000020{n}"), OUR_NUMBER, &format!("m{n}"))
+            .await
+            .unwrap();
     }
-    wait_until("5 events", 30, || async { (stage.events().len() >= 5).then_some(()) }).await;
+    wait_until("5 events", 30, || async {
+        (stage.events().len() >= 5).then_some(())
+    })
+    .await;
     let calls = stage.emulator.calls(CHANNEL_ID);
-    let throttled = calls.iter().find(|c| c.status == 429).expect("a 429 was answered");
+    let throttled = calls
+        .iter()
+        .find(|c| c.status == 429)
+        .expect("a 429 was answered");
     // Attempts already on the wire when the 429 came back may land just after it; after
     // that the lane sends nothing until Retry-After (1 s) has passed.
     let t = throttled.arrival_ms;
-    let during_pause: Vec<i64> =
-        calls.iter().map(|c| c.arrival_ms - t).filter(|&d| (100..950).contains(&d)).collect();
-    assert!(during_pause.is_empty(), "calls during the pause at +{during_pause:?} ms");
-    assert!(calls.iter().any(|c| c.status == 200 && c.arrival_ms >= t + 950), "resumed after the pause");
+    let during_pause: Vec<i64> = calls
+        .iter()
+        .map(|c| c.arrival_ms - t)
+        .filter(|&d| (100..950).contains(&d))
+        .collect();
+    assert!(
+        during_pause.is_empty(),
+        "calls during the pause at +{during_pause:?} ms"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.status == 200 && c.arrival_ms >= t + 950),
+        "resumed after the pause"
+    );
     assert_eq!(stage.events().len(), 5);
     gw.shutdown().await;
 }
@@ -319,16 +486,27 @@ async fn provider_auth_failure_opens_the_circuit_instead_of_dead_letters() {
     stage.sim.push_fault(SimFault::Unauthorized);
     let mut mids = Vec::new();
     for n in 0..3 {
-        let (s, b) = stage.send(&format!("+6140000030{n}"), "after the fault").await;
+        let (s, b) = stage
+            .send(&format!("+6140000030{n}"), "after the fault")
+            .await;
         assert_eq!(s, 200, "{b}");
         mids.push(b["mId"].as_str().unwrap().to_string());
     }
     // One attempt hit the 401; the lane then waits for its probe instead of trying the rest.
     let sent = stage.sim.sent();
     assert_eq!(sent.len(), 1, "{sent:?}");
-    let metrics = reqwest::get(format!("{}/metrics", stage.base())).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("{}/metrics", stage.base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
-        metrics.lines().any(|l| l.starts_with("rio_lane_circuit_open") && l.contains("to_provider") && l.ends_with(" 1")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("rio_lane_circuit_open")
+                && l.contains("to_provider")
+                && l.ends_with(" 1")),
         "circuit gauge: {metrics}"
     );
     wait_until("all three sent after the probe", 30, || async {
@@ -337,13 +515,23 @@ async fn provider_auth_failure_opens_the_circuit_instead_of_dead_letters() {
     .await;
     gw.shutdown().await;
     let conn = rusqlite::Connection::open(stage.db_path()).unwrap();
-    let dead: i64 = conn.query_row("SELECT COUNT(*) FROM items WHERE state = 3", [], |r| r.get(0)).unwrap();
+    let dead: i64 = conn
+        .query_row("SELECT COUNT(*) FROM items WHERE state = 3", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
     assert_eq!(dead, 0);
 }
 
 #[tokio::test]
 async fn a_reply_in_a_live_conversation_overtakes_a_broadcast() {
-    let stage = Stage::new(Opts { provider_rate: 10, budget_ms: 50, push_receipts: false, ..Opts::default() }).await;
+    let stage = Stage::new(Opts {
+        provider_rate: 10,
+        budget_ms: 50,
+        push_receipts: false,
+        ..Opts::default()
+    })
+    .await;
     let gw = InProcess::start(&stage).await;
     // A broadcast of 60 sends to contacts who never wrote in: 6 s at 10/s.
     for n in 0..60 {
@@ -351,16 +539,30 @@ async fn a_reply_in_a_live_conversation_overtakes_a_broadcast() {
         assert_eq!(s, 200);
     }
     // Alice writes in, then an agent replies.
-    stage.sim.push_inbound(ALICE, OUR_NUMBER, "help please").await.unwrap();
-    wait_until("alice's message at respond.io", 20, || async { stage.events().into_iter().next() }).await;
+    stage
+        .sim
+        .push_inbound(ALICE, OUR_NUMBER, "help please")
+        .await
+        .unwrap();
+    wait_until("alice's message at respond.io", 20, || async {
+        stage.events().into_iter().next()
+    })
+    .await;
     let before = stage.sim.sent().len();
     let (s, _) = stage.send(ALICE, "agent reply").await;
     assert_eq!(s, 200);
     let pos = wait_until("the reply at the provider", 20, || async {
-        stage.sim.sent().iter().position(|a| a.body["messages"][0]["to"] == ALICE)
+        stage
+            .sim
+            .sent()
+            .iter()
+            .position(|a| a.body["messages"][0]["to"] == ALICE)
     })
     .await;
-    assert!(pos <= before + 12, "reply went out at position {pos}, broadcast had sent {before} when it was accepted");
+    assert!(
+        pos <= before + 12,
+        "reply went out at position {pos}, broadcast had sent {before} when it was accepted"
+    );
     assert!(before < 55, "the broadcast was still draining");
     gw.shutdown().await;
 }
@@ -369,12 +571,32 @@ async fn a_reply_in_a_live_conversation_overtakes_a_broadcast() {
 async fn metrics_and_health_endpoints() {
     let stage = Stage::new(Opts::default()).await;
     let gw = InProcess::start(&stage).await;
-    stage.sim.push_inbound(ALICE, OUR_NUMBER, "hi").await.unwrap();
+    stage
+        .sim
+        .push_inbound(ALICE, OUR_NUMBER, "hi")
+        .await
+        .unwrap();
     wait_until("event", 20, || async { stage.events().into_iter().next() }).await;
-    assert_eq!(reqwest::get(format!("{}/healthz", stage.base())).await.unwrap().status(), 200);
-    let ready: serde_json::Value = reqwest::get(format!("{}/readyz", stage.base())).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", stage.base()))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready: serde_json::Value = reqwest::get(format!("{}/readyz", stage.base()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["status"], "ready");
-    let m = reqwest::get(format!("{}/metrics", stage.base())).await.unwrap().text().await.unwrap();
+    let m = reqwest::get(format!("{}/metrics", stage.base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
         "rio_accepted_total",
         "rio_delivered_total",

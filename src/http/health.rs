@@ -30,5 +30,12 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "store": match &store { Ok(()) => "ok".to_string(), Err(e) => e.to_string() },
         "lanes_not_running": stopped,
     });
-    (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+    (
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(body),
+    )
 }

@@ -41,7 +41,11 @@ pub async fn by_name(
 
 /// `POST /message`: the channel is the one whose respond.io id is the body's `channelId`,
 /// and the bearer token must be that channel's.
-pub async fn by_channel_id(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn by_channel_id(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if bearer(&headers).is_none() {
         return json_error(StatusCode::UNAUTHORIZED, "missing bearer token");
     }
@@ -77,7 +81,11 @@ fn check_token(channel: &Channel, headers: &HeaderMap) -> Result<(), Response> {
     };
     // Both comparisons always run, so timing does not tell which token matched.
     let current = channel.cfg.respondio_token.matches(token);
-    let next = channel.cfg.respondio_token_next.as_ref().is_some_and(|t| t.matches(token));
+    let next = channel
+        .cfg
+        .respondio_token_next
+        .as_ref()
+        .is_some_and(|t| t.matches(token));
     if current | next {
         Ok(())
     } else {
@@ -87,9 +95,14 @@ fn check_token(channel: &Channel, headers: &HeaderMap) -> Result<(), Response> {
 
 async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) -> Response {
     let cfg = &channel.cfg;
-    if let Some(id) = &req.channel_id {
-        if *id != cfg.respondio_channel_id {
-            return json_error(StatusCode::BAD_REQUEST, "channelId does not match this channel");
+    if let Some(id) = &req.channel_id
+        && *id != cfg.respondio_channel_id
+    {
+        {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "channelId does not match this channel",
+            );
         }
     }
     if let Err(e) = cfg.id_type.validate(&req.contact_id) {
@@ -98,15 +111,31 @@ async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) 
     let mid = ulid::Ulid::new().to_string();
     let message_json = match serde_json::to_string(&req.message) {
         Ok(j) => j,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("message cannot be stored: {e}")),
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("message cannot be stored: {e}"),
+            );
+        }
     };
     let window_ms = (cfg.delivery.conversation_window_secs as i64).saturating_mul(1000);
-    let item = NewOutbound { mid: mid.clone(), contact: req.contact_id.clone(), message_json };
-    let id = match state.store.accept_outbound(&cfg.name, item, window_ms).await {
+    let item = NewOutbound {
+        mid: mid.clone(),
+        contact: req.contact_id.clone(),
+        message_json,
+    };
+    let id = match state
+        .store
+        .accept_outbound(&cfg.name, item, window_ms)
+        .await
+    {
         Ok(id) => id,
         Err(e) => {
             tracing::error!(channel = %cfg.name, mid = %mid, error = %e, "could not commit an outbound message");
-            return json_error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable, try again");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store unavailable, try again",
+            );
         }
     };
     metrics::counter!("rio_accepted_total", "channel" => cfg.name.clone(), "direction" => "to_provider").increment(1);
@@ -130,6 +159,8 @@ async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) 
             tracing::info!(channel = %cfg.name, mid = %mid, reason = %reason, "outbound rejected by the provider");
             json_error(StatusCode::BAD_REQUEST, &reason)
         }
-        FirstOutcome::Accepted | FirstOutcome::Pending => (StatusCode::OK, Json(serde_json::json!({ "mId": mid }))).into_response(),
+        FirstOutcome::Accepted | FirstOutcome::Pending => {
+            (StatusCode::OK, Json(serde_json::json!({ "mId": mid }))).into_response()
+        }
     }
 }

@@ -16,7 +16,10 @@ pub fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
-                .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ])
                 .expect("static buckets")
                 .build_recorder();
             let handle = recorder.handle();
@@ -29,7 +32,10 @@ pub fn handle() -> PrometheusHandle {
 
 pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     publish_lane_stats(&state).await;
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }
 
 /// Lane depth, age of the oldest pending item and dead letters, per channel and direction.
@@ -42,10 +48,17 @@ pub async fn publish_lane_stats(state: &AppState) {
     let now = now_ms();
     for ch in state.channels.values() {
         for lane in [crate::store::Lane::RespondIo, crate::store::Lane::Provider] {
-            let s = stats.iter().find(|s| s.channel == ch.cfg.name && s.lane == lane);
-            let labels = [("channel", ch.cfg.name.clone()), ("direction", lane.name().to_string())];
+            let s = stats
+                .iter()
+                .find(|s| s.channel == ch.cfg.name && s.lane == lane);
+            let labels = [
+                ("channel", ch.cfg.name.clone()),
+                ("direction", lane.name().to_string()),
+            ];
             metrics::gauge!("rio_lane_depth", &labels).set(s.map_or(0, |s| s.pending) as f64);
-            let age = s.and_then(|s| s.oldest_pending_ms).map_or(0.0, |t| ((now - t).max(0) as f64) / 1000.0);
+            let age = s
+                .and_then(|s| s.oldest_pending_ms)
+                .map_or(0.0, |t| ((now - t).max(0) as f64) / 1000.0);
             metrics::gauge!("rio_lane_oldest_pending_seconds", &labels).set(age);
             metrics::gauge!("rio_dead_letters", &labels).set(s.map_or(0, |s| s.dead) as f64);
         }

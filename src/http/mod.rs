@@ -25,8 +25,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/channels/{name}//message", post(message::by_name))
         .route("/message", post(message::by_channel_id))
         .route("//message", post(message::by_channel_id))
-        .route("/channels/{name}/inbound", post(webhooks::inbound).get(webhooks::inbound))
-        .route("/channels/{name}/status", post(webhooks::status).get(webhooks::status))
+        .route(
+            "/channels/{name}/inbound",
+            post(webhooks::inbound).get(webhooks::inbound),
+        )
+        .route(
+            "/channels/{name}/status",
+            post(webhooks::status).get(webhooks::status),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))

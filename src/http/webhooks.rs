@@ -25,7 +25,10 @@ fn ok() -> Response {
 
 fn unavailable(channel: &str, e: impl std::fmt::Display) -> Response {
     tracing::error!(channel, error = %e, "could not commit a webhook; answering 503 so the provider retries");
-    json_error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable, try again")
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store unavailable, try again",
+    )
 }
 
 struct Incoming {
@@ -35,15 +38,36 @@ struct Incoming {
 }
 
 fn prepare(state: &AppState, name: &str, uri: &axum::http::Uri) -> Result<Incoming, Response> {
-    let channel = state.channel(name).cloned().ok_or_else(|| json_error(StatusCode::NOT_FOUND, "unknown channel"))?;
+    let channel = state
+        .channel(name)
+        .cloned()
+        .ok_or_else(|| json_error(StatusCode::NOT_FOUND, "unknown channel"))?;
     let base = state.cfg.server.public_url.trim_end_matches('/');
     let path_q = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    Ok(Incoming { channel, public_url: format!("{base}{path_q}"), query: uri.query().unwrap_or("").to_string() })
+    Ok(Incoming {
+        channel,
+        public_url: format!("{base}{path_q}"),
+        query: uri.query().unwrap_or("").to_string(),
+    })
 }
 
-async fn store_raw(state: &AppState, ch: &Channel, route: &str, headers: &HeaderMap, body: &[u8], reason: &str) -> Response {
-    let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    match state.store.store_unparseable(&ch.cfg.name, route, ct, body.to_vec(), reason).await {
+async fn store_raw(
+    state: &AppState,
+    ch: &Channel,
+    route: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    reason: &str,
+) -> Response {
+    let ct = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match state
+        .store
+        .store_unparseable(&ch.cfg.name, route, ct, body.to_vec(), reason)
+        .await
+    {
         Ok(id) => {
             metrics::counter!("rio_unparseable_webhooks_total", "channel" => ch.cfg.name.clone(), "route" => route.to_string())
                 .increment(1);
@@ -67,7 +91,12 @@ pub async fn inbound(
         Err(r) => return r,
     };
     let ch = &inc.channel;
-    let req = WebhookRequest { query: &inc.query, headers: &headers, body: &body, public_url: &inc.public_url };
+    let req = WebhookRequest {
+        query: &inc.query,
+        headers: &headers,
+        body: &body,
+        public_url: &inc.public_url,
+    };
     if let Err(reason) = ch.provider.authenticate(&req) {
         tracing::warn!(channel = %ch.cfg.name, reason = %reason, "inbound webhook rejected: not authentic");
         return json_error(StatusCode::FORBIDDEN, "forbidden");
@@ -76,10 +105,17 @@ pub async fn inbound(
         Ok(ev) => ev,
         Err(reason) => return store_raw(&state, ch, "inbound", &headers, &body, &reason).await,
     };
-    if let Some(bad) = events.iter().find_map(|e| ch.cfg.id_type.validate(&e.contact_id).err()) {
+    if let Some(bad) = events
+        .iter()
+        .find_map(|e| ch.cfg.id_type.validate(&e.contact_id).err())
+    {
         return store_raw(&state, ch, "inbound", &headers, &body, &bad).await;
     }
-    let items = match events.iter().map(to_new_inbound).collect::<Result<Vec<_>, _>>() {
+    let items = match events
+        .iter()
+        .map(to_new_inbound)
+        .collect::<Result<Vec<_>, _>>()
+    {
         Ok(items) => items,
         Err(reason) => return store_raw(&state, ch, "inbound", &headers, &body, &reason).await,
     };
@@ -94,7 +130,8 @@ pub async fn inbound(
                         tracing::info!(channel = %ch.cfg.name, mid = %mid, "inbound accepted");
                     }
                     IngestResult::Duplicate => {
-                        metrics::counter!("rio_duplicates_total", "channel" => ch.cfg.name.clone()).increment(1);
+                        metrics::counter!("rio_duplicates_total", "channel" => ch.cfg.name.clone())
+                            .increment(1);
                         tracing::info!(channel = %ch.cfg.name, mid = %mid, "inbound redelivery dropped (duplicate)");
                     }
                 }
@@ -113,8 +150,18 @@ fn to_new_inbound(e: &InboundEvent) -> Result<NewInbound, String> {
         InboundKind::Echo => (ItemKind::Echo, EventType::MessageEcho),
     };
     // respond.io wants epoch milliseconds; a provider clock in seconds would look like 1970.
-    let ts = if e.timestamp_ms < 1_000_000_000_000 { now_ms() } else { e.timestamp_ms };
-    let event = Event { kind: event_type, mid: mid.clone(), timestamp: ts, message: Some(e.message.clone()), status: None };
+    let ts = if e.timestamp_ms < 1_000_000_000_000 {
+        now_ms()
+    } else {
+        e.timestamp_ms
+    };
+    let event = Event {
+        kind: event_type,
+        mid: mid.clone(),
+        timestamp: ts,
+        message: Some(e.message.clone()),
+        status: None,
+    };
     let contact_json = match &e.contact {
         Some(c) if !c.is_empty() => Some(serde_json::to_string(c).map_err(|e| e.to_string())?),
         _ => None,
@@ -143,7 +190,12 @@ pub async fn status(
         Err(r) => return r,
     };
     let ch = &inc.channel;
-    let req = WebhookRequest { query: &inc.query, headers: &headers, body: &body, public_url: &inc.public_url };
+    let req = WebhookRequest {
+        query: &inc.query,
+        headers: &headers,
+        body: &body,
+        public_url: &inc.public_url,
+    };
     if let Err(reason) = ch.provider.authenticate(&req) {
         tracing::warn!(channel = %ch.cfg.name, reason = %reason, "receipt webhook rejected: not authentic");
         return json_error(StatusCode::FORBIDDEN, "forbidden");
@@ -154,7 +206,12 @@ pub async fn status(
     };
     let items = receipts
         .into_iter()
-        .map(|r| ReceiptIn { dedupe_key: r.dedupe_key, provider_id: r.provider_id, status: r.status, reason: r.reason })
+        .map(|r| ReceiptIn {
+            dedupe_key: r.dedupe_key,
+            provider_id: r.provider_id,
+            status: r.status,
+            reason: r.reason,
+        })
         .collect();
     match state.store.apply_receipts(&ch.cfg.name, items).await {
         Ok(results) => {
@@ -171,7 +228,9 @@ pub async fn status(
                     ReceiptResult::Parked => {
                         tracing::info!(channel = %ch.cfg.name, "receipt for an unknown provider id parked until its send records it")
                     }
-                    ReceiptResult::Duplicate => tracing::info!(channel = %ch.cfg.name, "receipt redelivery dropped"),
+                    ReceiptResult::Duplicate => {
+                        tracing::info!(channel = %ch.cfg.name, "receipt redelivery dropped")
+                    }
                 }
             }
             if forwarded {

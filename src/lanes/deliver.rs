@@ -27,11 +27,17 @@ pub struct ToRespondIo {
 #[async_trait]
 impl Deliverer for ToRespondIo {
     fn batch_limit(&self, qkey: &str) -> usize {
-        if qkey.starts_with("c:") { self.max_events_per_call } else { 1 }
+        if qkey.starts_with("c:") {
+            self.max_events_per_call
+        } else {
+            1
+        }
     }
 
     async fn deliver(&self, items: &[Item]) -> Result<Option<String>, SendError> {
-        let Some(first) = items.first() else { return Ok(None) };
+        let Some(first) = items.first() else {
+            return Ok(None);
+        };
         let events = items
             .iter()
             .map(|i| serde_json::from_str::<Event>(&i.payload))
@@ -44,7 +50,10 @@ impl Deliverer for ToRespondIo {
             .rev()
             .find_map(|i| i.contact_json.as_deref())
             .and_then(|j| serde_json::from_str(j).ok());
-        self.client.post(&first.contact, &events, contact.as_ref()).await.map(|()| None)
+        self.client
+            .post(&first.contact, &events, contact.as_ref())
+            .await
+            .map(|()| None)
     }
 }
 
@@ -60,12 +69,18 @@ impl Deliverer for ToProvider {
     }
 
     async fn deliver(&self, items: &[Item]) -> Result<Option<String>, SendError> {
-        let Some(item) = items.first() else { return Ok(None) };
+        let Some(item) = items.first() else {
+            return Ok(None);
+        };
         let message: Message = serde_json::from_str(&item.payload)
             .map_err(|e| SendError::Permanent(format!("stored message is unreadable: {e}")))?;
         let accepted = self
             .provider
-            .send(SendRequest { mid: &item.mid, contact_id: &item.contact, message: &message })
+            .send(SendRequest {
+                mid: &item.mid,
+                contact_id: &item.contact,
+                message: &message,
+            })
             .await?;
         Ok(Some(accepted.provider_id))
     }

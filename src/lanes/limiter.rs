@@ -20,7 +20,11 @@ pub struct SlidingWindow {
 impl SlidingWindow {
     pub fn new(limit: u32, window_ms: i64) -> Self {
         let limit = limit.max(1) as usize;
-        SlidingWindow { limit, window_ms, log: VecDeque::with_capacity(limit) }
+        SlidingWindow {
+            limit,
+            window_ms,
+            log: VecDeque::with_capacity(limit),
+        }
     }
 
     /// Remembers requests made before (e.g. by the previous process), in any order.
@@ -55,7 +59,10 @@ impl SlidingWindow {
             self.log.pop_front();
         }
         let free = self.limit - self.log.len();
-        let wait = self.log.front().map_or(0, |&oldest| (oldest + self.window_ms + 1 - now).max(1));
+        let wait = self
+            .log
+            .front()
+            .map_or(0, |&oldest| (oldest + self.window_ms + 1 - now).max(1));
         (free, if free > 0 { 0 } else { wait })
     }
 

@@ -82,10 +82,6 @@ pub struct LaneCtx {
     status_lane: OnceLock<Weak<LaneCtx>>,
 }
 
-/// Extra width of the rate window: covers the scheduling between a slot and the bytes
-/// reaching the wire, so the receiver, timing arrivals, never sees one request too many.
-pub const RATE_GUARD_MS: i64 = 10;
-
 impl LaneCtx {
     pub fn new(
         channel: String,
@@ -96,6 +92,7 @@ impl LaneCtx {
         rate_limit: u32,
         waiters: Arc<Waiters>,
     ) -> Arc<LaneCtx> {
+        let window_ms = 1000 + policy.rate_guard_ms as i64;
         Arc::new(LaneCtx {
             channel,
             lane,
@@ -106,7 +103,7 @@ impl LaneCtx {
             dirty: AtomicBool::new(true),
             notify: Notify::new(),
             running: AtomicBool::new(false),
-            limiter: Mutex::new(SlidingWindow::new(rate_limit, 1000 + RATE_GUARD_MS)),
+            limiter: Mutex::new(SlidingWindow::new(rate_limit, window_ms)),
             reserved: AtomicUsize::new(0),
             status_lane: OnceLock::new(),
             rate_limit,
@@ -151,7 +148,10 @@ impl LaneCtx {
     }
 
     fn labels(&self) -> [(&'static str, String); 2] {
-        [("channel", self.channel.clone()), ("direction", self.lane.name().to_string())]
+        [
+            ("channel", self.channel.clone()),
+            ("direction", self.lane.name().to_string()),
+        ]
     }
 }
 
@@ -208,7 +208,10 @@ pub struct LaneRunner {
 impl LaneRunner {
     /// Prepares a lane: seeds its limiter from the attempt log and restores a pause.
     pub async fn new(ctx: Arc<LaneCtx>) -> crate::store::Result<LaneRunner> {
-        let recent = ctx.store.recent_attempts(&ctx.channel, ctx.lane, ctx.rate_limit as usize).await?;
+        let recent = ctx
+            .store
+            .recent_attempts(&ctx.channel, ctx.lane, ctx.rate_limit as usize)
+            .await?;
         ctx.with_limiter(|l| l.seed(recent));
         let paused_until = ctx.store.paused_until(&ctx.channel, ctx.lane).await?;
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -249,13 +252,13 @@ impl LaneRunner {
                 self.wait(&shutdown, Some(until - now)).await;
                 continue;
             }
-            if self.ctx.dirty.swap(false, Ordering::AcqRel) || self.next_due.is_some_and(|d| d <= now) {
-                if let Err(e) = self.fill(now).await {
-                    tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e, "lane cannot read its queues");
-                    self.ctx.dirty.store(true, Ordering::Release);
-                    self.wait(&shutdown, Some(500)).await;
-                    continue;
-                }
+            let due = self.ctx.dirty.swap(false, Ordering::AcqRel)
+                || self.next_due.is_some_and(|d| d <= now);
+            if due && let Err(e) = self.fill(now).await {
+                tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e, "lane cannot read its queues");
+                self.ctx.dirty.store(true, Ordering::Release);
+                self.wait(&shutdown, Some(500)).await;
+                continue;
             }
             if self.ready[0].is_empty() && self.ready[1].is_empty() {
                 let idle = self.next_due.map_or(1000, |d| (d - now).clamp(1, 1000));
@@ -274,10 +277,13 @@ impl LaneRunner {
             let reserved = self.ctx.reserved.load(Ordering::Acquire);
             let (free, wait) = self.ctx.with_limiter(|l| l.free_at(now));
             if free <= reserved {
-                self.wait(&shutdown, Some(if free == 0 { wait } else { 2 })).await;
+                self.wait(&shutdown, Some(if free == 0 { wait } else { 2 }))
+                    .await;
                 continue;
             }
-            let Some((qkey, class)) = self.pick() else { continue };
+            let Some((qkey, class)) = self.pick() else {
+                continue;
+            };
             self.ctx.reserved.fetch_add(1, Ordering::AcqRel);
             if self.circuit.open {
                 self.circuit.probing = true;
@@ -308,7 +314,11 @@ impl LaneRunner {
             }
         }
         for qkey in self.held.drain() {
-            let _ = self.ctx.store.release(&self.ctx.channel, self.ctx.lane, &qkey).await;
+            let _ = self
+                .ctx
+                .store
+                .release(&self.ctx.channel, self.ctx.lane, &qkey)
+                .await;
         }
     }
 
@@ -340,12 +350,19 @@ impl LaneRunner {
 
     async fn fill(&mut self, now: i64) -> crate::store::Result<()> {
         let cap = self.ready_cap();
-        let limits = [cap.saturating_sub(self.ready[0].len()), cap.saturating_sub(self.ready[1].len())];
+        let limits = [
+            cap.saturating_sub(self.ready[0].len()),
+            cap.saturating_sub(self.ready[1].len()),
+        ];
         if limits == [0, 0] {
             self.ctx.dirty.store(true, Ordering::Release);
             return Ok(());
         }
-        let batch = self.ctx.store.claim(&self.ctx.channel, self.ctx.lane, now, limits).await?;
+        let batch = self
+            .ctx
+            .store
+            .claim(&self.ctx.channel, self.ctx.lane, now, limits)
+            .await?;
         let mut per_class = [0usize; 2];
         for (qkey, class) in batch.claimed {
             let c = (class as usize).min(1);
@@ -355,7 +372,11 @@ impl LaneRunner {
             }
         }
         // A full batch may have left more behind: look again soon.
-        if per_class.iter().zip(limits).any(|(&got, lim)| lim > 0 && got == lim) {
+        if per_class
+            .iter()
+            .zip(limits)
+            .any(|(&got, lim)| lim > 0 && got == lim)
+        {
             self.ctx.dirty.store(true, Ordering::Release);
         }
         self.next_due = batch.next_due_ms;
@@ -366,7 +387,8 @@ impl LaneRunner {
     fn pick(&mut self) -> Option<(String, u8)> {
         let share = self.ctx.policy.bulk_min_share;
         self.bulk_credit = (self.bulk_credit + share).min(1.0);
-        let take_bulk = self.ready[0].is_empty() || (self.bulk_credit >= 1.0 && !self.ready[1].is_empty());
+        let take_bulk =
+            self.ready[0].is_empty() || (self.bulk_credit >= 1.0 && !self.ready[1].is_empty());
         let class = if take_bulk { 1 } else { 0 };
         let qkey = self.ready[class].pop_front()?;
         if class == 1 {
@@ -401,7 +423,10 @@ impl LaneRunner {
                     tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), pause_ms = until - now, "throttled: lane paused");
                     let ctx2 = ctx.clone();
                     tokio::spawn(async move {
-                        let _ = ctx2.store.set_paused_until(&ctx2.channel, ctx2.lane, until).await;
+                        let _ = ctx2
+                            .store
+                            .set_paused_until(&ctx2.channel, ctx2.lane, until)
+                            .await;
                     });
                 }
                 self.ctx.dirty.store(true, Ordering::Release);
@@ -415,7 +440,13 @@ impl LaneRunner {
                 };
                 tracing::error!(channel = %ctx.channel, lane = ctx.lane.name(), reason = %reason, probe_in_ms = backoff,
                     "channel fault: lane paused (circuit open) until a probe succeeds");
-                self.circuit = Circuit { open: true, probing: false, probe_at: now + backoff, backoff_ms: backoff, reason };
+                self.circuit = Circuit {
+                    open: true,
+                    probing: false,
+                    probe_at: now + backoff,
+                    backoff_ms: backoff,
+                    reason,
+                };
                 self.ctx.dirty.store(true, Ordering::Release);
             }
             Next::StoreError => {
@@ -433,7 +464,11 @@ impl LaneRunner {
 
     fn publish_gauges(&self) {
         let l = self.ctx.labels();
-        metrics::gauge!("rio_lane_paused", &l).set(if self.paused_until > now_ms() { 1.0 } else { 0.0 });
+        metrics::gauge!("rio_lane_paused", &l).set(if self.paused_until > now_ms() {
+            1.0
+        } else {
+            0.0
+        });
         metrics::gauge!("rio_lane_circuit_open", &l).set(if self.circuit.open { 1.0 } else { 0.0 });
         metrics::gauge!("rio_lane_inflight", &l).set(self.inflight as f64);
     }
@@ -461,12 +496,25 @@ impl Drop for Reservation<'_> {
 /// deliver, record.
 async fn attempt(ctx: Arc<LaneCtx>, qkey: String, class: u8, single: bool) -> Completion {
     let mut reservation = Reservation(&ctx.reserved, false);
-    let limit = if single { 1 } else { ctx.deliverer.batch_limit(&qkey).max(1) };
-    let done = |next, split| Completion { qkey: qkey.clone(), class, next, split };
+    let limit = if single {
+        1
+    } else {
+        ctx.deliverer.batch_limit(&qkey).max(1)
+    };
+    let done = |next, split| Completion {
+        qkey: qkey.clone(),
+        class,
+        next,
+        split,
+    };
     let store_failed = |e: crate::store::StoreError| {
         tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e, "store failed during an attempt");
     };
-    let items = match ctx.store.head_items(&ctx.channel, ctx.lane, &qkey, limit).await {
+    let items = match ctx
+        .store
+        .head_items(&ctx.channel, ctx.lane, &qkey, limit)
+        .await
+    {
         Ok(items) => items,
         Err(e) => {
             store_failed(e);
@@ -478,7 +526,11 @@ async fn attempt(ctx: Arc<LaneCtx>, qkey: String, class: u8, single: bool) -> Co
         return done(Next::Released, false);
     }
     let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
-    if let Err(e) = ctx.store.begin_attempt(&ctx.channel, ctx.lane, &ids, now_ms()).await {
+    if let Err(e) = ctx
+        .store
+        .begin_attempt(&ctx.channel, ctx.lane, &ids, now_ms())
+        .await
+    {
         store_failed(e);
         tokio::time::sleep(Duration::from_millis(500)).await;
         return done(Next::StoreError, false);
@@ -491,7 +543,19 @@ async fn attempt(ctx: Arc<LaneCtx>, qkey: String, class: u8, single: bool) -> Co
     let labels = ctx.labels();
     metrics::histogram!("rio_delivery_duration_seconds", &labels).record(dur.as_secs_f64());
     let (fin, next, split) = decide(&ctx, &items, result, dur);
-    let more = match ctx.store.finish(&ctx.channel, ctx.lane, &qkey, &ids, fin, slot_ms, dur.as_millis() as i64).await {
+    let more = match ctx
+        .store
+        .finish(
+            &ctx.channel,
+            ctx.lane,
+            &qkey,
+            &ids,
+            fin,
+            slot_ms,
+            dur.as_millis() as i64,
+        )
+        .await
+    {
         Ok(more) => {
             ctx.wake_status_lane();
             more
@@ -533,7 +597,14 @@ fn decide(
         for it in items {
             tracing::warn!(channel = %ctx.channel, mid = %it.mid, lane = ctx.lane.name(), reason = %reason, "dead-lettered");
         }
-        (Finish::Dead { reason, report_failed: report }, None, false)
+        (
+            Finish::Dead {
+                reason,
+                report_failed: report,
+            },
+            None,
+            false,
+        )
     };
     match result {
         Ok(provider_id) => {
@@ -546,28 +617,51 @@ fn decide(
             // A batch answered 4xx: find the culprit one event at a time before anything
             // is dead-lettered.
             log_item("batch rejected; retrying one event per call", &reason);
-            let fin = Finish::Retry { next_ms: now, error: reason, ambiguous: false, counted: false, outcome: "split" };
+            let fin = Finish::Retry {
+                next_ms: now,
+                error: reason,
+                ambiguous: false,
+                counted: false,
+                outcome: "split",
+            };
             (fin, Some(Next::Released), true)
         }
         Err(SendError::Permanent(reason)) => {
             metrics::counter!("rio_failed_total", &labels).increment(1);
             // If `/message` is still waiting, respond.io hears this as our 4xx and needs no
             // `failed` status; otherwise it already has our 200 and must be told.
-            let told = ctx.waiters.resolve(head.id, FirstOutcome::Rejected(reason.clone()));
+            let told = ctx
+                .waiters
+                .resolve(head.id, FirstOutcome::Rejected(reason.clone()));
             dead(reason, !told)
         }
         Err(SendError::ChannelFault(reason)) => {
             metrics::counter!("rio_channel_faults_total", &labels).increment(1);
             ctx.waiters.resolve(head.id, FirstOutcome::Pending);
-            let fin = Finish::Retry { next_ms: now, error: reason.clone(), ambiguous: false, counted: false, outcome: "fault" };
+            let fin = Finish::Retry {
+                next_ms: now,
+                error: reason.clone(),
+                ambiguous: false,
+                counted: false,
+                outcome: "fault",
+            };
             (fin, Some(Next::Fault(reason)), false)
         }
-        Err(SendError::Throttled { retry_after, reason }) => {
+        Err(SendError::Throttled {
+            retry_after,
+            reason,
+        }) => {
             metrics::counter!("rio_throttled_total", &labels).increment(1);
             ctx.waiters.resolve(head.id, FirstOutcome::Pending);
             let pause = retry::throttle_pause_ms(retry_after);
             let until = now + pause;
-            let fin = Finish::Retry { next_ms: until, error: reason, ambiguous: false, counted: false, outcome: "throttled" };
+            let fin = Finish::Retry {
+                next_ms: until,
+                error: reason,
+                ambiguous: false,
+                counted: false,
+                outcome: "throttled",
+            };
             (fin, Some(Next::Paused { until }), false)
         }
         Err(e @ (SendError::Unsent(_) | SendError::Ambiguous(_))) => {
@@ -578,8 +672,17 @@ fn decide(
             let attempts = head.attempts + 1;
             let age_ms = now - head.created_ms;
             // Toward the provider a repeat may double the message: cap those.
-            if ambiguous && ctx.lane == Lane::Provider && head.ambiguous + 1 > p.ambiguous_retry_cap as i64 {
-                return dead(format!("may have been sent; not retried again after {} ambiguous attempts: {reason}", head.ambiguous + 1), true);
+            if ambiguous
+                && ctx.lane == Lane::Provider
+                && head.ambiguous + 1 > p.ambiguous_retry_cap as i64
+            {
+                return dead(
+                    format!(
+                        "may have been sent; not retried again after {} ambiguous attempts: {reason}",
+                        head.ambiguous + 1
+                    ),
+                    true,
+                );
             }
             if attempts >= p.max_attempts as i64 {
                 return dead(format!("gave up after {attempts} attempts: {reason}"), true);
@@ -588,9 +691,26 @@ fn decide(
                 return dead(format!("gave up after {} s: {reason}", age_ms / 1000), true);
             }
             let delay = retry::backoff_ms(attempts as u32, p.backoff_base_ms, p.backoff_max_ms);
-            log_item(if ambiguous { "retrying (ambiguous)" } else { "retrying" }, &reason);
+            log_item(
+                if ambiguous {
+                    "retrying (ambiguous)"
+                } else {
+                    "retrying"
+                },
+                &reason,
+            );
             let outcome = if ambiguous { "ambiguous" } else { "retry" };
-            (Finish::Retry { next_ms: now + delay, error: reason, ambiguous, counted: true, outcome }, None, false)
+            (
+                Finish::Retry {
+                    next_ms: now + delay,
+                    error: reason,
+                    ambiguous,
+                    counted: true,
+                    outcome,
+                },
+                None,
+                false,
+            )
         }
     }
 }

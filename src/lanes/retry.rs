@@ -7,7 +7,9 @@ use rand::Rng;
 /// Delay before the next try after `failures` failed attempts (1-based): base·2^(n−1),
 /// capped, then jittered into [d/2, d] so a burst of failures does not retry in lockstep.
 pub fn backoff_ms(failures: u32, base_ms: u64, max_ms: u64) -> i64 {
-    let exp = base_ms.saturating_mul(1u64 << failures.saturating_sub(1).min(30)).min(max_ms);
+    let exp = base_ms
+        .saturating_mul(1u64 << failures.saturating_sub(1).min(30))
+        .min(max_ms);
     let lo = exp / 2;
     rand::rng().random_range(lo..=exp.max(lo)) as i64
 }
@@ -44,7 +46,10 @@ mod tests {
     #[test]
     fn retry_after_is_clamped() {
         assert_eq!(throttle_pause_ms(Some(Duration::from_secs(2))), 2000);
-        assert_eq!(throttle_pause_ms(Some(Duration::from_secs(86_400))), 900_000);
+        assert_eq!(
+            throttle_pause_ms(Some(Duration::from_secs(86_400))),
+            900_000
+        );
         assert_eq!(throttle_pause_ms(None), 1000);
     }
 }

@@ -104,7 +104,10 @@ pub enum SendError {
     /// double the message, so these retries are capped and marked ambiguous.
     Ambiguous(String),
     /// The provider asked us to slow down; `retry_after` if it said how long.
-    Throttled { retry_after: Option<Duration>, reason: String },
+    Throttled {
+        retry_after: Option<Duration>,
+        reason: String,
+    },
     /// This message will never go through (invalid recipient, content the provider cannot
     /// carry). Reported to respond.io as an error.
     Permanent(String),
@@ -164,11 +167,15 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    if let Ok(secs) = v.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Some(Duration::from_secs_f64(secs));
-        }
+    if let Ok(secs) = v.parse::<f64>()
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        return Some(Duration::from_secs_f64(secs));
     }
     let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }

@@ -18,16 +18,38 @@ pub struct RespondIoClient {
 const ERROR_BODY_MAX: usize = 512;
 
 impl RespondIoClient {
-    pub fn new(http: reqwest::Client, url: String, token: Secret, channel_id: String, timeout: Duration) -> Self {
-        RespondIoClient { http, url, token, channel_id, timeout }
+    pub fn new(
+        http: reqwest::Client,
+        url: String,
+        token: Secret,
+        channel_id: String,
+        timeout: Duration,
+    ) -> Self {
+        RespondIoClient {
+            http,
+            url,
+            token,
+            channel_id,
+            timeout,
+        }
     }
 
     /// One webhook call. 2xx → Ok; 429 → Throttled; 401/403 → ChannelFault (token or
     /// channel misconfigured: retrying each message would only fill the dead letters);
     /// other 4xx → Permanent with respond.io's reason; 5xx/408 and transport errors →
     /// retryable (the same mId is sent again).
-    pub async fn post(&self, contact_id: &str, events: &[Event], contact: Option<&Contact>) -> Result<(), SendError> {
-        let envelope = Envelope { channel_id: &self.channel_id, contact_id, events, contact };
+    pub async fn post(
+        &self,
+        contact_id: &str,
+        events: &[Event],
+        contact: Option<&Contact>,
+    ) -> Result<(), SendError> {
+        let envelope = Envelope {
+            channel_id: &self.channel_id,
+            contact_id,
+            events,
+            contact,
+        };
         let resp = self
             .http
             .post(&self.url)
@@ -50,7 +72,10 @@ impl RespondIoClient {
         let body = read_capped(resp).await;
         let reason = format!("respond.io answered {}: {}", status.as_u16(), body);
         Err(match status.as_u16() {
-            429 => SendError::Throttled { retry_after, reason },
+            429 => SendError::Throttled {
+                retry_after,
+                reason,
+            },
             401 | 403 => SendError::ChannelFault(reason),
             408 => SendError::Ambiguous(reason),
             400..=499 => SendError::Permanent(reason),

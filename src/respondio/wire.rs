@@ -122,11 +122,14 @@ impl Message {
         let ty = str_field(obj, "type").ok_or("message.type is required")?;
         match ty {
             "text" => {
-                let text = str_field(obj, "text").ok_or("message.text is required for type text")?;
+                let text =
+                    str_field(obj, "text").ok_or("message.text is required for type text")?;
                 if text.trim().is_empty() {
                     return Err("message.text is empty".into());
                 }
-                Ok(Message::Text { text: text.to_string() })
+                Ok(Message::Text {
+                    text: text.to_string(),
+                })
             }
             "attachment" => {
                 let a = obj
@@ -135,7 +138,9 @@ impl Message {
                     .ok_or("message.attachment is required for type attachment")?;
                 let kind_s = str_field(a, "type").ok_or("message.attachment.type is required")?;
                 let kind = AttachmentKind::parse(kind_s).ok_or_else(|| {
-                    format!("message.attachment.type {kind_s:?} is not one of image, video, audio, file")
+                    format!(
+                        "message.attachment.type {kind_s:?} is not one of image, video, audio, file"
+                    )
                 })?;
                 let url = str_field(a, "url").ok_or("message.attachment.url is required")?;
                 let parsed = url::Url::parse(url)
@@ -155,8 +160,10 @@ impl Message {
                 })
             }
             "location" => {
-                let lat = num_field(obj, "latitude").ok_or("message.latitude is required for type location")?;
-                let lon = num_field(obj, "longitude").ok_or("message.longitude is required for type location")?;
+                let lat = num_field(obj, "latitude")
+                    .ok_or("message.latitude is required for type location")?;
+                let lon = num_field(obj, "longitude")
+                    .ok_or("message.longitude is required for type location")?;
                 if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
                     return Err("message latitude/longitude out of range".into());
                 }
@@ -206,13 +213,20 @@ impl Message {
                 Some(d) if !d.is_empty() => format!("{d}\n{}", attachment.url),
                 _ => attachment.url.clone(),
             },
-            Message::Location { latitude, longitude, address, name } => {
+            Message::Location {
+                latitude,
+                longitude,
+                address,
+                name,
+            } => {
                 let mut s = String::new();
                 for part in [name, address].into_iter().flatten() {
                     s.push_str(part);
                     s.push('\n');
                 }
-                s.push_str(&format!("https://maps.google.com/?q={latitude},{longitude}"));
+                s.push_str(&format!(
+                    "https://maps.google.com/?q={latitude},{longitude}"
+                ));
                 s
             }
             Message::QuickReply { title, replies } => {
@@ -352,7 +366,8 @@ pub struct OutboundRequest {
 
 impl OutboundRequest {
     pub fn parse(body: &[u8]) -> Result<Self, String> {
-        let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
+        let v: Value =
+            serde_json::from_slice(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
         let obj = v.as_object().ok_or("body must be a JSON object")?;
         // channelId may be a string or a number (§3.2): keep its text either way.
         let channel_id = match obj.get("channelId") {
@@ -367,7 +382,11 @@ impl OutboundRequest {
             .ok_or("contactId is required (a string)")?
             .to_string();
         let message = Message::from_value(obj.get("message").ok_or("message is required")?)?;
-        Ok(OutboundRequest { channel_id, contact_id, message })
+        Ok(OutboundRequest {
+            channel_id,
+            contact_id,
+            message,
+        })
     }
 }
 
@@ -383,7 +402,14 @@ mod tests {
     #[test]
     fn phone_ids() {
         assert!(IdType::Phone.validate("+60177872890").is_ok());
-        for bad in ["60177872890", "+0123456789", "+12", "+1234567890123456", "+6017787289a", ""] {
+        for bad in [
+            "60177872890",
+            "+0123456789",
+            "+12",
+            "+1234567890123456",
+            "+6017787289a",
+            "",
+        ] {
             assert!(IdType::Phone.validate(bad).is_err(), "{bad}");
         }
     }
@@ -406,13 +432,21 @@ mod tests {
         assert_eq!(r.channel_id.as_deref(), Some("123"));
         assert_eq!(r.message, Message::Text { text: "hi".into() });
 
-        let q = Message::from_value(&serde_json::json!({"type":"quick_reply","title":"Pick","replies":["A",{"title":"B"}]})).unwrap();
+        let q = Message::from_value(
+            &serde_json::json!({"type":"quick_reply","title":"Pick","replies":["A",{"title":"B"}]}),
+        )
+        .unwrap();
         assert_eq!(q.to_plain_text(), "Pick\n1. A\n2. B");
 
-        let e = Message::from_value(&serde_json::json!({"type":"custom_payload","payload":{}})).unwrap_err();
+        let e = Message::from_value(&serde_json::json!({"type":"custom_payload","payload":{}}))
+            .unwrap_err();
         assert!(e.contains("custom_payload"));
         assert!(OutboundRequest::parse(b"{").is_err());
-        assert!(OutboundRequest::parse(br#"{"contactId":"x"}"#).unwrap_err().contains("message"));
+        assert!(
+            OutboundRequest::parse(br#"{"contactId":"x"}"#)
+                .unwrap_err()
+                .contains("message")
+        );
     }
 
     #[test]
@@ -422,9 +456,17 @@ mod tests {
             mid: "m1".into(),
             timestamp: 1,
             message: None,
-            status: Some(Status { value: StatusValue::Delivered, message: None }),
+            status: Some(Status {
+                value: StatusValue::Delivered,
+                message: None,
+            }),
         };
-        let env = Envelope { channel_id: "CH1", contact_id: "+601", events: &[ev], contact: None };
+        let env = Envelope {
+            channel_id: "CH1",
+            contact_id: "+601",
+            events: &[ev],
+            contact: None,
+        };
         let s = serde_json::to_string(&env).unwrap();
         assert_eq!(
             s,

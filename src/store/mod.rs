@@ -25,7 +25,11 @@ impl Lane {
         }
     }
     pub fn from_code(c: i64) -> Lane {
-        if c == 0 { Lane::RespondIo } else { Lane::Provider }
+        if c == 0 {
+            Lane::RespondIo
+        } else {
+            Lane::Provider
+        }
     }
     /// The name used in metrics and logs.
     pub fn name(self) -> &'static str {
@@ -106,9 +110,16 @@ pub struct ReceiptIn {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReceiptResult {
     /// The status moved forward and a `message_status` event was queued.
-    Forwarded { mid: String, contact: String, status: StatusValue },
+    Forwarded {
+        mid: String,
+        contact: String,
+        status: StatusValue,
+    },
     /// Known message, nothing to forward (informational, or not newer).
-    Ignored { mid: String, why: String },
+    Ignored {
+        mid: String,
+        why: String,
+    },
     /// No send with that provider id yet: parked until one records it.
     Parked,
     Duplicate,
@@ -145,13 +156,24 @@ pub struct ClaimBatch {
 /// How an attempt ended, for the items it carried.
 #[derive(Debug, Clone)]
 pub enum Finish {
-    Done { provider_id: Option<String> },
+    Done {
+        provider_id: Option<String>,
+    },
     /// Try again at `next_ms`. `ambiguous`: the attempt may have been acted on.
     /// `counted`: whether it uses up one of `max_attempts` (throttles and channel faults don't).
-    Retry { next_ms: i64, error: String, ambiguous: bool, counted: bool, outcome: &'static str },
+    Retry {
+        next_ms: i64,
+        error: String,
+        ambiguous: bool,
+        counted: bool,
+        outcome: &'static str,
+    },
     /// Dead-lettered. `report_failed`: queue a `message_status` failed to respond.io
     /// (a send whose 200 respond.io already has).
-    Dead { reason: String, report_failed: bool },
+    Dead {
+        reason: String,
+        report_failed: bool,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -189,7 +211,11 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub trait Store: Send + Sync + 'static {
     /// Dedupes and commits inbound events, in order. A contact who writes in has their
     /// outbound queue promoted to the conversation class.
-    async fn ingest_inbound(&self, channel: &str, items: Vec<NewInbound>) -> Result<Vec<IngestResult>>;
+    async fn ingest_inbound(
+        &self,
+        channel: &str,
+        items: Vec<NewInbound>,
+    ) -> Result<Vec<IngestResult>>;
 
     /// Keeps an authentic webhook we could not parse, dead-lettered with the reason.
     async fn store_unparseable(
@@ -203,21 +229,43 @@ pub trait Store: Send + Sync + 'static {
 
     /// Commits a send from respond.io; its class is conversation if the contact wrote in
     /// within `conversation_window_ms`, else bulk.
-    async fn accept_outbound(&self, channel: &str, item: NewOutbound, conversation_window_ms: i64) -> Result<i64>;
+    async fn accept_outbound(
+        &self,
+        channel: &str,
+        item: NewOutbound,
+        conversation_window_ms: i64,
+    ) -> Result<i64>;
 
     /// Applies delivery receipts through the status machine; parks unknown provider ids.
-    async fn apply_receipts(&self, channel: &str, receipts: Vec<ReceiptIn>) -> Result<Vec<ReceiptResult>>;
+    async fn apply_receipts(
+        &self,
+        channel: &str,
+        receipts: Vec<ReceiptIn>,
+    ) -> Result<Vec<ReceiptResult>>;
 
     /// Claims due, unclaimed queues of a lane: up to `limits[c]` of class `c`.
-    async fn claim(&self, channel: &str, lane: Lane, now_ms: i64, limits: [usize; 2]) -> Result<ClaimBatch>;
+    async fn claim(
+        &self,
+        channel: &str,
+        lane: Lane,
+        now_ms: i64,
+        limits: [usize; 2],
+    ) -> Result<ClaimBatch>;
 
     /// The first pending items of a queue (at most `limit`). Drops the queue row when it
     /// has none left.
-    async fn head_items(&self, channel: &str, lane: Lane, qkey: &str, limit: usize) -> Result<Vec<Item>>;
+    async fn head_items(
+        &self,
+        channel: &str,
+        lane: Lane,
+        qkey: &str,
+        limit: usize,
+    ) -> Result<Vec<Item>>;
 
     /// Marks items as attempting and logs the attempt (provisionally at `at_ms`), before
     /// the request leaves. A crash leaves the mark: the next start treats it as ambiguous.
-    async fn begin_attempt(&self, channel: &str, lane: Lane, ids: &[i64], at_ms: i64) -> Result<()>;
+    async fn begin_attempt(&self, channel: &str, lane: Lane, ids: &[i64], at_ms: i64)
+    -> Result<()>;
 
     /// Records how an attempt ended and when its request really left (`sent_at_ms`, the
     /// rate-limiter slot). Returns whether the queue has more pending items (it then stays
@@ -239,7 +287,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// At start-up: releases every claim and settles items a crash left attempting, per
     /// channel policy (channels not in the map resend).
-    async fn recover(&self, on_crash: &std::collections::HashMap<String, OnCrash>) -> Result<RecoveryReport>;
+    async fn recover(
+        &self,
+        on_crash: &std::collections::HashMap<String, OnCrash>,
+    ) -> Result<RecoveryReport>;
 
     /// The newest `n` attempt times of a lane, newest first (seeds the rate limiter).
     async fn recent_attempts(&self, channel: &str, lane: Lane, n: usize) -> Result<Vec<i64>>;

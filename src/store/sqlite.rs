@@ -66,7 +66,8 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 impl SqliteStore {
     pub fn open(cfg: &StoreConfig) -> Result<SqliteStore> {
         if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
         let writer = open_connection(&cfg.path, cfg.synchronous).map_err(unavailable)?;
         migrate(&writer).map_err(unavailable)?;
@@ -107,7 +108,8 @@ impl SqliteStore {
             .map_err(|_| unavailable("writer lock poisoned"))?
             .send(job)
             .map_err(|_| unavailable("the store writer has stopped"))?;
-        rx.await.map_err(|_| unavailable("the store writer dropped the request"))?
+        rx.await
+            .map_err(|_| unavailable("the store writer dropped the request"))?
     }
 
     async fn read<R: Send + 'static>(
@@ -116,7 +118,9 @@ impl SqliteStore {
     ) -> Result<R> {
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().map_err(|_| unavailable("reader lock poisoned"))?;
+            let conn = reader
+                .lock()
+                .map_err(|_| unavailable("reader lock poisoned"))?;
             f(&conn).map_err(unavailable)
         })
         .await
@@ -124,7 +128,10 @@ impl SqliteStore {
     }
 }
 
-fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> rusqlite::Result<R> {
+fn in_savepoint<R>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+) -> rusqlite::Result<R> {
     conn.execute_batch("SAVEPOINT job")?;
     match f(conn) {
         Ok(v) => {
@@ -195,7 +202,13 @@ const ITEM_COLUMNS: &str = "id, channel, lane, qkey, contact, kind, mid, payload
      attempts, ambiguous, created_ms, provider_id, status, last_error";
 
 /// Claims a dedupe key; false when a live key already exists (a redelivery).
-fn claim_dedupe(conn: &Connection, channel: &str, key: &str, now: i64, ttl: i64) -> rusqlite::Result<bool> {
+fn claim_dedupe(
+    conn: &Connection,
+    channel: &str,
+    key: &str,
+    now: i64,
+    ttl: i64,
+) -> rusqlite::Result<bool> {
     let n = conn
         .prepare_cached(
             "INSERT INTO dedupe(channel, key, expires_ms) VALUES (?1, ?2, ?3)
@@ -206,9 +219,17 @@ fn claim_dedupe(conn: &Connection, channel: &str, key: &str, now: i64, ttl: i64)
     Ok(n == 1)
 }
 
-fn history(conn: &Connection, item_id: i64, now: i64, event: &str, detail: Option<&str>) -> rusqlite::Result<()> {
-    conn.prepare_cached("INSERT INTO history(item_id, at_ms, event, detail) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![item_id, now, event, detail])?;
+fn history(
+    conn: &Connection,
+    item_id: i64,
+    now: i64,
+    event: &str,
+    detail: Option<&str>,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO history(item_id, at_ms, event, detail) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![item_id, now, event, detail])?;
     Ok(())
 }
 
@@ -231,7 +252,17 @@ fn insert_item(
                            created_ms, next_ms, updated_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?9, ?9)",
     )?
-    .execute(params![channel, lane.code(), qkey, contact, kind as i64, mid, payload, contact_json, now])?;
+    .execute(params![
+        channel,
+        lane.code(),
+        qkey,
+        contact,
+        kind as i64,
+        mid,
+        payload,
+        contact_json,
+        now
+    ])?;
     let id = conn.last_insert_rowid();
     // A new queue starts due now; an existing one keeps its schedule, and only ever moves
     // up a class (a contact who wrote in is promoted, never demoted by a bulk send).
@@ -266,7 +297,8 @@ fn enqueue_status(
         message: None,
         status: Some(Status { value, message }),
     };
-    let payload = serde_json::to_string(&event).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let payload = serde_json::to_string(&event)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     let qkey = status_qkey(mid);
     let pending: Option<i64> = conn
         .prepare_cached(
@@ -281,7 +313,19 @@ fn enqueue_status(
                 .execute(params![payload, now, id])?;
         }
         None => {
-            insert_item(conn, channel, Lane::RespondIo, &qkey, contact, ItemKind::Status, mid, &payload, None, 1, now)?;
+            insert_item(
+                conn,
+                channel,
+                Lane::RespondIo,
+                &qkey,
+                contact,
+                ItemKind::Status,
+                mid,
+                &payload,
+                None,
+                1,
+                now,
+            )?;
         }
     }
     Ok(())
@@ -299,8 +343,17 @@ fn apply_status(
     let (id, mid, contact, current) = item;
     match status::advance(current, new) {
         Transition::Ignore(why) => {
-            history(conn, id, now, &format!("receipt {} ignored", new.as_str()), Some(why))?;
-            Ok(ReceiptResult::Ignored { mid, why: why.to_string() })
+            history(
+                conn,
+                id,
+                now,
+                &format!("receipt {} ignored", new.as_str()),
+                Some(why),
+            )?;
+            Ok(ReceiptResult::Ignored {
+                mid,
+                why: why.to_string(),
+            })
         }
         Transition::Forward(v) => {
             conn.prepare_cached("UPDATE items SET status = ?1, updated_ms = ?2 WHERE id = ?3")?
@@ -308,10 +361,17 @@ fn apply_status(
             history(conn, id, now, &format!("status {}", v.as_str()), reason)?;
             if v == StatusValue::Sent {
                 // respond.io took our 200 as "sent" already [INF, spec §4.5].
-                return Ok(ReceiptResult::Ignored { mid, why: "sent is implied by the 200".into() });
+                return Ok(ReceiptResult::Ignored {
+                    mid,
+                    why: "sent is implied by the 200".into(),
+                });
             }
             enqueue_status(conn, channel, &contact, &mid, v, reason, now)?;
-            Ok(ReceiptResult::Forwarded { mid, contact, status: v })
+            Ok(ReceiptResult::Forwarded {
+                mid,
+                contact,
+                status: v,
+            })
         }
     }
 }
@@ -328,7 +388,12 @@ fn send_by_provider_id(
     .optional()
 }
 
-fn queue_has_pending(conn: &Connection, channel: &str, lane: Lane, qkey: &str) -> rusqlite::Result<bool> {
+fn queue_has_pending(
+    conn: &Connection,
+    channel: &str,
+    lane: Lane,
+    qkey: &str,
+) -> rusqlite::Result<bool> {
     Ok(conn
         .prepare_cached("SELECT 1 FROM items WHERE channel = ?1 AND lane = ?2 AND qkey = ?3 AND state < 2 LIMIT 1")?
         .query_row(params![channel, lane.code(), qkey], |_| Ok(()))
@@ -342,19 +407,40 @@ fn drop_queue(conn: &Connection, channel: &str, lane: Lane, qkey: &str) -> rusql
     Ok(())
 }
 
-fn mark_dead(conn: &Connection, channel: &str, id: i64, reason: &str, report_failed: bool, now: i64) -> rusqlite::Result<()> {
+fn mark_dead(
+    conn: &Connection,
+    channel: &str,
+    id: i64,
+    reason: &str,
+    report_failed: bool,
+    now: i64,
+) -> rusqlite::Result<()> {
     let (kind, mid, contact, current): (i64, String, String, i64) = conn
         .prepare_cached("SELECT kind, mid, contact, status FROM items WHERE id = ?1")?
-        .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-    conn.prepare_cached("UPDATE items SET state = 3, last_error = ?1, updated_ms = ?2 WHERE id = ?3")?
-        .execute(params![reason, now, id])?;
+        .query_row(params![id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+    conn.prepare_cached(
+        "UPDATE items SET state = 3, last_error = ?1, updated_ms = ?2 WHERE id = ?3",
+    )?
+    .execute(params![reason, now, id])?;
     history(conn, id, now, "dead-lettered", Some(reason))?;
     if ItemKind::from_code(kind) == ItemKind::Send {
         if report_failed {
-            apply_status(conn, channel, (id, mid, contact, current), StatusValue::Failed, Some(reason), now)?;
-        } else if status::advance(current, StatusValue::Failed) == Transition::Forward(StatusValue::Failed) {
+            apply_status(
+                conn,
+                channel,
+                (id, mid, contact, current),
+                StatusValue::Failed,
+                Some(reason),
+                now,
+            )?;
+        } else if status::advance(current, StatusValue::Failed)
+            == Transition::Forward(StatusValue::Failed)
+        {
             // respond.io heard the failure as our 4xx answer: record it, forward nothing.
-            conn.prepare_cached("UPDATE items SET status = 4 WHERE id = ?1")?.execute(params![id])?;
+            conn.prepare_cached("UPDATE items SET status = 4 WHERE id = ?1")?
+                .execute(params![id])?;
         }
     }
     Ok(())
@@ -380,7 +466,11 @@ fn set_attempt_outcome(
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn ingest_inbound(&self, channel: &str, items: Vec<NewInbound>) -> Result<Vec<IngestResult>> {
+    async fn ingest_inbound(
+        &self,
+        channel: &str,
+        items: Vec<NewInbound>,
+    ) -> Result<Vec<IngestResult>> {
         let channel = channel.to_string();
         let ttl = self.dedupe_ttl_ms;
         self.write(move |conn| {
@@ -424,7 +514,12 @@ impl Store for SqliteStore {
         body: Vec<u8>,
         reason: &str,
     ) -> Result<i64> {
-        let (channel, route, ct, reason) = (channel.to_string(), route.to_string(), content_type.to_string(), reason.to_string());
+        let (channel, route, ct, reason) = (
+            channel.to_string(),
+            route.to_string(),
+            content_type.to_string(),
+            reason.to_string(),
+        );
         self.write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO raw_webhooks(channel, route, content_type, body, reason, received_ms)
@@ -436,26 +531,56 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn accept_outbound(&self, channel: &str, item: NewOutbound, window_ms: i64) -> Result<i64> {
+    async fn accept_outbound(
+        &self,
+        channel: &str,
+        item: NewOutbound,
+        window_ms: i64,
+    ) -> Result<i64> {
         let channel = channel.to_string();
         self.write(move |conn| {
             let now = now_ms();
             let last: Option<i64> = conn
-                .prepare_cached("SELECT last_inbound_ms FROM contacts WHERE channel = ?1 AND contact = ?2")?
+                .prepare_cached(
+                    "SELECT last_inbound_ms FROM contacts WHERE channel = ?1 AND contact = ?2",
+                )?
                 .query_row(params![channel, item.contact], |r| r.get(0))
                 .optional()?;
-            let class = if last.is_some_and(|l| now - l <= window_ms) { 0 } else { 1 };
+            let class = if last.is_some_and(|l| now - l <= window_ms) {
+                0
+            } else {
+                1
+            };
             let id = insert_item(
-                conn, &channel, Lane::Provider, &item.contact, &item.contact, ItemKind::Send, &item.mid,
-                &item.message_json, None, class, now,
+                conn,
+                &channel,
+                Lane::Provider,
+                &item.contact,
+                &item.contact,
+                ItemKind::Send,
+                &item.mid,
+                &item.message_json,
+                None,
+                class,
+                now,
             )?;
-            history(conn, id, now, "accepted", Some(if class == 0 { "conversation" } else { "bulk" }))?;
+            history(
+                conn,
+                id,
+                now,
+                "accepted",
+                Some(if class == 0 { "conversation" } else { "bulk" }),
+            )?;
             Ok(id)
         })
         .await
     }
 
-    async fn apply_receipts(&self, channel: &str, receipts: Vec<ReceiptIn>) -> Result<Vec<ReceiptResult>> {
+    async fn apply_receipts(
+        &self,
+        channel: &str,
+        receipts: Vec<ReceiptIn>,
+    ) -> Result<Vec<ReceiptResult>> {
         let channel = channel.to_string();
         let (ttl, park_ttl) = (self.dedupe_ttl_ms, self.parked_ttl_ms);
         self.write(move |conn| {
@@ -491,7 +616,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn claim(&self, channel: &str, lane: Lane, now: i64, limits: [usize; 2]) -> Result<ClaimBatch> {
+    async fn claim(
+        &self,
+        channel: &str,
+        lane: Lane,
+        now: i64,
+        limits: [usize; 2],
+    ) -> Result<ClaimBatch> {
         let channel = channel.to_string();
         self.write(move |conn| {
             let mut batch = ClaimBatch::default();
@@ -529,7 +660,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn head_items(&self, channel: &str, lane: Lane, qkey: &str, limit: usize) -> Result<Vec<Item>> {
+    async fn head_items(
+        &self,
+        channel: &str,
+        lane: Lane,
+        qkey: &str,
+        limit: usize,
+    ) -> Result<Vec<Item>> {
         let (channel, qkey) = (channel.to_string(), qkey.to_string());
         self.write(move |conn| {
             let sql = format!(
@@ -548,7 +685,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn begin_attempt(&self, channel: &str, lane: Lane, ids: &[i64], at_ms: i64) -> Result<()> {
+    async fn begin_attempt(
+        &self,
+        channel: &str,
+        lane: Lane,
+        ids: &[i64],
+        at_ms: i64,
+    ) -> Result<()> {
         let (channel, ids) = (channel.to_string(), ids.to_vec());
         self.write(move |conn| {
             let now = now_ms();
@@ -629,14 +772,19 @@ impl Store for SqliteStore {
     async fn release(&self, channel: &str, lane: Lane, qkey: &str) -> Result<()> {
         let (channel, qkey) = (channel.to_string(), qkey.to_string());
         self.write(move |conn| {
-            conn.prepare_cached("UPDATE queues SET claimed = 0 WHERE channel = ?1 AND lane = ?2 AND qkey = ?3")?
-                .execute(params![channel, lane.code(), qkey])?;
+            conn.prepare_cached(
+                "UPDATE queues SET claimed = 0 WHERE channel = ?1 AND lane = ?2 AND qkey = ?3",
+            )?
+            .execute(params![channel, lane.code(), qkey])?;
             Ok(())
         })
         .await
     }
 
-    async fn recover(&self, on_crash: &std::collections::HashMap<String, OnCrash>) -> Result<RecoveryReport> {
+    async fn recover(
+        &self,
+        on_crash: &std::collections::HashMap<String, OnCrash>,
+    ) -> Result<RecoveryReport> {
         // Read what was in flight, decide per channel, then apply in one write.
         let inflight: Vec<(i64, String, i64, String)> = self
             .read(|conn| {
@@ -650,7 +798,8 @@ impl Store for SqliteStore {
             .map(|(id, ch, lane, qkey)| {
                 let lane = Lane::from_code(lane);
                 // Toward respond.io a repeat carries the same mId, so it is always resent.
-                let resend = lane == Lane::RespondIo || on_crash.get(&ch).copied().unwrap_or_default() == OnCrash::Resend;
+                let resend = lane == Lane::RespondIo
+                    || on_crash.get(&ch).copied().unwrap_or_default() == OnCrash::Resend;
                 (id, ch, lane, qkey, resend)
             })
             .collect();
@@ -662,10 +811,25 @@ impl Store for SqliteStore {
                 if resend {
                     // The request left at some moment before now: logging it at now is the
                     // conservative choice for the rate window that the next lane seeds from.
-                    set_attempt_outcome(conn, id, "ambiguous", Some("in flight when the gateway stopped"), 0, Some(now))?;
-                    conn.prepare_cached("UPDATE items SET state = 0, ambiguous = ambiguous + 1 WHERE id = ?1")?
-                        .execute(params![id])?;
-                    history(conn, id, now, "ambiguous", Some("in flight when the gateway stopped; resending"))?;
+                    set_attempt_outcome(
+                        conn,
+                        id,
+                        "ambiguous",
+                        Some("in flight when the gateway stopped"),
+                        0,
+                        Some(now),
+                    )?;
+                    conn.prepare_cached(
+                        "UPDATE items SET state = 0, ambiguous = ambiguous + 1 WHERE id = ?1",
+                    )?
+                    .execute(params![id])?;
+                    history(
+                        conn,
+                        id,
+                        now,
+                        "ambiguous",
+                        Some("in flight when the gateway stopped; resending"),
+                    )?;
                     report.resent += 1;
                 } else {
                     let reason = "in flight when the gateway stopped; not resent (on_crash = fail)";
@@ -712,7 +876,9 @@ impl Store for SqliteStore {
         let channel = channel.to_string();
         self.read(move |conn| {
             Ok(conn
-                .prepare_cached("SELECT paused_until_ms FROM lane_state WHERE channel = ?1 AND lane = ?2")?
+                .prepare_cached(
+                    "SELECT paused_until_ms FROM lane_state WHERE channel = ?1 AND lane = ?2",
+                )?
                 .query_row(params![channel, lane.code()], |r| r.get(0))
                 .optional()?
                 .unwrap_or(0))
@@ -807,12 +973,19 @@ impl Store for SqliteStore {
 }
 
 /// Stores the provider's id of a send and applies receipts that arrived before it.
-fn record_provider_id(conn: &Connection, channel: &str, id: i64, pid: &str, now: i64) -> rusqlite::Result<()> {
+fn record_provider_id(
+    conn: &Connection,
+    channel: &str,
+    id: i64,
+    pid: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
     if send_by_provider_id(conn, channel, pid)?.is_some() {
         history(conn, id, now, "duplicate provider id", Some(pid))?;
         return Ok(());
     }
-    conn.prepare_cached("UPDATE items SET provider_id = ?1 WHERE id = ?2")?.execute(params![pid, id])?;
+    conn.prepare_cached("UPDATE items SET provider_id = ?1 WHERE id = ?2")?
+        .execute(params![pid, id])?;
     let parked: Vec<(i64, i64, Option<String>)> = conn
         .prepare_cached(
             "SELECT id, status, reason FROM parked_receipts WHERE channel = ?1 AND provider_id = ?2 ORDER BY id",
@@ -820,10 +993,14 @@ fn record_provider_id(conn: &Connection, channel: &str, id: i64, pid: &str, now:
         .query_map(params![channel, pid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
     for (pk, code, reason) in parked {
-        if let (Some(v), Some(item)) = (status::from_code(code), send_by_provider_id(conn, channel, pid)?) {
+        if let (Some(v), Some(item)) = (
+            status::from_code(code),
+            send_by_provider_id(conn, channel, pid)?,
+        ) {
             apply_status(conn, channel, item, v, reason.as_deref(), now)?;
         }
-        conn.prepare_cached("DELETE FROM parked_receipts WHERE id = ?1")?.execute(params![pk])?;
+        conn.prepare_cached("DELETE FROM parked_receipts WHERE id = ?1")?
+            .execute(params![pk])?;
     }
     Ok(())
 }

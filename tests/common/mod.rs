@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use rio_bridge::app::App;
 use rio_bridge::config::Config;
-use rio_bridge::respondio::emulator::{EmulatedChannel, EmulatedIdType, Emulator, EmulatorConfig, RecordedEvent};
+use rio_bridge::respondio::emulator::{
+    EmulatedChannel, EmulatedIdType, Emulator, EmulatorConfig, RecordedEvent,
+};
 use rio_bridge::simulators::clicksend::{ClickSendSim, SimConfig};
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -86,13 +88,25 @@ impl Stage {
                 .push_receipts
                 .then(|| format!("http://127.0.0.1:{port}/channels/sms/status?secret={SECRET}")),
             receipt_delay_ms: 50,
-            inbound_url: Some(format!("http://127.0.0.1:{port}/channels/sms/inbound?secret={SECRET}")),
+            inbound_url: Some(format!(
+                "http://127.0.0.1:{port}/channels/sms/inbound?secret={SECRET}"
+            )),
         });
         let sl = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sim_addr = sl.local_addr().unwrap();
         tokio::spawn(sim.clone().serve(sl));
-        let stage = Stage { emulator, sim, dir, port, opts };
-        std::fs::write(stage.config_path(), stage.config_toml(&emu_addr.to_string(), &sim_addr.to_string())).unwrap();
+        let stage = Stage {
+            emulator,
+            sim,
+            dir,
+            port,
+            opts,
+        };
+        std::fs::write(
+            stage.config_path(),
+            stage.config_toml(&emu_addr.to_string(), &sim_addr.to_string()),
+        )
+        .unwrap();
         stage
     }
 
@@ -168,7 +182,10 @@ rate_limit = {prate}
     }
 
     pub fn events_of_type(&self, ty: &str) -> Vec<RecordedEvent> {
-        self.events().into_iter().filter(|e| e.event["type"] == ty).collect()
+        self.events()
+            .into_iter()
+            .filter(|e| e.event["type"] == ty)
+            .collect()
     }
 }
 
@@ -181,7 +198,9 @@ pub struct InProcess {
 impl InProcess {
     pub async fn start(stage: &Stage) -> InProcess {
         let cfg = Config::load(&stage.config_path()).expect("config");
-        let listener = TcpListener::bind(("127.0.0.1", stage.port)).await.expect("gateway port");
+        let listener = TcpListener::bind(("127.0.0.1", stage.port))
+            .await
+            .expect("gateway port");
         let app = App::build(cfg).await.expect("build app");
         let stop = CancellationToken::new();
         let task = tokio::spawn(app.run(listener, stop.clone()));
@@ -201,7 +220,14 @@ pub async fn wait_ready(base: &str) {
     wait_until("gateway ready", 30, || {
         let c = client.clone();
         let u = url.clone();
-        async move { c.get(&u).send().await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+        async move {
+            c.get(&u)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
+        }
     })
     .await;
 }
@@ -230,16 +256,27 @@ pub fn attempt_times(db: &std::path::Path, lane: i64) -> Vec<i64> {
     let mut stmt = conn
         .prepare("SELECT at_ms FROM attempts WHERE lane = ?1 AND call_first = 1 ORDER BY at_ms")
         .unwrap();
-    stmt.query_map([lane], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    stmt.query_map([lane], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 /// mIds the gateway marked ambiguous at least once (a repeat is allowed only for these).
 pub fn ambiguous_mids(db: &std::path::Path) -> std::collections::HashSet<String> {
     let conn = rusqlite::Connection::open(db).expect("open db");
-    let mut stmt = conn.prepare("SELECT mid FROM items WHERE ambiguous > 0").unwrap();
-    stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    let mut stmt = conn
+        .prepare("SELECT mid FROM items WHERE ambiguous > 0")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 pub fn text_of(e: &RecordedEvent) -> String {
-    e.event["message"]["text"].as_str().unwrap_or_default().to_string()
+    e.event["message"]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
