@@ -11,6 +11,24 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use rio_bridge::lanes::limiter::max_in_window;
+use rio_bridge::simulators::clicksend::SimFault;
+
+/// Retries like a provider or respond.io would, until the gateway acknowledges (it is down
+/// for a moment in this test). Gives up after 30 s.
+async fn until_acked<F, Fut, T>(mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    None
+}
 
 fn spawn_gateway(stage: &Stage, run: usize) -> tokio::process::Child {
     let log = std::fs::File::create(stage.dir.path().join(format!("gateway-{run}.log"))).unwrap();
@@ -42,19 +60,38 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() {
         })
         .await,
     );
+    // Slow provider answers: some sends are on the wire when the process dies.
+    for _ in 0..40 {
+        stage.sim.push_fault(SimFault::Delay(150));
+    }
     let mut child = spawn_gateway(&stage, 1);
     wait_ready(&stage.base()).await;
 
     let acked_in: Arc<Mutex<Vec<String>>> = Arc::default();
     let acked_out: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut tasks = Vec::new();
+    let http = reqwest::Client::new();
+    let inbound_url = format!("{}/channels/sms/inbound?secret={SECRET}", stage.base());
     for c in 0..10 {
-        let (stage, acked) = (stage.clone(), acked_in.clone());
+        let (acked, http, url) = (acked_in.clone(), http.clone(), inbound_url.clone());
         tasks.push(tokio::spawn(async move {
             let contact = format!("+6140000050{c}");
             for n in 0..20 {
                 let text = format!("in {contact} #{n}");
-                if let Ok(200) = stage.sim.push_inbound(&contact, OUR_NUMBER, &text).await {
+                // A provider redelivers the same webhook (same message_id) until it gets a 2xx.
+                let form = [
+                    ("from", contact.clone()),
+                    ("to", OUR_NUMBER.to_string()),
+                    ("body", text.clone()),
+                    ("message_id", format!("CRASH-{c}-{n}")),
+                    ("timestamp", "1767225600".to_string()),
+                ];
+                let ok = until_acked(|| async {
+                    let r = http.post(&url).form(&form).send().await;
+                    r.ok().filter(|r| r.status() == 200).map(|_| ())
+                })
+                .await;
+                if ok.is_some() {
                     acked.lock().unwrap().push(text);
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(15)).await;
@@ -64,30 +101,45 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() {
     for c in 0..4 {
         let (stage, acked) = (stage.clone(), acked_out.clone());
         tasks.push(tokio::spawn(async move {
+            let contact = format!("+6140000060{c}");
+            let url = format!("{}/channels/sms/message", stage.base());
             for n in 0..15 {
-                let contact = format!("+6140000060{c}");
-                let r = stage
-                    .emulator
-                    .send_to_gateway(
-                        &format!("{}/channels/sms/message", stage.base()),
-                        CHANNEL_ID,
-                        &contact,
-                        serde_json::json!({"type": "text", "text": format!("out {contact} #{n}")}),
-                    )
-                    .await;
-                if let Ok((200, body)) = r {
-                    acked
-                        .lock()
-                        .unwrap()
-                        .push(body["mId"].as_str().unwrap().to_string());
+                let text = format!("out {contact} #{n}");
+                let mid = until_acked(|| async {
+                    let message = serde_json::json!({"type": "text", "text": text});
+                    match stage
+                        .emulator
+                        .send_to_gateway(&url, CHANNEL_ID, &contact, message)
+                        .await
+                    {
+                        Ok((200, body)) => body["mId"].as_str().map(str::to_string),
+                        _ => None,
+                    }
+                })
+                .await;
+                if let Some(mid) = mid {
+                    acked.lock().unwrap().push(mid);
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }));
     }
-    // Kill once traffic is well under way.
-    wait_until("traffic under way", 30, || async {
-        (acked_in.lock().unwrap().len() >= 60).then_some(())
+    // Kill once traffic is well under way and a send is on the wire (the stand-in holds
+    // its answer 150 ms): that send must come back as ambiguous and be delivered.
+    let in_flight: String = wait_until("traffic under way with a send in flight", 30, || async {
+        if acked_in.lock().unwrap().len() < 60 {
+            return None;
+        }
+        stage
+            .sim
+            .sent()
+            .iter()
+            .find(|a| a.status == 0)
+            .and_then(|a| {
+                a.body["messages"][0]["custom_string"]
+                    .as_str()
+                    .map(str::to_string)
+            })
     })
     .await;
     child.start_kill().expect("SIGKILL");
@@ -101,7 +153,16 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() {
 
     let acked_in = acked_in.lock().unwrap().clone();
     let acked_out = acked_out.lock().unwrap().clone();
-    assert!(acked_in.len() >= 60 && !acked_out.is_empty());
+    assert_eq!(
+        acked_in.len(),
+        200,
+        "every inbound push was acknowledged in the end"
+    );
+    assert_eq!(
+        acked_out.len(),
+        60,
+        "every send was acknowledged in the end"
+    );
     wait_until(
         "every acknowledged inbound message at respond.io",
         60,
@@ -131,6 +192,10 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() {
     let _ = child.wait().await;
 
     let ambiguous = ambiguous_mids(&stage.db_path());
+    assert!(
+        ambiguous.contains(&in_flight),
+        "the send in flight at the kill was not marked ambiguous"
+    );
     // Inbound repeats: same text → same mId, and only from ambiguous attempts.
     let mut by_text: HashMap<String, Vec<String>> = HashMap::new();
     for e in stage.events_of_type("message") {
