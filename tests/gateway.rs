@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use common::*;
 use rio_bridge::lanes::limiter::max_in_window;
-use rio_bridge::respondio::emulator::FaultResponse;
+use rio_bridge::respondio::emulator::{FaultResponse, RetryAfterForm};
 use rio_bridge::simulators::clicksend::SimFault;
 use serde_json::json;
 
@@ -429,15 +429,17 @@ async fn batch_rejected_by_respondio_is_retried_one_event_at_a_time() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn respondio_429_pauses_the_lane_and_loses_nothing() {
+/// respond.io's Retry-After form is unknown: seconds, an HTTP-date, or none at all. In each
+/// case the lane pauses (at least 1 s), then resumes, and nothing is lost.
+async fn throttled_lane_pauses_and_resumes(form: RetryAfterForm, retry_after: Option<u64>) {
     let stage = Stage::new(Opts::default()).await;
+    stage.emulator.set_retry_after(form);
     let gw = InProcess::start(&stage).await;
     stage.emulator.inject(
         CHANNEL_ID,
         vec![FaultResponse {
             status: 429,
-            retry_after: Some(1),
+            retry_after,
             delay_ms: None,
         }],
     );
@@ -458,25 +460,40 @@ async fn respondio_429_pauses_the_lane_and_loses_nothing() {
         .find(|c| c.status == 429)
         .expect("a 429 was answered");
     // Attempts already on the wire when the 429 came back may land just after it; after
-    // that the lane sends nothing until Retry-After (1 s) has passed.
+    // that the lane sends nothing until the pause is over.
     let t = throttled.arrival_ms;
     let during_pause: Vec<i64> = calls
         .iter()
         .map(|c| c.arrival_ms - t)
-        .filter(|&d| (100..950).contains(&d))
+        .filter(|&d| (100..900).contains(&d))
         .collect();
     assert!(
         during_pause.is_empty(),
-        "calls during the pause at +{during_pause:?} ms"
+        "{form:?}: calls during the pause at +{during_pause:?} ms"
     );
     assert!(
         calls
             .iter()
-            .any(|c| c.status == 200 && c.arrival_ms >= t + 950),
-        "resumed after the pause"
+            .any(|c| c.status == 200 && c.arrival_ms >= t + 900),
+        "{form:?}: resumed after the pause"
     );
     assert_eq!(stage.events().len(), 5);
     gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn respondio_429_with_retry_after_seconds() {
+    throttled_lane_pauses_and_resumes(RetryAfterForm::Seconds, Some(1)).await;
+}
+
+#[tokio::test]
+async fn respondio_429_with_retry_after_http_date() {
+    throttled_lane_pauses_and_resumes(RetryAfterForm::HttpDate, Some(2)).await;
+}
+
+#[tokio::test]
+async fn respondio_429_without_retry_after() {
+    throttled_lane_pauses_and_resumes(RetryAfterForm::None, None).await;
 }
 
 #[tokio::test]
