@@ -262,6 +262,18 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Item>>;
 
+    /// `head_items` and `begin_attempt` in one commit: the first pending items of a claimed
+    /// queue, marked attempting. Items are returned as they were before the mark (their
+    /// `attempts` counts earlier attempts). Empty (and the queue row dropped) when none.
+    async fn take_head(
+        &self,
+        channel: &str,
+        lane: Lane,
+        qkey: &str,
+        limit: usize,
+        at_ms: i64,
+    ) -> Result<Vec<Item>>;
+
     /// Marks items as attempting and logs the attempt (provisionally at `at_ms`), before
     /// the request leaves. A crash leaves the mark: the next start treats it as ambiguous.
     async fn begin_attempt(&self, channel: &str, lane: Lane, ids: &[i64], at_ms: i64)

@@ -668,18 +668,23 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Item>> {
         let (channel, qkey) = (channel.to_string(), qkey.to_string());
+        self.write(move |conn| head_of_queue(conn, &channel, lane, &qkey, limit))
+            .await
+    }
+
+    async fn take_head(
+        &self,
+        channel: &str,
+        lane: Lane,
+        qkey: &str,
+        limit: usize,
+        at_ms: i64,
+    ) -> Result<Vec<Item>> {
+        let (channel, qkey) = (channel.to_string(), qkey.to_string());
         self.write(move |conn| {
-            let sql = format!(
-                "SELECT {ITEM_COLUMNS} FROM items WHERE channel = ?1 AND lane = ?2 AND qkey = ?3 AND state < 2
-                 ORDER BY id LIMIT ?4"
-            );
-            let items: Vec<Item> = conn
-                .prepare_cached(&sql)?
-                .query_map(params![channel, lane.code(), qkey, limit as i64], item_from_row)?
-                .collect::<rusqlite::Result<_>>()?;
-            if items.is_empty() {
-                drop_queue(conn, &channel, lane, &qkey)?;
-            }
+            let items = head_of_queue(conn, &channel, lane, &qkey, limit)?;
+            let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
+            mark_attempting(conn, &channel, lane, &ids, at_ms)?;
             Ok(items)
         })
         .await
@@ -693,22 +698,8 @@ impl Store for SqliteStore {
         at_ms: i64,
     ) -> Result<()> {
         let (channel, ids) = (channel.to_string(), ids.to_vec());
-        self.write(move |conn| {
-            let now = now_ms();
-            for (i, id) in ids.iter().enumerate() {
-                conn.prepare_cached("UPDATE items SET state = 1, attempts = attempts + 1, updated_ms = ?1 WHERE id = ?2")?
-                    .execute(params![now, id])?;
-                // One row per item for its history; `call_first` marks one row per request,
-                // which is what the rate limit counts.
-                conn.prepare_cached(
-                    "INSERT INTO attempts(item_id, channel, lane, at_ms, outcome, call_first)
-                     VALUES (?1, ?2, ?3, ?4, 'attempting', ?5)",
-                )?
-                .execute(params![id, channel, lane.code(), at_ms, (i == 0) as i64])?;
-            }
-            Ok(())
-        })
-        .await
+        self.write(move |conn| mark_attempting(conn, &channel, lane, &ids, at_ms))
+            .await
     }
 
     async fn finish(
@@ -970,6 +961,55 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+/// The first pending items of a queue; drops the queue row when there are none.
+fn head_of_queue(
+    conn: &Connection,
+    channel: &str,
+    lane: Lane,
+    qkey: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<Item>> {
+    let sql = format!(
+        "SELECT {ITEM_COLUMNS} FROM items WHERE channel = ?1 AND lane = ?2 AND qkey = ?3 AND state < 2
+         ORDER BY id LIMIT ?4"
+    );
+    let items: Vec<Item> = conn
+        .prepare_cached(&sql)?
+        .query_map(
+            params![channel, lane.code(), qkey, limit as i64],
+            item_from_row,
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    if items.is_empty() {
+        drop_queue(conn, channel, lane, qkey)?;
+    }
+    Ok(items)
+}
+
+fn mark_attempting(
+    conn: &Connection,
+    channel: &str,
+    lane: Lane,
+    ids: &[i64],
+    at_ms: i64,
+) -> rusqlite::Result<()> {
+    let now = now_ms();
+    for (i, id) in ids.iter().enumerate() {
+        conn.prepare_cached(
+            "UPDATE items SET state = 1, attempts = attempts + 1, updated_ms = ?1 WHERE id = ?2",
+        )?
+        .execute(params![now, id])?;
+        // One row per item for its history; `call_first` marks one row per request, which
+        // is what the rate limit counts.
+        conn.prepare_cached(
+            "INSERT INTO attempts(item_id, channel, lane, at_ms, outcome, call_first)
+             VALUES (?1, ?2, ?3, ?4, 'attempting', ?5)",
+        )?
+        .execute(params![id, channel, lane.code(), at_ms, (i == 0) as i64])?;
+    }
+    Ok(())
 }
 
 /// Stores the provider's id of a send and applies receipts that arrived before it.

@@ -197,6 +197,9 @@ pub struct InProcess {
 
 impl InProcess {
     pub async fn start(stage: &Stage) -> InProcess {
+        if std::env::var_os("RUST_LOG").is_some() {
+            rio_bridge::telemetry::init(Default::default());
+        }
         let cfg = Config::load(&stage.config_path()).expect("config");
         let listener = TcpListener::bind(("127.0.0.1", stage.port))
             .await
