@@ -14,7 +14,7 @@ use crate::providers::Provider;
 use crate::providers::clicksend::ClickSend;
 use crate::respondio::client::RespondIoClient;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Lane, Store};
+use crate::store::{CrashPolicy, Lane, Store};
 
 /// One configured channel with its provider and its two lanes.
 pub struct Channel {
@@ -78,12 +78,18 @@ impl App {
     /// Opens the store, recovers what a crash left in flight, and prepares every lane.
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.store)?);
-        let on_crash: HashMap<String, crate::config::OnCrash> = cfg
+        let policy: HashMap<String, CrashPolicy> = cfg
             .channels
             .iter()
-            .map(|c| (c.name.clone(), c.delivery.on_crash))
+            .map(|c| {
+                let p = CrashPolicy {
+                    on_crash: c.delivery.on_crash,
+                    ambiguous_retry_cap: c.delivery.ambiguous_retry_cap,
+                };
+                (c.name.clone(), p)
+            })
             .collect();
-        let report = store.recover(&on_crash).await?;
+        let report = store.recover(&policy).await?;
         if report.resent + report.failed > 0 {
             tracing::warn!(
                 resent = report.resent,

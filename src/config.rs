@@ -254,8 +254,19 @@ impl Config {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             _ => out.push(problem("server.public_url", "must be an http(s) URL")),
         }
-        if self.server.message_budget_ms == 0 || self.server.message_budget_ms > 30_000 {
-            out.push(problem("server.message_budget_ms", "must be 1..=30000"));
+        // Well under the 30 s request timeout, so /message never times out with a
+        // committed message behind it.
+        if self.server.message_budget_ms == 0 || self.server.message_budget_ms > 20_000 {
+            out.push(problem("server.message_budget_ms", "must be 1..=20000"));
+        }
+        // Attempts inside the rate window and done sends that receipts still need must
+        // outlive pruning.
+        let min_retention = self.store.parked_receipt_ttl_secs.max(3600);
+        if self.store.retention_secs < min_retention {
+            out.push(problem(
+                "store.retention_secs",
+                format!("must be at least {min_retention} (1 h, and parked_receipt_ttl_secs)"),
+            ));
         }
         if self.server.max_body_bytes < 1024 {
             out.push(problem("server.max_body_bytes", "must be at least 1024"));

@@ -427,7 +427,11 @@ async fn recovery_marks_in_flight_items_ambiguous_or_failed() {
         // The process "dies" here: the items stay attempting, the queues claimed.
     }
     let store = open(&dir);
-    let policy: HashMap<String, OnCrash> = [("fail".to_string(), OnCrash::Fail)].into();
+    let fail = CrashPolicy {
+        on_crash: OnCrash::Fail,
+        ambiguous_retry_cap: 3,
+    };
+    let policy: HashMap<String, CrashPolicy> = [("fail".to_string(), fail)].into();
     let report = store.recover(&policy).await.unwrap();
     assert_eq!(
         report,

@@ -124,23 +124,25 @@ async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) 
         contact: req.contact_id.clone(),
         message_json,
     };
-    let id = match state
+    // Listen before committing: the lane may finish the first attempt before we would
+    // otherwise get to listen.
+    let mut rx = channel.waiters.register(&mid);
+    if let Err(e) = state
         .store
         .accept_outbound(&cfg.name, item, window_ms)
         .await
     {
-        Ok(id) => id,
-        Err(e) => {
+        channel.waiters.forget(&mid);
+        {
             tracing::error!(channel = %cfg.name, mid = %mid, error = %e, "could not commit an outbound message");
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store unavailable, try again",
             );
         }
-    };
+    }
     metrics::counter!("rio_accepted_total", "channel" => cfg.name.clone(), "direction" => "to_provider").increment(1);
     tracing::info!(channel = %cfg.name, mid = %mid, contact = %req.contact_id, "outbound accepted");
-    let mut rx = channel.waiters.register(id);
     channel.to_provider.wake();
     let budget = Duration::from_millis(state.cfg.server.message_budget_ms);
     let outcome = match tokio::time::timeout(budget, &mut rx).await {
@@ -150,7 +152,7 @@ async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) 
             // here, and none can be sent after it (the lane then knows nobody heard it).
             rx.close();
             let late = rx.try_recv().unwrap_or(FirstOutcome::Pending);
-            channel.waiters.forget(id);
+            channel.waiters.forget(&mid);
             late
         }
     };

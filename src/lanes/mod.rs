@@ -14,7 +14,7 @@ pub mod limiter;
 pub mod retry;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -37,31 +37,32 @@ pub enum FirstOutcome {
     Pending,
 }
 
-/// `/message` handlers waiting for their send's first outcome, by item id.
+/// `/message` handlers waiting for their send's first outcome, by mId. A handler registers
+/// before it commits, so the lane can never finish a first attempt unheard.
 #[derive(Default)]
-pub struct Waiters(Mutex<HashMap<i64, oneshot::Sender<FirstOutcome>>>);
+pub struct Waiters(Mutex<HashMap<String, oneshot::Sender<FirstOutcome>>>);
 
 impl Waiters {
-    pub fn register(&self, id: i64) -> oneshot::Receiver<FirstOutcome> {
+    pub fn register(&self, mid: &str) -> oneshot::Receiver<FirstOutcome> {
         let (tx, rx) = oneshot::channel();
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(id, tx);
-        }
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(mid.to_string(), tx);
         rx
     }
     /// Hands the outcome to a waiting handler; false when nobody was listening any more.
-    pub fn resolve(&self, id: i64, outcome: FirstOutcome) -> bool {
-        let tx = self.0.lock().ok().and_then(|mut m| m.remove(&id));
+    pub fn resolve(&self, mid: &str, outcome: FirstOutcome) -> bool {
+        let tx = self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(mid);
         tx.is_some_and(|tx| tx.send(outcome).is_ok())
     }
-    pub fn forget(&self, id: i64) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(&id);
-        }
+    pub fn forget(&self, mid: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(mid);
     }
 }
 
-/// Everything a lane needs; shared with the HTTP handlers that feed it.
+/// Everything a lane needs; shared with the HTTP handlers that feed it and with its
+/// attempts in flight.
 pub struct LaneCtx {
     pub channel: String,
     pub lane: Lane,
@@ -78,6 +79,10 @@ pub struct LaneCtx {
     limiter: Mutex<SlidingWindow>,
     /// Attempts dispatched that have not taken their slot yet.
     reserved: AtomicUsize,
+    /// A 429 pause, checked again by each attempt right before it sends.
+    paused_until: AtomicI64,
+    /// The circuit is open: only the probe may send.
+    circuit_open: AtomicBool,
     /// The respond.io lane of the same channel, woken when a send queues a status.
     status_lane: OnceLock<Weak<LaneCtx>>,
 }
@@ -105,9 +110,21 @@ impl LaneCtx {
             running: AtomicBool::new(false),
             limiter: Mutex::new(SlidingWindow::new(rate_limit, window_ms)),
             reserved: AtomicUsize::new(0),
+            paused_until: AtomicI64::new(0),
+            circuit_open: AtomicBool::new(false),
             status_lane: OnceLock::new(),
             rate_limit,
         })
+    }
+
+    /// New work was committed for this lane.
+    pub fn wake(&self) {
+        self.dirty.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
     }
 
     /// Statuses this lane queues (a send that failed after its 200, parked receipts) are
@@ -127,24 +144,29 @@ impl LaneCtx {
         f(&mut guard)
     }
 
-    /// Takes a rate slot for a dispatched attempt, waiting if none is free.
-    async fn take_slot(&self) -> i64 {
+    /// Until when an attempt must not send now (a pause, or an open circuit for anything
+    /// but the probe).
+    fn blocked(&self, probe: bool, now: i64) -> Option<i64> {
+        let paused = self.paused_until.load(Ordering::Acquire);
+        if paused > now {
+            return Some(paused);
+        }
+        (!probe && self.circuit_open.load(Ordering::Acquire)).then_some(now + 1000)
+    }
+
+    /// Takes a rate slot right before sending, waiting if none is free; `Err(until)` if
+    /// the lane was paused (or its circuit opened) meanwhile.
+    async fn take_slot(&self, probe: bool) -> Result<i64, i64> {
         loop {
-            match self.with_limiter(|l| l.try_acquire(now_ms())) {
-                Ok(t) => return t,
-                Err(wait) => tokio::time::sleep(Duration::from_millis(wait as u64)).await,
+            let now = now_ms();
+            if let Some(until) = self.blocked(probe, now) {
+                return Err(until);
+            }
+            match self.with_limiter(|l| l.try_acquire(now)) {
+                Ok(t) => return Ok(t),
+                Err(wait) => tokio::time::sleep(Duration::from_millis(wait.min(50) as u64)).await,
             }
         }
-    }
-
-    /// New work was committed for this lane.
-    pub fn wake(&self) {
-        self.dirty.store(true, Ordering::Release);
-        self.notify.notify_one();
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.running.load(Ordering::Acquire)
     }
 
     fn labels(&self) -> [(&'static str, String); 2] {
@@ -177,12 +199,14 @@ struct Completion {
     next: Next,
     /// The batch was rejected as a whole: send this queue one event per call from now on.
     split: bool,
+    /// This attempt was the open circuit's probe.
+    probe: bool,
 }
 
 #[derive(Debug, Default)]
 struct Circuit {
     open: bool,
-    probing: bool,
+    probe_inflight: bool,
     probe_at: i64,
     backoff_ms: i64,
     reason: String,
@@ -194,11 +218,14 @@ const CIRCUIT_MAX_PROBE_MS: i64 = 300_000;
 pub struct LaneRunner {
     ctx: Arc<LaneCtx>,
     ready: [VecDeque<String>; 2],
+    /// Queues this lane has claimed in the store (ready or in flight).
     held: HashSet<String>,
+    /// Held queues an attempt released in the store that a later claim took again before
+    /// the attempt's completion arrived: the completion must keep them.
+    reclaimed: HashSet<String>,
     single: HashSet<String>,
     inflight: usize,
     bulk_credit: f64,
-    paused_until: i64,
     circuit: Circuit,
     next_due: Option<i64>,
     done_tx: mpsc::UnboundedSender<Completion>,
@@ -214,15 +241,16 @@ impl LaneRunner {
             .await?;
         ctx.with_limiter(|l| l.seed(recent));
         let paused_until = ctx.store.paused_until(&ctx.channel, ctx.lane).await?;
+        ctx.paused_until.store(paused_until, Ordering::Release);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Ok(LaneRunner {
             ctx,
             ready: [VecDeque::new(), VecDeque::new()],
             held: HashSet::new(),
+            reclaimed: HashSet::new(),
             single: HashSet::new(),
             inflight: 0,
             bulk_credit: 0.0,
-            paused_until,
             circuit: Circuit::default(),
             next_due: None,
             done_tx,
@@ -233,6 +261,10 @@ impl LaneRunner {
     /// How many queues a class keeps ready in memory: about half a second of sends.
     fn ready_cap(&self) -> usize {
         ((self.ctx.rate_limit as usize) / 2).clamp(8, 512)
+    }
+
+    fn paused_until(&self) -> i64 {
+        self.ctx.paused_until.load(Ordering::Acquire)
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -285,8 +317,9 @@ impl LaneRunner {
                 continue;
             };
             self.ctx.reserved.fetch_add(1, Ordering::AcqRel);
-            if self.circuit.open {
-                self.circuit.probing = true;
+            let probe = self.circuit.open;
+            if probe {
+                self.circuit.probe_inflight = true;
                 tracing::info!(channel = %ctx.channel, lane = ctx.lane.name(), fault = %self.circuit.reason,
                     "circuit open: probing with one attempt");
             }
@@ -294,7 +327,13 @@ impl LaneRunner {
             let single = self.single.contains(&qkey);
             let (ctx2, tx) = (self.ctx.clone(), self.done_tx.clone());
             tokio::spawn(async move {
-                let c = attempt(ctx2, qkey, class, single).await;
+                // An attempt that panics must still report back, or its queue would stay
+                // held and the lane would count it in flight forever.
+                let task = tokio::spawn(attempt(ctx2.clone(), qkey.clone(), class, single, probe));
+                let c = task.await.unwrap_or_else(|e| {
+                    tracing::error!(channel = %ctx2.channel, lane = ctx2.lane.name(), error = %e, "attempt panicked");
+                    Completion { qkey, class, next: Next::StoreError, split: false, probe }
+                });
                 let _ = tx.send(c);
             });
         }
@@ -324,11 +363,12 @@ impl LaneRunner {
 
     /// Until when the lane may not start attempts (a 429 pause, an open circuit).
     fn gate(&self, now: i64) -> Option<i64> {
-        if self.paused_until > now {
-            return Some(self.paused_until);
+        let paused = self.paused_until();
+        if paused > now {
+            return Some(paused);
         }
         if self.circuit.open {
-            if self.circuit.probing {
+            if self.circuit.probe_inflight {
                 return Some(now + 1000);
             }
             if now < self.circuit.probe_at {
@@ -367,7 +407,11 @@ impl LaneRunner {
         for (qkey, class) in batch.claimed {
             let c = (class as usize).min(1);
             per_class[c] += 1;
-            if self.held.insert(qkey.clone()) {
+            if self.held.contains(&qkey) {
+                // Its attempt released it and we took it again before hearing back.
+                self.reclaimed.insert(qkey);
+            } else {
+                self.held.insert(qkey.clone());
                 self.ready[c].push_back(qkey);
             }
         }
@@ -404,22 +448,17 @@ impl LaneRunner {
         if c.split {
             self.single.insert(c.qkey.clone());
         }
-        let probing = std::mem::take(&mut self.circuit.probing);
+        self.update_circuit(&c, now);
         match c.next {
-            Next::More => {
+            Next::More | Next::StoreError => {
+                // Still claimed in the store: keep holding it.
                 self.ready[c.class as usize].push_back(c.qkey);
             }
-            Next::Released => {
-                self.held.remove(&c.qkey);
-                if !c.split {
-                    self.single.remove(&c.qkey);
-                }
-                self.ctx.dirty.store(true, Ordering::Release);
-            }
-            Next::Paused { until } => {
-                self.held.remove(&c.qkey);
-                if until > self.paused_until {
-                    self.paused_until = until;
+            Next::Released | Next::Paused { .. } | Next::Fault(_) => {
+                if let Next::Paused { until } = c.next
+                    && until > self.paused_until()
+                {
+                    ctx.paused_until.store(until, Ordering::Release);
                     tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), pause_ms = until - now, "throttled: lane paused");
                     let ctx2 = ctx.clone();
                     tokio::spawn(async move {
@@ -429,42 +468,64 @@ impl LaneRunner {
                             .await;
                     });
                 }
-                self.ctx.dirty.store(true, Ordering::Release);
-            }
-            Next::Fault(reason) => {
-                self.held.remove(&c.qkey);
-                let backoff = if self.circuit.open {
-                    (self.circuit.backoff_ms * 2).min(CIRCUIT_MAX_PROBE_MS)
+                if self.reclaimed.remove(&c.qkey) {
+                    self.ready[c.class as usize].push_back(c.qkey);
                 } else {
-                    CIRCUIT_FIRST_PROBE_MS
-                };
-                tracing::error!(channel = %ctx.channel, lane = ctx.lane.name(), reason = %reason, probe_in_ms = backoff,
-                    "channel fault: lane paused (circuit open) until a probe succeeds");
-                self.circuit = Circuit {
-                    open: true,
-                    probing: false,
-                    probe_at: now + backoff,
-                    backoff_ms: backoff,
-                    reason,
-                };
+                    self.held.remove(&c.qkey);
+                    if !c.split {
+                        self.single.remove(&c.qkey);
+                    }
+                }
                 self.ctx.dirty.store(true, Ordering::Release);
             }
-            Next::StoreError => {
-                // Still claimed in the store: keep holding it and try again.
-                self.ready[c.class as usize].push_back(c.qkey);
-            }
-        }
-        let faulted = self.circuit.open && self.circuit.probe_at > now;
-        if probing && !faulted && self.circuit.open {
-            tracing::info!(channel = %ctx.channel, lane = ctx.lane.name(), "probe succeeded: circuit closed, lane resumes");
-            self.circuit = Circuit::default();
         }
         self.publish_gauges();
     }
 
+    /// Only the probe's outcome closes or re-arms an open circuit; a fault from any
+    /// attempt opens a closed one.
+    fn update_circuit(&mut self, c: &Completion, now: i64) {
+        let ctx = &self.ctx;
+        let fault = match &c.next {
+            Next::Fault(reason) => Some(reason.clone()),
+            _ => None,
+        };
+        if c.probe {
+            self.circuit.probe_inflight = false;
+            match fault {
+                None => {
+                    tracing::info!(channel = %ctx.channel, lane = ctx.lane.name(), "probe succeeded: circuit closed, lane resumes");
+                    self.circuit = Circuit::default();
+                    ctx.circuit_open.store(false, Ordering::Release);
+                }
+                Some(reason) => {
+                    let backoff = (self.circuit.backoff_ms * 2).min(CIRCUIT_MAX_PROBE_MS);
+                    tracing::error!(channel = %ctx.channel, lane = ctx.lane.name(), reason = %reason, probe_in_ms = backoff,
+                        "probe failed: circuit stays open");
+                    self.circuit.backoff_ms = backoff;
+                    self.circuit.probe_at = now + backoff;
+                    self.circuit.reason = reason;
+                }
+            }
+        } else if let Some(reason) = fault
+            && !self.circuit.open
+        {
+            tracing::error!(channel = %ctx.channel, lane = ctx.lane.name(), reason = %reason, probe_in_ms = CIRCUIT_FIRST_PROBE_MS,
+                "channel fault: lane paused (circuit open) until a probe succeeds");
+            self.circuit = Circuit {
+                open: true,
+                probe_inflight: false,
+                probe_at: now + CIRCUIT_FIRST_PROBE_MS,
+                backoff_ms: CIRCUIT_FIRST_PROBE_MS,
+                reason,
+            };
+            ctx.circuit_open.store(true, Ordering::Release);
+        }
+    }
+
     fn publish_gauges(&self) {
         let l = self.ctx.labels();
-        metrics::gauge!("rio_lane_paused", &l).set(if self.paused_until > now_ms() {
+        metrics::gauge!("rio_lane_paused", &l).set(if self.paused_until() > now_ms() {
             1.0
         } else {
             0.0
@@ -492,9 +553,15 @@ impl Drop for Reservation<'_> {
     }
 }
 
-/// One attempt for one queue: load its head, mark it attempting, take a rate slot,
+/// One attempt for one queue: take its head (marked attempting), take a rate slot,
 /// deliver, record.
-async fn attempt(ctx: Arc<LaneCtx>, qkey: String, class: u8, single: bool) -> Completion {
+async fn attempt(
+    ctx: Arc<LaneCtx>,
+    qkey: String,
+    class: u8,
+    single: bool,
+    probe: bool,
+) -> Completion {
     let mut reservation = Reservation(&ctx.reserved, false);
     let limit = if single {
         1
@@ -506,18 +573,16 @@ async fn attempt(ctx: Arc<LaneCtx>, qkey: String, class: u8, single: bool) -> Co
         class,
         next,
         split,
-    };
-    let store_failed = |e: crate::store::StoreError| {
-        tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e, "store failed during an attempt");
+        probe,
     };
     let items = match ctx
         .store
-        .head_items(&ctx.channel, ctx.lane, &qkey, limit)
+        .take_head(&ctx.channel, ctx.lane, &qkey, limit, now_ms())
         .await
     {
         Ok(items) => items,
         Err(e) => {
-            store_failed(e);
+            tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e, "store failed before an attempt");
             tokio::time::sleep(Duration::from_millis(500)).await;
             return done(Next::StoreError, false);
         }
@@ -526,52 +591,75 @@ async fn attempt(ctx: Arc<LaneCtx>, qkey: String, class: u8, single: bool) -> Co
         return done(Next::Released, false);
     }
     let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
-    if let Err(e) = ctx
-        .store
-        .begin_attempt(&ctx.channel, ctx.lane, &ids, now_ms())
-        .await
-    {
-        store_failed(e);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        return done(Next::StoreError, false);
-    }
-    let slot_ms = ctx.take_slot().await;
+    let slot_ms = match ctx.take_slot(probe).await {
+        Ok(t) => t,
+        Err(until) => {
+            // Paused (or the circuit opened) after this attempt was dispatched: nothing
+            // was sent, so nothing is counted.
+            let fin = Finish::NotSent { next_ms: until };
+            return match record(&ctx, &qkey, &ids, fin, 0, 0).await {
+                Some(_) => done(Next::Released, false),
+                None => done(Next::StoreError, false),
+            };
+        }
+    };
     reservation.settle();
     let started = Instant::now();
     let result = ctx.deliverer.deliver(&items).await;
     let dur = started.elapsed();
-    let labels = ctx.labels();
-    metrics::histogram!("rio_delivery_duration_seconds", &labels).record(dur.as_secs_f64());
+    metrics::histogram!("rio_delivery_duration_seconds", &ctx.labels()).record(dur.as_secs_f64());
     let (fin, next, split) = decide(&ctx, &items, result, dur);
-    let more = match ctx
-        .store
-        .finish(
-            &ctx.channel,
-            ctx.lane,
-            &qkey,
-            &ids,
-            fin,
-            slot_ms,
-            dur.as_millis() as i64,
-        )
-        .await
-    {
-        Ok(more) => {
-            ctx.wake_status_lane();
-            more
-        }
-        Err(e) => {
-            store_failed(e);
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            return done(Next::StoreError, false);
-        }
+    let Some(more) = record(&ctx, &qkey, &ids, fin, slot_ms, dur.as_millis() as i64).await else {
+        return done(Next::StoreError, false);
     };
+    ctx.wake_status_lane();
     let next = match next {
         Some(n) => n,
         None if more => Next::More,
         None => Next::Released,
     };
     done(next, split)
+}
+
+/// Records an attempt's outcome, retrying the write while the store fails: the request
+/// already went out, so it must not be sent again just because the bookkeeping failed.
+async fn record(
+    ctx: &LaneCtx,
+    qkey: &str,
+    ids: &[i64],
+    fin: Finish,
+    slot_ms: i64,
+    dur_ms: i64,
+) -> Option<bool> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match ctx
+            .store
+            .finish(
+                &ctx.channel,
+                ctx.lane,
+                qkey,
+                ids,
+                fin.clone(),
+                slot_ms,
+                dur_ms,
+            )
+            .await
+        {
+            Ok(more) => return Some(more),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e, "cannot record an attempt's outcome yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::error!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e,
+                    "gave up recording an attempt's outcome; the item stays marked attempting (ambiguous at the next start)");
+                return None;
+            }
+        }
+    }
 }
 
 /// Turns a delivery result into what to record and what the lane does next. `None` for
@@ -586,6 +674,8 @@ fn decide(
     let now = now_ms();
     let p = &ctx.policy;
     let labels = ctx.labels();
+    let age_ms = now - head.created_ms;
+    let too_old = age_ms >= (p.max_age_secs as i64).saturating_mul(1000);
     let log_item = |what: &str, detail: &str| {
         for it in items {
             tracing::info!(channel = %ctx.channel, mid = %it.mid, lane = ctx.lane.name(), attempt = it.attempts + 1,
@@ -610,7 +700,7 @@ fn decide(
         Ok(provider_id) => {
             metrics::counter!("rio_delivered_total", &labels).increment(items.len() as u64);
             log_item("delivered", provider_id.as_deref().unwrap_or(""));
-            ctx.waiters.resolve(head.id, FirstOutcome::Accepted);
+            ctx.waiters.resolve(&head.mid, FirstOutcome::Accepted);
             (Finish::Done { provider_id }, None, false)
         }
         Err(SendError::Permanent(reason)) if items.len() > 1 => {
@@ -632,12 +722,19 @@ fn decide(
             // `failed` status; otherwise it already has our 200 and must be told.
             let told = ctx
                 .waiters
-                .resolve(head.id, FirstOutcome::Rejected(reason.clone()));
+                .resolve(&head.mid, FirstOutcome::Rejected(reason.clone()));
             dead(reason, !told)
+        }
+        Err(e @ (SendError::ChannelFault(_) | SendError::Throttled { .. })) if too_old => {
+            ctx.waiters.resolve(&head.mid, FirstOutcome::Pending);
+            dead(
+                format!("gave up after {} s: {}", age_ms / 1000, e.reason()),
+                true,
+            )
         }
         Err(SendError::ChannelFault(reason)) => {
             metrics::counter!("rio_channel_faults_total", &labels).increment(1);
-            ctx.waiters.resolve(head.id, FirstOutcome::Pending);
+            ctx.waiters.resolve(&head.mid, FirstOutcome::Pending);
             let fin = Finish::Retry {
                 next_ms: now,
                 error: reason.clone(),
@@ -652,9 +749,8 @@ fn decide(
             reason,
         }) => {
             metrics::counter!("rio_throttled_total", &labels).increment(1);
-            ctx.waiters.resolve(head.id, FirstOutcome::Pending);
-            let pause = retry::throttle_pause_ms(retry_after);
-            let until = now + pause;
+            ctx.waiters.resolve(&head.mid, FirstOutcome::Pending);
+            let until = now + retry::throttle_pause_ms(retry_after);
             let fin = Finish::Retry {
                 next_ms: until,
                 error: reason,
@@ -668,9 +764,8 @@ fn decide(
             let ambiguous = matches!(e, SendError::Ambiguous(_));
             let reason = e.reason().to_string();
             metrics::counter!("rio_retries_total", &labels).increment(1);
-            ctx.waiters.resolve(head.id, FirstOutcome::Pending);
+            ctx.waiters.resolve(&head.mid, FirstOutcome::Pending);
             let attempts = head.attempts + 1;
-            let age_ms = now - head.created_ms;
             // Toward the provider a repeat may double the message: cap those.
             if ambiguous
                 && ctx.lane == Lane::Provider
@@ -687,7 +782,7 @@ fn decide(
             if attempts >= p.max_attempts as i64 {
                 return dead(format!("gave up after {attempts} attempts: {reason}"), true);
             }
-            if age_ms >= (p.max_age_secs as i64) * 1000 {
+            if too_old {
                 return dead(format!("gave up after {} s: {reason}", age_ms / 1000), true);
             }
             let delay = retry::backoff_ms(attempts as u32, p.backoff_base_ms, p.backoff_max_ms);

@@ -161,7 +161,7 @@ pub fn classify_transport_error(e: &reqwest::Error) -> SendError {
     }
 }
 
-/// Parses a `Retry-After` header value: delta-seconds or an HTTP-date.
+/// Parses a `Retry-After` header value: delta-seconds or an HTTP-date. Never panics.
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
@@ -171,11 +171,41 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
         && secs.is_finite()
         && secs >= 0.0
     {
-        return Some(Duration::from_secs_f64(secs));
+        // try_from: a huge value (1e20) must not panic; it is clamped by the lane anyway.
+        return Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX));
+    }
+    if v.bytes().all(|b| b.is_ascii_digit()) {
+        // Too many digits for u64: "a very long time".
+        return Some(Duration::MAX);
     }
     let when = httpdate::parse_http_date(v).ok()?;
     Some(
         when.duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_retry_after(" 1.5 "),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_retry_after("1e20"), Some(Duration::MAX));
+        assert_eq!(
+            parse_retry_after("18446744073709551616"),
+            Some(Duration::MAX)
+        );
+        assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+    }
 }

@@ -168,12 +168,35 @@ pub enum Finish {
         counted: bool,
         outcome: &'static str,
     },
+    /// The attempt was dispatched but never sent (the lane paused meanwhile): undo the
+    /// attempting mark and its log row, hand the queue back due at `next_ms`.
+    NotSent {
+        next_ms: i64,
+    },
     /// Dead-lettered. `report_failed`: queue a `message_status` failed to respond.io
     /// (a send whose 200 respond.io already has).
     Dead {
         reason: String,
         report_failed: bool,
     },
+}
+
+/// What a channel does with sends a crash left in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashPolicy {
+    pub on_crash: OnCrash,
+    /// A send already this often ambiguous is failed rather than resent again (a crash
+    /// loop must not resend one message forever).
+    pub ambiguous_retry_cap: u32,
+}
+
+impl Default for CrashPolicy {
+    fn default() -> Self {
+        CrashPolicy {
+            on_crash: OnCrash::Resend,
+            ambiguous_retry_cap: 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -301,7 +324,7 @@ pub trait Store: Send + Sync + 'static {
     /// channel policy (channels not in the map resend).
     async fn recover(
         &self,
-        on_crash: &std::collections::HashMap<String, OnCrash>,
+        policy: &std::collections::HashMap<String, CrashPolicy>,
     ) -> Result<RecoveryReport>;
 
     /// The newest `n` attempt times of a lane, newest first (seeds the rate limiter).

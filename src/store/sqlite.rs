@@ -24,7 +24,9 @@ const SCHEMA: &str = include_str!("schema.sql");
 const SCHEMA_VERSION: i64 = 1;
 
 type Reply = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Reply + Send>;
+/// A job runs inside the batch's transaction, or gets `None` when the batch was already
+/// lost (then it only answers with the error).
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Reply + Send>;
 
 pub struct SqliteStore {
     jobs: Mutex<mpsc::Sender<Job>>,
@@ -93,7 +95,10 @@ impl SqliteStore {
     ) -> Result<R> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let res = in_savepoint(conn, f);
+            let res = match conn {
+                Some(conn) => in_savepoint(conn, f),
+                None => Err(rusqlite::Error::InvalidQuery),
+            };
             Box::new(move |commit| {
                 let out = match (commit, res) {
                     (Ok(()), Ok(v)) => Ok(v),
@@ -156,21 +161,38 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, batch_max: usize) {
         }
         let mut replies = Vec::with_capacity(jobs.len());
         let outcome = match conn.execute_batch("BEGIN IMMEDIATE") {
-            Err(e) => Err(e.to_string()),
-            Ok(()) => {
+            Err(e) => {
                 for job in jobs.drain(..) {
-                    replies.push(job(&conn));
+                    replies.push(job(None));
                 }
-                conn.execute_batch("COMMIT").map_err(|e| {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    e.to_string()
-                })
+                Err(e.to_string())
+            }
+            Ok(()) => {
+                let mut lost = false;
+                for job in jobs.drain(..) {
+                    if lost {
+                        replies.push(job(None));
+                        continue;
+                    }
+                    replies.push(job(Some(&conn)));
+                    // SQLITE_FULL, IOERR and NOMEM roll the whole transaction back. The jobs
+                    // after that must not run outside it (each would commit on its own while
+                    // its caller is told the batch failed).
+                    lost = conn.is_autocommit();
+                }
+                if lost {
+                    Err("the transaction was rolled back by SQLite".to_string())
+                } else {
+                    conn.execute_batch("COMMIT").map_err(|e| {
+                        let _ = conn.execute_batch("ROLLBACK");
+                        e.to_string()
+                    })
+                }
             }
         };
         if let Err(e) = &outcome {
             tracing::error!(error = %e, "store transaction failed; answering 503 until it recovers");
         }
-        // Jobs that never ran (BEGIN failed) are dropped: their callers see "dropped".
         for reply in replies {
             reply(outcome.clone());
         }
@@ -744,6 +766,21 @@ impl Store for SqliteStore {
                     .execute(params![next_ms, channel, lane.code(), qkey])?;
                     return Ok(false);
                 }
+                Finish::NotSent { next_ms } => {
+                    for &id in &ids {
+                        conn.prepare_cached("DELETE FROM attempts WHERE item_id = ?1 AND outcome = 'attempting'")?
+                            .execute(params![id])?;
+                        conn.prepare_cached(
+                            "UPDATE items SET state = 0, attempts = attempts - 1, updated_ms = ?1 WHERE id = ?2",
+                        )?
+                        .execute(params![now, id])?;
+                    }
+                    conn.prepare_cached(
+                        "UPDATE queues SET claimed = 0, next_ms = ?1 WHERE channel = ?2 AND lane = ?3 AND qkey = ?4",
+                    )?
+                    .execute(params![next_ms, channel, lane.code(), qkey])?;
+                    return Ok(false);
+                }
                 Finish::Dead { reason, report_failed } => {
                     for &id in &ids {
                         set_attempt_outcome(conn, id, "dead", Some(&reason), dur, Some(sent_at))?;
@@ -774,23 +811,28 @@ impl Store for SqliteStore {
 
     async fn recover(
         &self,
-        on_crash: &std::collections::HashMap<String, OnCrash>,
+        policy: &std::collections::HashMap<String, CrashPolicy>,
     ) -> Result<RecoveryReport> {
         // Read what was in flight, decide per channel, then apply in one write.
-        let inflight: Vec<(i64, String, i64, String)> = self
+        let inflight: Vec<(i64, String, i64, String, i64)> = self
             .read(|conn| {
-                conn.prepare("SELECT id, channel, lane, qkey FROM items WHERE state = 1")?
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                    .collect()
+                conn.prepare(
+                    "SELECT id, channel, lane, qkey, ambiguous FROM items WHERE state = 1",
+                )?
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?
+                .collect()
             })
             .await?;
         let plan: Vec<(i64, String, Lane, String, bool)> = inflight
             .into_iter()
-            .map(|(id, ch, lane, qkey)| {
+            .map(|(id, ch, lane, qkey, ambiguous)| {
                 let lane = Lane::from_code(lane);
+                let p = policy.get(&ch).copied().unwrap_or_default();
                 // Toward respond.io a repeat carries the same mId, so it is always resent.
                 let resend = lane == Lane::RespondIo
-                    || on_crash.get(&ch).copied().unwrap_or_default() == OnCrash::Resend;
+                    || (p.on_crash == OnCrash::Resend && ambiguous < p.ambiguous_retry_cap as i64);
                 (id, ch, lane, qkey, resend)
             })
             .collect();
@@ -823,7 +865,7 @@ impl Store for SqliteStore {
                     )?;
                     report.resent += 1;
                 } else {
-                    let reason = "in flight when the gateway stopped; not resent (on_crash = fail)";
+                    let reason = "in flight when the gateway stopped; not resent (on_crash = fail, or ambiguous too often)";
                     set_attempt_outcome(conn, id, "dead", Some(reason), 0, Some(now))?;
                     mark_dead(conn, &channel, id, reason, true, now)?;
                     if !queue_has_pending(conn, &channel, lane, &qkey)? {
