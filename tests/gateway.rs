@@ -585,6 +585,52 @@ async fn a_reply_in_a_live_conversation_overtakes_a_broadcast() {
 }
 
 #[tokio::test]
+async fn a_broadcast_burst_is_accepted_without_waiting_behind_the_backlog() {
+    // 1 send/s and a 5 s budget: once 5 sends wait, a bulk send cannot see its first
+    // attempt within the budget, so /message answers at once instead of holding the
+    // connection. The stand-in's progress is the clock: an answer that waited would come
+    // after about 5 sends.
+    let stage = Stage::new(Opts {
+        provider_rate: 1,
+        budget_ms: 5000,
+        push_receipts: false,
+        ..Opts::default()
+    })
+    .await;
+    let gw = InProcess::start(&stage).await;
+    let calls: Vec<_> = (0..20)
+        .map(|n| {
+            let (emulator, sim) = (stage.emulator.clone(), stage.sim.clone());
+            let url = format!("{}/channels/sms/message", stage.base());
+            tokio::spawn(async move {
+                let msg = json!({"type": "text", "text": "broadcast"});
+                let (s, b) = emulator
+                    .send_to_gateway(&url, CHANNEL_ID, &format!("+614000070{n:02}"), msg)
+                    .await
+                    .unwrap();
+                assert_eq!(s, 200, "{b}");
+                (b["mId"].as_str().unwrap().to_string(), sim.sent().len())
+            })
+        })
+        .collect();
+    let mut mids = std::collections::HashSet::new();
+    let mut answered_early = 0;
+    for c in calls {
+        let (mid, sent_when_answered) = c.await.unwrap();
+        mids.insert(mid);
+        if sent_when_answered <= 2 {
+            answered_early += 1;
+        }
+    }
+    assert_eq!(mids.len(), 20);
+    assert!(
+        answered_early >= 10,
+        "only {answered_early} of 20 bulk sends were answered without waiting"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn metrics_and_health_endpoints() {
     let stage = Stage::new(Opts::default()).await;
     let gw = InProcess::start(&stage).await;

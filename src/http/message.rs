@@ -127,24 +127,37 @@ async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) 
     // Listen before committing: the lane may finish the first attempt before we would
     // otherwise get to listen.
     let mut rx = channel.waiters.register(&mid);
-    if let Err(e) = state
+    let accepted = match state
         .store
         .accept_outbound(&cfg.name, item, window_ms)
         .await
     {
-        channel.waiters.forget(&mid);
-        {
+        Ok(a) => a,
+        Err(e) => {
+            channel.waiters.forget(&mid);
             tracing::error!(channel = %cfg.name, mid = %mid, error = %e, "could not commit an outbound message");
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store unavailable, try again",
             );
         }
-    }
+    };
     metrics::counter!("rio_accepted_total", "channel" => cfg.name.clone(), "direction" => "to_provider").increment(1);
     tracing::info!(channel = %cfg.name, mid = %mid, contact = %req.contact_id, "outbound accepted");
-    channel.to_provider.wake();
+    let lane = &channel.to_provider;
+    let backlog_before = lane.backlog();
+    lane.add_backlog(1);
+    lane.wake();
     let budget = Duration::from_millis(state.cfg.server.message_budget_ms);
+    // Lane busy: a bulk send behind more than the lane can attempt within the budget will
+    // not see its first attempt in time; answer now rather than hold the connection (a
+    // broadcast burst would otherwise be accepted at connections / budget per second).
+    // Conversation sends go ahead of bulk, so they wait for their outcome.
+    let can_attempt = lane.rate_limit as f64 * budget.as_secs_f64();
+    if !accepted.conversation && backlog_before as f64 >= can_attempt {
+        channel.waiters.forget(&mid);
+        return (StatusCode::OK, Json(serde_json::json!({ "mId": mid }))).into_response();
+    }
     let outcome = match tokio::time::timeout(budget, &mut rx).await {
         Ok(Ok(o)) => o,
         _ => {

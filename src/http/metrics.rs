@@ -51,6 +51,14 @@ pub async fn publish_lane_stats(state: &AppState) {
             let s = stats
                 .iter()
                 .find(|s| s.channel == ch.cfg.name && s.lane == lane);
+            // Re-sync the lanes' running backlog counts, which drift a little (collapsed
+            // statuses, duplicates).
+            let ctx = if lane == crate::store::Lane::RespondIo {
+                &ch.to_respondio
+            } else {
+                &ch.to_provider
+            };
+            ctx.set_backlog(s.map_or(0, |s| s.pending));
             let labels = [
                 ("channel", ch.cfg.name.clone()),
                 ("direction", lane.name().to_string()),

@@ -136,6 +136,11 @@ pub async fn inbound(
                     }
                 }
             }
+            let stored = results
+                .iter()
+                .filter(|r| matches!(r, IngestResult::Stored { .. }))
+                .count();
+            ch.to_respondio.add_backlog(stored);
             ch.to_respondio.wake();
             ok()
         }
@@ -234,6 +239,11 @@ pub async fn status(
                 }
             }
             if forwarded {
+                let n = results
+                    .iter()
+                    .filter(|r| matches!(r, ReceiptResult::Forwarded { .. }))
+                    .count();
+                ch.to_respondio.add_backlog(n);
                 ch.to_respondio.wake();
             }
             ok()

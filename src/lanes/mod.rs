@@ -85,6 +85,9 @@ pub struct LaneCtx {
     circuit_open: AtomicBool,
     /// The respond.io lane of the same channel, woken when a send queues a status.
     status_lane: OnceLock<Weak<LaneCtx>>,
+    /// About how many items wait in this lane (counted from the store at start, then kept
+    /// up by whoever adds or settles items). Tells `/message` when the lane is busy.
+    backlog: AtomicI64,
 }
 
 impl LaneCtx {
@@ -113,8 +116,32 @@ impl LaneCtx {
             paused_until: AtomicI64::new(0),
             circuit_open: AtomicBool::new(false),
             status_lane: OnceLock::new(),
+            backlog: AtomicI64::new(0),
             rate_limit,
         })
+    }
+
+    /// `n` items were committed for this lane.
+    pub fn add_backlog(&self, n: usize) {
+        self.backlog.fetch_add(n as i64, Ordering::AcqRel);
+    }
+
+    fn settle_backlog(&self, n: usize) {
+        let _ = self
+            .backlog
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some((b - n as i64).max(0))
+            });
+    }
+
+    /// Sets the backlog from a count of the store.
+    pub fn set_backlog(&self, n: i64) {
+        self.backlog.store(n.max(0), Ordering::Release);
+    }
+
+    /// About how many items wait in this lane.
+    pub fn backlog(&self) -> i64 {
+        self.backlog.load(Ordering::Acquire)
     }
 
     /// New work was committed for this lane.
@@ -242,6 +269,14 @@ impl LaneRunner {
         ctx.with_limiter(|l| l.seed(recent));
         let paused_until = ctx.store.paused_until(&ctx.channel, ctx.lane).await?;
         ctx.paused_until.store(paused_until, Ordering::Release);
+        let pending = ctx
+            .store
+            .lane_stats()
+            .await?
+            .into_iter()
+            .find(|s| s.channel == ctx.channel && s.lane == ctx.lane);
+        ctx.backlog
+            .store(pending.map_or(0, |s| s.pending), Ordering::Release);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Ok(LaneRunner {
             ctx,
@@ -609,9 +644,13 @@ async fn attempt(
     let dur = started.elapsed();
     metrics::histogram!("rio_delivery_duration_seconds", &ctx.labels()).record(dur.as_secs_f64());
     let (fin, next, split) = decide(&ctx, &items, result, dur);
+    let settled = matches!(fin, Finish::Done { .. } | Finish::Dead { .. });
     let Some(more) = record(&ctx, &qkey, &ids, fin, slot_ms, dur.as_millis() as i64).await else {
         return done(Next::StoreError, false);
     };
+    if settled {
+        ctx.settle_backlog(ids.len());
+    }
     ctx.wake_status_lane();
     let next = match next {
         Some(n) => n,

@@ -99,6 +99,14 @@ pub struct NewOutbound {
     pub message_json: String,
 }
 
+/// A committed send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptedSend {
+    pub item_id: i64,
+    /// The contact wrote in recently: the send goes ahead of bulk.
+    pub conversation: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct ReceiptIn {
     pub dedupe_key: String,
@@ -257,7 +265,7 @@ pub trait Store: Send + Sync + 'static {
         channel: &str,
         item: NewOutbound,
         conversation_window_ms: i64,
-    ) -> Result<i64>;
+    ) -> Result<AcceptedSend>;
 
     /// Applies delivery receipts through the status machine; parks unknown provider ids.
     async fn apply_receipts(

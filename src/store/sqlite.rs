@@ -558,7 +558,7 @@ impl Store for SqliteStore {
         channel: &str,
         item: NewOutbound,
         window_ms: i64,
-    ) -> Result<i64> {
+    ) -> Result<AcceptedSend> {
         let channel = channel.to_string();
         self.write(move |conn| {
             let now = now_ms();
@@ -593,7 +593,10 @@ impl Store for SqliteStore {
                 "accepted",
                 Some(if class == 0 { "conversation" } else { "bulk" }),
             )?;
-            Ok(id)
+            Ok(AcceptedSend {
+                item_id: id,
+                conversation: class == 0,
+            })
         })
         .await
     }
