@@ -5,6 +5,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod app;
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod demo;

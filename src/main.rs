@@ -44,6 +44,8 @@ enum Command {
     },
     /// Gateway + respond.io emulator + ClickSend stand-in on loopback, on a throw-away
     /// SQLite store: prints the URLs and a curl line for each flow.
+    /// The benchmark harness: real HTTP on loopback against the real server (BENCHMARKS.md).
+    Bench(rio_bridge::bench::BenchArgs),
     Demo {
         /// Where the gateway listens.
         #[arg(long, default_value = "127.0.0.1:3030")]
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
                 )
                 .await
             }
+            Command::Bench(args) => rio_bridge::bench::run(args).await,
             Command::Demo { listen } => rio_bridge::demo::run(listen, shutdown_signal()).await,
         }
         .map(|()| ExitCode::SUCCESS)

@@ -194,6 +194,20 @@ impl ClickSendSim {
         self.state().sent.clone()
     }
 
+    /// Arrivals from index `from` on (cheap polling of a long record).
+    pub fn sent_since(&self, from: usize) -> Vec<SimArrival> {
+        let st = self.state();
+        st.sent
+            .get(from..)
+            .map(<[SimArrival]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    /// How many send calls arrived.
+    pub fn sent_count(&self) -> usize {
+        self.state().sent.len()
+    }
+
     pub fn push_fault(&self, f: SimFault) {
         self.state().faults.push_back(f);
     }

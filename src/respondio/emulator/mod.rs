@@ -204,6 +204,18 @@ pub struct Emulator {
 struct Inner {
     state: Mutex<State>,
     http: reqwest::Client,
+    /// Every accepted call as it arrives, for benchmarks timing end to end.
+    arrivals: tokio::sync::broadcast::Sender<Arrival>,
+}
+
+/// An accepted call, announced to subscribers the moment it is recorded.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// Epoch microseconds when the request arrived.
+    pub arrival_us: i64,
+    pub channel_id: String,
+    pub contact_id: String,
+    pub events: usize,
 }
 
 /// Everything mutable, behind one mutex that is only ever held for short, synchronous sections.
@@ -245,12 +257,18 @@ impl Emulator {
                     ..State::default()
                 }),
                 http: http_client(),
+                arrivals: tokio::sync::broadcast::channel(4096).0,
             }),
         };
         for channel in cfg.channels {
             emulator.add_channel(channel);
         }
         emulator
+    }
+
+    /// Announces every accepted call from now on (a slow subscriber misses the oldest).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arrival> {
+        self.inner.arrivals.subscribe()
     }
 
     /// All routes: the webhook and the control API.

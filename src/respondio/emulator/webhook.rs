@@ -82,7 +82,8 @@ pub(super) async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let arrival_ms = clock::now_ms();
+    let arrival_us = clock::now_us();
+    let arrival_ms = arrival_us / 1000;
     let arrived = Instant::now();
     let body: Result<Value, Rejection> = read_limited(body).await.and_then(|bytes| {
         serde_json::from_slice(&bytes)
@@ -121,6 +122,12 @@ pub(super) async fn handle(
     match checked {
         Ok(envelope) => {
             emu.record_accepted(arrival_ms, &envelope);
+            let _ = emu.inner.arrivals.send(super::Arrival {
+                arrival_us,
+                channel_id: envelope.channel_id.to_owned(),
+                contact_id: envelope.contact_id.to_owned(),
+                events: envelope.events.len(),
+            });
             (StatusCode::OK, Json(json!({}))).into_response()
         }
         Err(rejection) => emu.reject(&summary, Some(rules.token_channel.clone()), rejection, None),
