@@ -165,7 +165,7 @@ impl Default for DeliveryConfig {
             respondio_timeout_ms: 10_000,
             provider_timeout_ms: 15_000,
             max_inflight: 32,
-            rate_guard_ms: 25,
+            rate_guard_ms: 10,
         }
     }
 }

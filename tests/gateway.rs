@@ -586,9 +586,9 @@ async fn a_reply_in_a_live_conversation_overtakes_a_broadcast() {
 
 #[tokio::test]
 async fn a_broadcast_burst_is_accepted_without_waiting_behind_the_backlog() {
-    // 1 send/s and a 5 s budget: once 5 sends wait, a bulk send cannot see its first
-    // attempt within the budget, so /message answers at once instead of holding the
-    // connection. The stand-in's progress is the clock: an answer that waited would come
+    // 1 send/s and a 5 s budget: a bulk send with more sends ahead of it than the lane has
+    // free rate slots cannot be attempted now, so /message answers at once instead of
+    // holding the connection. The stand-in's progress is the clock: an answer that waited would come
     // after about 5 sends.
     let stage = Stage::new(Opts {
         provider_rate: 1,

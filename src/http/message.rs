@@ -148,16 +148,15 @@ async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) 
     let backlog_before = lane.backlog();
     lane.add_backlog(1);
     lane.wake();
-    let budget = Duration::from_millis(state.cfg.server.message_budget_ms);
-    // Lane busy: a bulk send behind more than the lane can attempt within the budget will
-    // not see its first attempt in time; answer now rather than hold the connection (a
-    // broadcast burst would otherwise be accepted at connections / budget per second).
+    // Lane busy: a bulk send with at least as many items ahead of it as the lane has rate
+    // slots free right now cannot be attempted now; answer at once rather than hold the
+    // connection (a broadcast burst would otherwise be accepted only as fast as it drains).
     // Conversation sends go ahead of bulk, so they wait for their outcome.
-    let can_attempt = lane.rate_limit as f64 * budget.as_secs_f64();
-    if !accepted.conversation && backlog_before as f64 >= can_attempt {
+    if !accepted.conversation && backlog_before >= lane.free_slots() {
         channel.waiters.forget(&mid);
         return (StatusCode::OK, Json(serde_json::json!({ "mId": mid }))).into_response();
     }
+    let budget = Duration::from_millis(state.cfg.server.message_budget_ms);
     let outcome = match tokio::time::timeout(budget, &mut rx).await {
         Ok(Ok(o)) => o,
         _ => {

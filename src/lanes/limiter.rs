@@ -27,6 +27,16 @@ impl SlidingWindow {
         }
     }
 
+    /// Widens or narrows the window from now on. Widening never lets more through;
+    /// narrowing only affects slots granted after it.
+    pub fn set_window(&mut self, window_ms: i64) {
+        self.window_ms = window_ms.max(1);
+    }
+
+    pub fn window_ms(&self) -> i64 {
+        self.window_ms
+    }
+
     /// Remembers requests made before (e.g. by the previous process), in any order.
     pub fn seed(&mut self, times: impl IntoIterator<Item = i64>) {
         let mut all: Vec<i64> = self.log.drain(..).chain(times).collect();
@@ -92,9 +102,87 @@ pub fn max_in_window(times: &[i64], window_ms: i64) -> usize {
     best
 }
 
+/// The extra width of a lane's rate window, learnt from the receiver.
+///
+/// The receiver counts requests by arrival, and arrival = slot + a delay that varies (our
+/// scheduling, the network, the receiver's own queueing). A window of 1 s + guard
+/// tolerates a variation of up to the guard, so the right guard is the receiver's: start
+/// from the configured one, double it (+10 ms) on every 429, and give 1 ms back for every
+/// 100 requests that went through, never below the configured floor.
+#[derive(Debug, Clone)]
+pub struct AdaptiveGuard {
+    floor_ms: i64,
+    current_ms: i64,
+    clean: u32,
+}
+
+/// The widest guard: a quarter of the rate at most.
+pub const MAX_GUARD_MS: i64 = 250;
+
+impl AdaptiveGuard {
+    pub fn new(floor_ms: i64) -> Self {
+        let floor_ms = floor_ms.clamp(0, MAX_GUARD_MS);
+        AdaptiveGuard {
+            floor_ms,
+            current_ms: floor_ms,
+            clean: 0,
+        }
+    }
+
+    pub fn current_ms(&self) -> i64 {
+        self.current_ms
+    }
+
+    /// The receiver throttled us: widen.
+    pub fn throttled(&mut self) -> i64 {
+        self.clean = 0;
+        self.current_ms = (self.current_ms * 2 + 10).min(MAX_GUARD_MS);
+        self.current_ms
+    }
+
+    /// A request went through: narrow slowly.
+    pub fn succeeded(&mut self) -> i64 {
+        self.clean += 1;
+        if self.clean >= 100 {
+            self.clean = 0;
+            self.current_ms = (self.current_ms - 1).max(self.floor_ms);
+        }
+        self.current_ms
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guard_widens_on_throttle_and_narrows_slowly_to_its_floor() {
+        let mut g = AdaptiveGuard::new(10);
+        assert_eq!(g.throttled(), 30);
+        assert_eq!(g.throttled(), 70);
+        for _ in 0..100 {
+            g.succeeded();
+        }
+        assert_eq!(g.current_ms(), 69);
+        for _ in 0..100_000 {
+            g.succeeded();
+        }
+        assert_eq!(g.current_ms(), 10);
+        for _ in 0..20 {
+            g.throttled();
+        }
+        assert_eq!(g.current_ms(), MAX_GUARD_MS);
+    }
+
+    #[test]
+    fn a_wider_window_never_lets_more_through() {
+        let mut w = SlidingWindow::new(2, 1000);
+        assert!(w.try_acquire(0).is_ok());
+        assert!(w.try_acquire(1).is_ok());
+        w.set_window(1100);
+        assert!(w.try_acquire(1050).is_err());
+        assert!(w.try_acquire(1101).is_ok());
+    }
 
     #[test]
     fn never_more_than_limit_in_any_window() {

@@ -26,7 +26,7 @@ use crate::config::DeliveryConfig;
 use crate::providers::SendError;
 use crate::store::{Finish, Item, Lane, Store};
 use deliver::Deliverer;
-use limiter::SlidingWindow;
+use limiter::{AdaptiveGuard, SlidingWindow};
 
 /// What `/message` learns from the first attempt of its send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,9 +74,10 @@ pub struct LaneCtx {
     dirty: AtomicBool,
     notify: Notify,
     running: AtomicBool,
-    /// The lane's rate limiter. Attempts take their slot right before the request leaves,
-    /// so nothing (no fsync) sits between the slot's time and the wire.
-    limiter: Mutex<SlidingWindow>,
+    /// The lane's rate limiter and its learnt guard. Attempts take their slot right
+    /// before the request leaves, so nothing (no fsync) sits between the slot's time and
+    /// the wire.
+    limiter: Mutex<(SlidingWindow, AdaptiveGuard)>,
     /// Attempts dispatched that have not taken their slot yet.
     reserved: AtomicUsize,
     /// A 429 pause, checked again by each attempt right before it sends.
@@ -100,7 +101,8 @@ impl LaneCtx {
         rate_limit: u32,
         waiters: Arc<Waiters>,
     ) -> Arc<LaneCtx> {
-        let window_ms = 1000 + policy.rate_guard_ms as i64;
+        let policy_guard = policy.rate_guard_ms as i64;
+        let window_ms = 1000 + policy_guard;
         Arc::new(LaneCtx {
             channel,
             lane,
@@ -111,7 +113,10 @@ impl LaneCtx {
             dirty: AtomicBool::new(true),
             notify: Notify::new(),
             running: AtomicBool::new(false),
-            limiter: Mutex::new(SlidingWindow::new(rate_limit, window_ms)),
+            limiter: Mutex::new((
+                SlidingWindow::new(rate_limit, window_ms),
+                AdaptiveGuard::new(policy_guard),
+            )),
             reserved: AtomicUsize::new(0),
             paused_until: AtomicI64::new(0),
             circuit_open: AtomicBool::new(false),
@@ -132,6 +137,12 @@ impl LaneCtx {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
                 Some((b - n as i64).max(0))
             });
+    }
+
+    /// Rate slots free right now that no dispatched attempt has claimed yet.
+    pub fn free_slots(&self) -> i64 {
+        let (free, _) = self.with_limiter(|l| l.free_at(now_ms()));
+        free as i64 - self.reserved.load(Ordering::Acquire) as i64
     }
 
     /// Sets the backlog from a count of the store.
@@ -168,7 +179,27 @@ impl LaneCtx {
 
     fn with_limiter<R>(&self, f: impl FnOnce(&mut SlidingWindow) -> R) -> R {
         let mut guard = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut guard)
+        f(&mut guard.0)
+    }
+
+    /// Feeds the receiver's answer to the adaptive guard and resizes the window.
+    fn learn_guard(&self, throttled: bool) {
+        let mut guard = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+        let (window, adaptive) = &mut *guard;
+        let before = adaptive.current_ms();
+        let now = if throttled {
+            adaptive.throttled()
+        } else {
+            adaptive.succeeded()
+        };
+        if now != before {
+            window.set_window(1000 + now);
+            metrics::gauge!("rio_lane_rate_guard_ms", &self.labels()).set(now as f64);
+            if throttled {
+                tracing::warn!(channel = %self.channel, lane = self.lane.name(), guard_ms = now,
+                    "receiver throttled us: widening the rate window");
+            }
+        }
     }
 
     /// Until when an attempt must not send now (a pause, or an open circuit for anything
@@ -643,6 +674,7 @@ async fn attempt(
     let result = ctx.deliverer.deliver(&items).await;
     let dur = started.elapsed();
     metrics::histogram!("rio_delivery_duration_seconds", &ctx.labels()).record(dur.as_secs_f64());
+    ctx.learn_guard(matches!(result, Err(SendError::Throttled { .. })));
     let (fin, next, split) = decide(&ctx, &items, result, dur);
     let settled = matches!(fin, Finish::Done { .. } | Finish::Dead { .. });
     let Some(more) = record(&ctx, &qkey, &ids, fin, slot_ms, dur.as_millis() as i64).await else {
