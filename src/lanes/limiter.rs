@@ -15,6 +15,20 @@ pub struct SlidingWindow {
     limit: usize,
     window_ms: i64,
     log: VecDeque<i64>,
+    pacing: Option<Pacing>,
+}
+
+/// Even spacing in front of the window (GCRA): one slot every `interval_ms`, with up to
+/// `burst` at once after a quiet spell. Without it a busy lane spends a window's slots in
+/// the first moments and then idles until the window slides, so whatever arrives in the
+/// quiet part (an agent's reply during a broadcast) waits most of a second; and bursts
+/// bunch up on the way to the receiver, which counts arrivals.
+#[derive(Debug, Clone)]
+struct Pacing {
+    interval_ms: f64,
+    tolerance_ms: f64,
+    /// The theoretical arrival time of the next slot.
+    tat: f64,
 }
 
 impl SlidingWindow {
@@ -24,6 +38,31 @@ impl SlidingWindow {
             limit,
             window_ms,
             log: VecDeque::with_capacity(limit),
+            pacing: None,
+        }
+    }
+
+    /// Adds even pacing: `limit` slots spread over a second, `burst` of them at once.
+    pub fn paced(mut self, burst: u32) -> Self {
+        let interval_ms = 1000.0 / self.limit as f64;
+        let tolerance_ms = interval_ms * (burst.max(1) - 1) as f64;
+        self.pacing = Some(Pacing {
+            interval_ms,
+            tolerance_ms,
+            tat: 0.0,
+        });
+        self
+    }
+
+    /// How long pacing holds the next slot back at `now` (0: it may go).
+    fn pacing_wait(&self, now: i64) -> i64 {
+        match &self.pacing {
+            Some(p) => {
+                let tat = p.tat.max(now as f64);
+                let early = tat - p.tolerance_ms - now as f64;
+                if early > 0.0 { early.ceil() as i64 } else { 0 }
+            }
+            None => 0,
         }
     }
 
@@ -53,8 +92,15 @@ impl SlidingWindow {
         while self.log.front().is_some_and(|&t| t < now - self.window_ms) {
             self.log.pop_front();
         }
+        let paced = self.pacing_wait(now);
+        if paced > 0 {
+            return Err(paced);
+        }
         if self.log.len() < self.limit {
             self.log.push_back(now);
+            if let Some(p) = &mut self.pacing {
+                p.tat = p.tat.max(now as f64) + p.interval_ms;
+            }
             Ok(now)
         } else {
             let oldest = self.log.front().copied().unwrap_or(now);
@@ -62,17 +108,33 @@ impl SlidingWindow {
         }
     }
 
-    /// How many slots are free at `now`, and if none, how long until one is.
-    pub fn free_at(&mut self, now: i64) -> (usize, i64) {
-        let now = self.log.back().map_or(now, |&last| now.max(last));
-        while self.log.front().is_some_and(|&t| t < now - self.window_ms) {
-            self.log.pop_front();
-        }
-        let free = self.limit - self.log.len();
-        let wait = self
+    /// How many slots are free at `at`, and if none, how long from `at` until one is.
+    /// Changes nothing.
+    pub fn free_at(&self, at: i64) -> (usize, i64) {
+        let at = self.log.back().map_or(at, |&last| at.max(last));
+        let in_window: Vec<i64> = self
             .log
-            .front()
-            .map_or(0, |&oldest| (oldest + self.window_ms + 1 - now).max(1));
+            .iter()
+            .copied()
+            .filter(|&t| t >= at - self.window_ms)
+            .collect();
+        let mut free = self.limit - in_window.len();
+        let mut wait = in_window
+            .first()
+            .map_or(0, |&oldest| (oldest + self.window_ms + 1 - at).max(1));
+        if let Some(p) = &self.pacing {
+            let paced = self.pacing_wait(at);
+            if paced > 0 {
+                return (0, paced);
+            }
+            // Slots pacing allows at `at`: what is left of its tolerance.
+            let used = (p.tat - at as f64).max(0.0);
+            let allowed = ((p.tolerance_ms - used) / p.interval_ms).floor().max(0.0) as usize + 1;
+            if allowed < free {
+                free = allowed;
+                wait = 0;
+            }
+        }
         (free, if free > 0 { 0 } else { wait })
     }
 
@@ -172,6 +234,28 @@ mod tests {
             g.throttled();
         }
         assert_eq!(g.current_ms(), MAX_GUARD_MS);
+    }
+
+    #[test]
+    fn pacing_spreads_slots_and_keeps_the_window() {
+        let mut w = SlidingWindow::new(20, 1000).paced(1);
+        let mut granted = Vec::new();
+        for now in 0..5000 {
+            if w.try_acquire(now).is_ok() {
+                granted.push(now);
+            }
+        }
+        assert_eq!(max_in_window(&granted, 1000), 20);
+        assert!(granted.len() >= 95, "{}", granted.len());
+        // One every 50 ms: no gap longer than the interval.
+        assert_eq!(&granted[..3], &[0, 50, 100]);
+        let gaps: Vec<i64> = granted.windows(2).map(|p| p[1] - p[0]).collect();
+        assert!(gaps.iter().skip(1).all(|&g| g <= 51), "{gaps:?}");
+        assert_eq!(w.free_at(granted[granted.len() - 1]).0, 0);
+        // Looking ahead changes nothing.
+        let before = w.clone().log;
+        let _ = w.free_at(10_000);
+        assert_eq!(w.log, before);
     }
 
     #[test]
