@@ -19,12 +19,11 @@ CREATE TABLE IF NOT EXISTS items (
     created_ms  INTEGER NOT NULL,
     next_ms     INTEGER NOT NULL,
     updated_ms  INTEGER NOT NULL,
-    provider_id TEXT,                     -- sends: the provider's id, for receipts
+    provider_id TEXT,                     -- the provider's id (sends: for receipts; inbound: for the history)
     status      INTEGER NOT NULL DEFAULT 0, -- sends: 0 none 1 sent 2 delivered 3 read 4 failed
     last_error  TEXT
 ) STRICT;
 CREATE INDEX IF NOT EXISTS items_queue ON items(channel, lane, qkey, id) WHERE state < 2;
-CREATE INDEX IF NOT EXISTS items_pending ON items(channel, lane, id) WHERE state < 2;
 CREATE INDEX IF NOT EXISTS items_attempting ON items(state) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS items_mid ON items(channel, mid);
 CREATE UNIQUE INDEX IF NOT EXISTS items_provider ON items(channel, provider_id)

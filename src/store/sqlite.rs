@@ -30,6 +30,7 @@ type Job = Box<dyn FnOnce(Option<&Connection>) -> Reply + Send>;
 
 pub struct SqliteStore {
     jobs: Mutex<mpsc::Sender<Job>>,
+    stop_checkpoints: Arc<std::sync::atomic::AtomicBool>,
     reader: Arc<Mutex<Connection>>,
     dedupe_ttl_ms: i64,
     parked_ttl_ms: i64,
@@ -53,6 +54,9 @@ fn open_connection(path: &Path, sync: Synchronous) -> rusqlite::Result<Connectio
     )?;
     // Keep the WAL from growing without bound after bursts.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    // Checkpoints run on a background connection (see `checkpoint_loop`), not on
+    // whichever connection happens to commit: the writer never stalls copying pages.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(conn)
 }
 
@@ -74,14 +78,22 @@ impl SqliteStore {
         let writer = open_connection(&cfg.path, cfg.synchronous).map_err(unavailable)?;
         migrate(&writer).map_err(unavailable)?;
         let reader = open_connection(&cfg.path, cfg.synchronous).map_err(unavailable)?;
+        let checkpointer = open_connection(&cfg.path, cfg.synchronous).map_err(unavailable)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let batch_max = cfg.group_commit_max.max(1);
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer_loop(writer, rx, batch_max))
             .map_err(unavailable)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, stop2))
+            .map_err(unavailable)?;
         Ok(SqliteStore {
             jobs: Mutex::new(tx),
+            stop_checkpoints: stop,
             reader: Arc::new(Mutex::new(reader)),
             dedupe_ttl_ms: (cfg.dedupe_ttl_secs as i64).saturating_mul(1000),
             parked_ttl_ms: (cfg.parked_receipt_ttl_secs as i64).saturating_mul(1000),
@@ -133,14 +145,34 @@ impl SqliteStore {
     }
 }
 
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.stop_checkpoints
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Copies committed WAL pages into the database file in the background. PASSIVE never
+/// waits for or blocks the writer; the WAL restarts from its beginning once a checkpoint
+/// has caught up.
+fn checkpoint_loop(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>) {
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
 fn in_savepoint<R>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
 ) -> rusqlite::Result<R> {
-    conn.execute_batch("SAVEPOINT job")?;
+    conn.prepare_cached("SAVEPOINT job")?.execute([])?;
     match f(conn) {
         Ok(v) => {
-            conn.execute_batch("RELEASE job")?;
+            conn.prepare_cached("RELEASE job")?.execute([])?;
             Ok(v)
         }
         Err(e) => {
@@ -266,13 +298,14 @@ fn insert_item(
     mid: &str,
     payload: &str,
     contact_json: Option<&str>,
+    provider_id: Option<&str>,
     class: i64,
     now: i64,
 ) -> rusqlite::Result<i64> {
     conn.prepare_cached(
         "INSERT INTO items(channel, lane, qkey, contact, kind, mid, payload, contact_json, state,
-                           created_ms, next_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?9, ?9)",
+                           created_ms, next_ms, updated_ms, provider_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?9, ?9, ?10)",
     )?
     .execute(params![
         channel,
@@ -283,7 +316,8 @@ fn insert_item(
         mid,
         payload,
         contact_json,
-        now
+        now,
+        provider_id
     ])?;
     let id = conn.last_insert_rowid();
     // A new queue starts due now; an existing one keeps its schedule, and only ever moves
@@ -344,6 +378,7 @@ fn enqueue_status(
                 ItemKind::Status,
                 mid,
                 &payload,
+                None,
                 None,
                 1,
                 now,
@@ -504,11 +539,12 @@ impl Store for SqliteStore {
                     continue;
                 }
                 let qkey = message_qkey(&it.contact);
+                // The item row is the "received" record (created_ms, provider_id): no history
+                // row here, every ingest writes as few pages as it can.
                 let id = insert_item(
                     conn, &channel, Lane::RespondIo, &qkey, &it.contact, it.kind, &it.mid, &it.event_json,
-                    it.contact_json.as_deref(), 0, now,
+                    it.contact_json.as_deref(), Some(&it.provider_id), 0, now,
                 )?;
-                history(conn, id, now, "received", Some(&format!("provider id {}", it.provider_id)))?;
                 if it.kind == ItemKind::Message {
                     conn.prepare_cached(
                         "INSERT INTO contacts(channel, contact, last_inbound_ms) VALUES (?1, ?2, ?3)
@@ -582,6 +618,7 @@ impl Store for SqliteStore {
                 ItemKind::Send,
                 &item.mid,
                 &item.message_json,
+                None,
                 None,
                 class,
                 now,
