@@ -197,7 +197,9 @@ impl App {
     }
 }
 
-/// Publishes queue gauges and prunes old rows, off the lanes' path.
+/// Publishes queue gauges (and the lanes' backlog counts: the first tick is at once, so
+/// start-up does not wait for a count of a million queued items) and prunes old rows,
+/// off the lanes' path.
 async fn housekeeping(state: Arc<AppState>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut last_prune = 0i64;

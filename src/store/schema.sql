@@ -24,6 +24,8 @@ CREATE TABLE IF NOT EXISTS items (
     last_error  TEXT
 ) STRICT;
 CREATE INDEX IF NOT EXISTS items_queue ON items(channel, lane, qkey, id) WHERE state < 2;
+-- Append-only (ids grow): finds a lane's oldest pending item without a scan.
+CREATE INDEX IF NOT EXISTS items_pending ON items(channel, lane, id) WHERE state < 2;
 CREATE INDEX IF NOT EXISTS items_attempting ON items(state) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS items_mid ON items(channel, mid);
 CREATE UNIQUE INDEX IF NOT EXISTS items_provider ON items(channel, provider_id)

@@ -54,8 +54,8 @@ fn open_connection(path: &Path, sync: Synchronous) -> rusqlite::Result<Connectio
     )?;
     // Keep the WAL from growing without bound after bursts.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-    // Checkpoints run on a background connection (see `checkpoint_loop`), not on
-    // whichever connection happens to commit: the writer never stalls copying pages.
+    // Checkpoints run on a background connection (see `checkpoint_loop`) so the writer
+    // rarely stalls copying pages; other connections never checkpoint on their own.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(conn)
 }
@@ -76,6 +76,13 @@ impl SqliteStore {
                 .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
         let writer = open_connection(&cfg.path, cfg.synchronous).map_err(unavailable)?;
+        // The background checkpointer copies most pages; the writer checkpoints the short
+        // tail itself once the WAL passes 16 MB. Without this, a WAL under steady writes
+        // never gets back to its start (each PASSIVE checkpoint is overtaken by new
+        // commits), grows without bound, and must be replayed when the store opens.
+        writer
+            .pragma_update(None, "wal_autocheckpoint", 4096)
+            .map_err(unavailable)?;
         migrate(&writer).map_err(unavailable)?;
         let reader = open_connection(&cfg.path, cfg.synchronous).map_err(unavailable)?;
         let checkpointer = open_connection(&cfg.path, cfg.synchronous).map_err(unavailable)?;
@@ -961,20 +968,29 @@ impl Store for SqliteStore {
 
     async fn lane_stats(&self) -> Result<Vec<LaneStats>> {
         self.read(|conn| {
+            // Counts read only the partial indexes (no table rows); the oldest pending item
+            // is the first entry of `items_pending` for the lane.
             let mut out: Vec<LaneStats> = conn
-                .prepare_cached(
-                    "SELECT channel, lane, COUNT(*), MIN(created_ms) FROM items WHERE state < 2 GROUP BY channel, lane",
-                )?
+                .prepare_cached("SELECT channel, lane, COUNT(*) FROM items WHERE state < 2 GROUP BY channel, lane")?
                 .query_map([], |r| {
                     Ok(LaneStats {
                         channel: r.get(0)?,
                         lane: Lane::from_code(r.get(1)?),
                         pending: r.get(2)?,
-                        oldest_pending_ms: r.get(3)?,
+                        oldest_pending_ms: None,
                         dead: 0,
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
+            for s in &mut out {
+                s.oldest_pending_ms = conn
+                    .prepare_cached(
+                        "SELECT created_ms FROM items INDEXED BY items_pending
+                         WHERE channel = ?1 AND lane = ?2 AND state < 2 ORDER BY id LIMIT 1",
+                    )?
+                    .query_row(params![s.channel, s.lane.code()], |r| r.get(0))
+                    .optional()?;
+            }
             let dead: Vec<(String, i64, i64)> = conn
                 .prepare_cached("SELECT channel, lane, COUNT(*) FROM items WHERE state = 3 GROUP BY channel, lane")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
