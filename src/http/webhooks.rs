@@ -51,6 +51,39 @@ fn prepare(state: &AppState, name: &str, uri: &axum::http::Uri) -> Result<Incomi
     })
 }
 
+impl Incoming {
+    fn request<'a>(&'a self, headers: &'a HeaderMap, body: &'a [u8]) -> WebhookRequest<'a> {
+        WebhookRequest {
+            query: &self.query,
+            headers,
+            body,
+            public_url: &self.public_url,
+        }
+    }
+}
+
+/// Finds the channel and checks that the webhook is authentic, before anything is parsed
+/// or stored: 404 for an unknown channel, 403 for a bad signature or secret.
+fn authentic(
+    state: &AppState,
+    name: &str,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    route: &str,
+) -> Result<Incoming, Response> {
+    let inc = prepare(state, name, uri)?;
+    if let Err(reason) = inc
+        .channel
+        .provider
+        .authenticate(&inc.request(headers, body))
+    {
+        tracing::warn!(channel = %inc.channel.cfg.name, route, reason = %reason, "webhook rejected: not authentic");
+        return Err(json_error(StatusCode::FORBIDDEN, "forbidden"));
+    }
+    Ok(inc)
+}
+
 async fn store_raw(
     state: &AppState,
     ch: &Channel,
@@ -86,21 +119,12 @@ pub async fn inbound(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let inc = match prepare(&state, &name, &uri) {
+    let inc = match authentic(&state, &name, &uri, &headers, &body, "inbound") {
         Ok(i) => i,
         Err(r) => return r,
     };
     let ch = &inc.channel;
-    let req = WebhookRequest {
-        query: &inc.query,
-        headers: &headers,
-        body: &body,
-        public_url: &inc.public_url,
-    };
-    if let Err(reason) = ch.provider.authenticate(&req) {
-        tracing::warn!(channel = %ch.cfg.name, reason = %reason, "inbound webhook rejected: not authentic");
-        return json_error(StatusCode::FORBIDDEN, "forbidden");
-    }
+    let req = inc.request(&headers, &body);
     let events = match ch.provider.parse_inbound(&req) {
         Ok(ev) => ev,
         Err(reason) => return store_raw(&state, ch, "inbound", &headers, &body, &reason).await,
@@ -190,21 +214,12 @@ pub async fn status(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let inc = match prepare(&state, &name, &uri) {
+    let inc = match authentic(&state, &name, &uri, &headers, &body, "status") {
         Ok(i) => i,
         Err(r) => return r,
     };
     let ch = &inc.channel;
-    let req = WebhookRequest {
-        query: &inc.query,
-        headers: &headers,
-        body: &body,
-        public_url: &inc.public_url,
-    };
-    if let Err(reason) = ch.provider.authenticate(&req) {
-        tracing::warn!(channel = %ch.cfg.name, reason = %reason, "receipt webhook rejected: not authentic");
-        return json_error(StatusCode::FORBIDDEN, "forbidden");
-    }
+    let req = inc.request(&headers, &body);
     let receipts = match ch.provider.parse_receipts(&req) {
         Ok(r) => r,
         Err(reason) => return store_raw(&state, ch, "status", &headers, &body, &reason).await,
