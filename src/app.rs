@@ -175,20 +175,20 @@ impl App {
         tasks.spawn(housekeeping(state.clone(), lane_stop.clone()));
         let router = crate::http::router(state.clone());
         tracing::info!(listen = %listener.local_addr()?, channels = state.channels.len(), "rio-bridge serving");
-        let stop = shutdown.clone();
-        let server = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await });
         let grace = Duration::from_millis(state.cfg.server.shutdown_grace_ms);
-        let served = tokio::spawn(async move { server.await });
+        let header_timeout = Duration::from_millis(state.cfg.server.header_read_timeout_ms);
+        let served = tokio::spawn(crate::http::serve::serve(
+            listener,
+            router,
+            shutdown.clone(),
+            header_timeout,
+        ));
         shutdown.cancelled().await;
-        tracing::info!("shutting down: no new requests; finishing in-flight work");
-        // axum's graceful shutdown waits for in-flight requests without a deadline.
-        match tokio::time::timeout(grace, served).await {
-            Ok(r) => r??,
-            Err(_) => tracing::warn!("requests still open after the grace period; closing"),
+        tracing::info!(
+            "shutting down: no new connections; finishing in-flight requests and attempts"
+        );
+        if tokio::time::timeout(grace, served).await.is_err() {
+            tracing::warn!("requests still open after the grace period; closing");
         }
         lane_stop.cancel();
         let _ =

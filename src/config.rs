@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long SIGTERM waits for in-flight work.
     pub shutdown_grace_ms: u64,
+    /// A client must send its request headers within this (slow-header clients are cut off).
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +48,7 @@ impl Default for ServerConfig {
             message_budget_ms: 2000,
             max_body_bytes: 1 << 20,
             shutdown_grace_ms: 10_000,
+            header_read_timeout_ms: 10_000,
         }
     }
 }
@@ -266,6 +269,12 @@ impl Config {
             out.push(problem(
                 "store.retention_secs",
                 format!("must be at least {min_retention} (1 h, and parked_receipt_ttl_secs)"),
+            ));
+        }
+        if !(100..=60_000).contains(&self.server.header_read_timeout_ms) {
+            out.push(problem(
+                "server.header_read_timeout_ms",
+                "must be 100..=60000",
             ));
         }
         if self.server.max_body_bytes < 1024 {

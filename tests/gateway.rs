@@ -675,3 +675,41 @@ async fn metrics_and_health_endpoints() {
     assert!(!m.contains(TOKEN) && !m.contains(SECRET) && !m.contains(CS_KEY));
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_that_trickles_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stage = Stage::new(Opts {
+        server_extra: "header_read_timeout_ms = 300".into(),
+        ..Opts::default()
+    })
+    .await;
+    let gw = InProcess::start(&stage).await;
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", stage.port))
+        .await
+        .unwrap();
+    sock.write_all(b"POST /channels/sms/inbound HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Never finish the headers: the server must close the connection (generous deadline).
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true), "the slow client was not disconnected");
+    // Other clients are served meanwhile and after.
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", stage.base()))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    gw.shutdown().await;
+}

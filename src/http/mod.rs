@@ -3,6 +3,7 @@
 pub mod health;
 pub mod message;
 pub mod metrics;
+pub mod serve;
 pub mod webhooks;
 
 use std::sync::Arc;

@@ -34,6 +34,8 @@ pub struct Opts {
     /// Extra `key = value` lines for the channel.
     pub channel_extra: String,
     pub emulator_max_events: Option<usize>,
+    /// Extra `key = value` lines for `[server]`.
+    pub server_extra: String,
 }
 
 impl Default for Opts {
@@ -47,6 +49,7 @@ impl Default for Opts {
             backoff_base_ms: 100,
             channel_extra: String::new(),
             emulator_max_events: None,
+            server_extra: String::new(),
         }
     }
 }
@@ -127,6 +130,7 @@ listen = "127.0.0.1:{port}"
 public_url = "http://127.0.0.1:{port}"
 message_budget_ms = {budget}
 shutdown_grace_ms = 3000
+{server_extra}
 [store]
 path = "{db}"
 [[channel]]
@@ -157,6 +161,7 @@ rate_limit = {prate}
             backoff = o.backoff_base_ms,
             extra = o.channel_extra,
             prate = o.provider_rate,
+            server_extra = o.server_extra,
         )
     }
 
