@@ -731,7 +731,8 @@ async fn bad_input_matrix_gets_clear_4xx() {
     let inbound = format!("/channels/sms/inbound?secret={SECRET}");
     let status = format!("/channels/sms/status?secret={SECRET}");
     // (what, path, content type, body, auth?, expected status)
-    let cases: Vec<(&str, &str, &str, Vec<u8>, bool, u16)> = vec![
+    type Case<'a> = (&'a str, &'a str, &'a str, Vec<u8>, bool, u16);
+    let cases: Vec<Case> = vec![
         ("message: not JSON", "/channels/sms/message", "application/json", b"not json".to_vec(), true, 400),
         ("message: invalid UTF-8", "/channels/sms/message", "application/json", vec![b'{', 0xff, 0xfe, b'}'], true, 400),
         ("message: deep nesting", "/channels/sms/message", "application/json", deep.clone().into_bytes(), true, 400),
