@@ -53,6 +53,16 @@ fn rank(v: &str) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_burst_loses_nothing_acknowledged() {
+    sigkill_mid_burst(false).await;
+}
+
+/// The same with an emulator that dedupes by mId (whether respond.io does is unknown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_burst_with_respondio_dedupe_by_mid() {
+    sigkill_mid_burst(true).await;
+}
+
+async fn sigkill_mid_burst(respondio_dedupes: bool) {
     let stage = Arc::new(
         Stage::new(Opts {
             provider_rate: 40,
@@ -60,6 +70,7 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() {
         })
         .await,
     );
+    stage.emulator.set_dedupe_by_mid(respondio_dedupes);
     // Slow provider answers: some sends are on the wire when the process dies.
     for _ in 0..40 {
         stage.sim.push_fault(SimFault::Delay(150));
