@@ -77,6 +77,13 @@ enum Emulate {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(unix)]
+    // SAFETY: setting a signal disposition at start-up, before any thread is spawned.
+    unsafe {
+        // A file-size limit (RLIMIT_FSIZE) must make writes fail, so the store answers 503
+        // and recovers when the limit is lifted, not kill the process mid-commit.
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     telemetry::init(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -178,3 +178,105 @@ fn base64_basic(user: &str, key: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{key}"))
 }
+
+/// Sets (or lifts, with `None`) the file-size limit of a running process.
+fn set_fsize_limit(child: &tokio::process::Child, bytes: Option<u64>) {
+    let pid = child.id().expect("running") as libc::pid_t;
+    let v = bytes.unwrap_or(libc::RLIM_INFINITY);
+    let lim = libc::rlimit {
+        rlim_cur: v,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit on a child we own, with a valid rlimit.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &lim, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// Disk full: every file write of the gateway fails. Webhooks get 503 (never a 2xx that
+/// was not committed), readiness goes red; when space is back the gateway recovers by
+/// itself and everything acknowledged arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_answers_503_and_recovers_by_itself() {
+    let stage = Stage::new(Opts::default()).await;
+    let mut child = spawn(&stage, "diskfull.log", false);
+    wait_ready(&stage.base()).await;
+    let http = reqwest::Client::new();
+    let inbound = format!("{}/channels/sms/inbound?secret={SECRET}", stage.base());
+    let push = |n: usize| {
+        let (http, url) = (http.clone(), inbound.clone());
+        async move {
+            let form = [
+                ("from", format!("+6140000070{}", n % 3)),
+                ("body", format!("disk #{n}")),
+                ("message_id", format!("DF-{n}")),
+                ("timestamp", "1767225600".to_string()),
+            ];
+            http.post(&url)
+                .form(&form)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    for n in 0..5 {
+        assert_eq!(push(n).await, 200);
+    }
+    wait_until("the first messages at respond.io", 20, || async {
+        (stage.events().len() >= 5).then_some(())
+    })
+    .await;
+
+    // The disk is full: no file may grow by a byte.
+    set_fsize_limit(&child, Some(1));
+    let mut refused = Vec::new();
+    for n in 5..15 {
+        let status = push(n).await;
+        assert_ne!(
+            status, 200,
+            "message {n} was acknowledged while nothing could be written"
+        );
+        refused.push((n, status));
+    }
+    if !refused.iter().all(|&(_, s)| s == 503) {
+        let log =
+            std::fs::read_to_string(stage.dir.path().join("diskfull.log")).unwrap_or_default();
+        let tail: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("DEBUG"))
+            .rev()
+            .take(15)
+            .collect();
+        panic!("{refused:?}\n{}", tail.join("\n"));
+    }
+    let ready = reqwest::get(format!("{}/readyz", stage.base()))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "readiness stays green on a full disk");
+    let (s, b) = stage.send("+61400000075", "during the outage").await;
+    assert_eq!(s, 503, "{b}");
+
+    // Space is back: the gateway recovers without a restart.
+    set_fsize_limit(&child, None);
+    wait_until("readiness back", 30, || async {
+        let r = reqwest::get(format!("{}/readyz", stage.base()))
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    // The provider redelivers what was refused.
+    for (n, _) in &refused {
+        assert_eq!(push(*n).await, 200);
+    }
+    wait_until("all 15 messages at respond.io", 30, || async {
+        (stage.events().len() >= 15).then_some(())
+    })
+    .await;
+    let texts: std::collections::HashSet<String> = stage.events().iter().map(text_of).collect();
+    for n in 0..15 {
+        assert!(texts.contains(&format!("disk #{n}")), "disk #{n} missing");
+    }
+    assert_eq!(stage.events().len(), 15, "no doubles");
+    child.start_kill().ok();
+}
