@@ -233,17 +233,8 @@ async fn crash_run(kills: usize, respondio_dedupes: bool) {
     )
     .await;
     wait_until("every acknowledged send at the provider", 120, || async {
-        let seen: HashSet<String> = stage
-            .sim
-            .sent()
-            .iter()
-            .filter(|a| a.status == 200)
-            .filter_map(|a| {
-                a.body["messages"][0]["custom_string"]
-                    .as_str()
-                    .map(str::to_string)
-            })
-            .collect();
+        let seen: std::collections::HashSet<String> =
+            accepted_mids(&stage.sim).into_iter().collect();
         acked_out.iter().all(|m| seen.contains(m)).then_some(())
     })
     .await;
@@ -279,10 +270,8 @@ async fn crash_run(kills: usize, respondio_dedupes: bool) {
     }
     // Outbound repeats at the provider, the same way.
     let mut by_mid: HashMap<String, usize> = HashMap::new();
-    for a in stage.sim.sent().iter().filter(|a| a.status == 200) {
-        if let Some(m) = a.body["messages"][0]["custom_string"].as_str() {
-            *by_mid.entry(m.to_string()).or_default() += 1;
-        }
+    for m in accepted_mids(&stage.sim) {
+        *by_mid.entry(m).or_default() += 1;
     }
     for (mid, n) in &by_mid {
         if *n > 1 {

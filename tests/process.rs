@@ -85,17 +85,8 @@ async fn sigterm_stops_gracefully_and_loses_nothing() {
     })
     .await;
     wait_until("every acknowledged send at the provider", 60, || async {
-        let seen: std::collections::HashSet<String> = stage
-            .sim
-            .sent()
-            .iter()
-            .filter(|a| a.status == 200)
-            .filter_map(|a| {
-                a.body["messages"][0]["custom_string"]
-                    .as_str()
-                    .map(str::to_string)
-            })
-            .collect();
+        let seen: std::collections::HashSet<String> =
+            accepted_mids(&stage.sim).into_iter().collect();
         mids.iter().all(|m| seen.contains(m)).then_some(())
     })
     .await;

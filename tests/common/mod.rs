@@ -282,6 +282,19 @@ pub fn ambiguous_mids(db: &std::path::Path) -> std::collections::HashSet<String>
         .unwrap()
 }
 
+/// The mIds of the sends the provider stand-in accepted (one entry per accepted call).
+pub fn accepted_mids(sim: &ClickSendSim) -> Vec<String> {
+    sim.sent()
+        .iter()
+        .filter(|a| a.status == 200)
+        .filter_map(|a| {
+            a.body["messages"][0]["custom_string"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 pub fn text_of(e: &RecordedEvent) -> String {
     e.event["message"]["text"]
         .as_str()
