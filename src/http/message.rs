@@ -152,7 +152,8 @@ async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) 
     // slots free right now cannot be attempted now; answer at once rather than hold the
     // connection (a broadcast burst would otherwise be accepted only as fast as it drains).
     // Conversation sends go ahead of bulk, so they wait for their outcome.
-    if !accepted.conversation && backlog_before >= lane.free_slots() {
+    // A paused lane (429) or an open circuit will not attempt anything soon either.
+    if lane.is_blocked() || (!accepted.conversation && backlog_before >= lane.free_slots()) {
         channel.waiters.forget(&mid);
         return (StatusCode::OK, Json(serde_json::json!({ "mId": mid }))).into_response();
     }

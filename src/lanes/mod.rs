@@ -140,6 +140,11 @@ impl LaneCtx {
             });
     }
 
+    /// The lane is paused (429) or its circuit is open: no attempt will start soon.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked(false, now_ms()).is_some()
+    }
+
     /// Rate slots free right now that no dispatched attempt has claimed yet.
     pub fn free_slots(&self) -> i64 {
         let (free, _) = self.with_limiter(|l| l.free_at(now_ms()));
