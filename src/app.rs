@@ -187,12 +187,27 @@ impl App {
         tracing::info!(
             "shutting down: no new connections; finishing in-flight requests and attempts"
         );
-        if tokio::time::timeout(grace, served).await.is_err() {
-            tracing::warn!("requests still open after the grace period; closing");
+        // One deadline for the whole shutdown: requests first, then the lanes' in-flight
+        // attempts, so the process exits within `shutdown_grace_ms` (an orchestrator's
+        // SIGKILL after its own grace would leave attempts ambiguous).
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut served = served;
+        if tokio::time::timeout_at(deadline, &mut served)
+            .await
+            .is_err()
+        {
+            tracing::warn!("requests still open at the end of the grace period; closing them");
+            served.abort();
         }
         lane_stop.cancel();
-        let _ =
-            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        let lanes_done = tokio::time::timeout_at(deadline, async {
+            while tasks.join_next().await.is_some() {}
+        });
+        if lanes_done.await.is_err() {
+            tracing::warn!(
+                "attempts still in flight at the end of the grace period; they will be ambiguous at the next start"
+            );
+        }
         Ok(())
     }
 }

@@ -348,8 +348,8 @@ impl Config {
             if d.max_events_per_call == 0 {
                 out.push(problem(k("max_events_per_call"), "must be at least 1"));
             }
-            if d.rate_guard_ms > 500 {
-                out.push(problem(k("rate_guard_ms"), "must be at most 500"));
+            if d.rate_guard_ms > crate::lanes::limiter::MAX_GUARD_MS as u64 {
+                out.push(problem(k("rate_guard_ms"), "must be at most 250"));
             }
             if d.max_inflight == 0 {
                 out.push(problem(k("max_inflight"), "must be at least 1"));

@@ -703,6 +703,20 @@ async fn a_client_that_trickles_its_headers_is_disconnected() {
     })
     .await;
     assert_eq!(closed, Ok(true), "the slow client was not disconnected");
+    // A client that connects and says nothing at all is cut off too.
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", stage.port))
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true), "the silent client was not disconnected");
     // Other clients are served meanwhile and after.
     assert_eq!(
         reqwest::get(format!("{}/healthz", stage.base()))

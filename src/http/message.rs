@@ -93,6 +93,14 @@ fn check_token(channel: &Channel, headers: &HeaderMap) -> Result<(), Response> {
     }
 }
 
+/// Stops listening and takes an outcome the lane sent before that, if any. After the
+/// close no outcome can be sent, so the lane knows nobody heard it (and reports a later
+/// failure as a `message_status`).
+fn heard_by_now(rx: &mut tokio::sync::oneshot::Receiver<FirstOutcome>) -> FirstOutcome {
+    rx.close();
+    rx.try_recv().unwrap_or(FirstOutcome::Pending)
+}
+
 async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) -> Response {
     let cfg = &channel.cfg;
     if let Some(id) = &req.channel_id
@@ -148,27 +156,23 @@ async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) 
     let backlog_before = lane.backlog();
     lane.add_backlog(1);
     lane.wake();
-    // Lane busy: a bulk send with at least as many items ahead of it as the lane has rate
-    // slots free right now cannot be attempted now; answer at once rather than hold the
-    // connection (a broadcast burst would otherwise be accepted only as fast as it drains).
-    // Conversation sends go ahead of bulk, so they wait for their outcome.
-    // A paused lane (429) or an open circuit will not attempt anything soon either.
-    if lane.is_blocked() || (!accepted.conversation && backlog_before >= lane.free_slots()) {
-        channel.waiters.forget(&mid);
-        return (StatusCode::OK, Json(serde_json::json!({ "mId": mid }))).into_response();
-    }
-    let budget = Duration::from_millis(state.cfg.server.message_budget_ms);
-    let outcome = match tokio::time::timeout(budget, &mut rx).await {
-        Ok(Ok(o)) => o,
-        _ => {
-            // Close first, then look once more: an outcome sent before the close is seen
-            // here, and none can be sent after it (the lane then knows nobody heard it).
-            rx.close();
-            let late = rx.try_recv().unwrap_or(FirstOutcome::Pending);
-            channel.waiters.forget(&mid);
-            late
+    // Lane busy: a bulk send with more items ahead of it than the lane has rate slots free
+    // right now cannot be attempted now; answer at once rather than hold the connection (a
+    // broadcast burst would otherwise be accepted only as fast as it drains). Conversation
+    // sends go ahead of bulk, so they wait for their outcome. A paused lane (429) or an
+    // open circuit will not attempt anything soon either.
+    let busy = lane.is_blocked() || (!accepted.conversation && backlog_before > lane.free_slots());
+    let outcome = if busy {
+        // The lane may have tried and rejected it already: that answer must not be lost.
+        heard_by_now(&mut rx)
+    } else {
+        let budget = Duration::from_millis(state.cfg.server.message_budget_ms);
+        match tokio::time::timeout(budget, &mut rx).await {
+            Ok(Ok(o)) => o,
+            _ => heard_by_now(&mut rx),
         }
     };
+    channel.waiters.forget(&mid);
     match outcome {
         FirstOutcome::Rejected(reason) => {
             tracing::info!(channel = %cfg.name, mid = %mid, reason = %reason, "outbound rejected by the provider");

@@ -20,15 +20,14 @@ pub async fn serve(
     shutdown: CancellationToken,
     header_timeout: Duration,
 ) {
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1 only: respond.io and the providers speak HTTP/1.1, and protocol detection
+    // (reading the HTTP/2 preface) has no timer, so a silent client could hold a
+    // connection forever before the header timeout even starts.
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = GracefulShutdown::new();
     loop {
         let stream = tokio::select! {
@@ -44,13 +43,20 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher, router) = (builder.clone(), graceful.watcher(), router.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // hyper's header timer starts with the first byte: a client that connects and
+            // never sends one is cut off here.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let service = TowerToHyperService::new(router);
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

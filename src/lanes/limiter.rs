@@ -89,23 +89,24 @@ impl SlidingWindow {
     pub fn try_acquire(&mut self, now: i64) -> Result<i64, i64> {
         // A clock that steps back must not let a burst through: never record before the last.
         let now = self.log.back().map_or(now, |&last| now.max(last));
-        while self.log.front().is_some_and(|&t| t < now - self.window_ms) {
-            self.log.pop_front();
-        }
         let paced = self.pacing_wait(now);
         if paced > 0 {
             return Err(paced);
         }
-        if self.log.len() < self.limit {
-            self.log.push_back(now);
-            if let Some(p) = &mut self.pacing {
-                p.tat = p.tat.max(now as f64) + p.interval_ms;
-            }
-            Ok(now)
-        } else {
+        // The log keeps exactly the last `limit` grants, never pruned by age, so a window
+        // widened at run time (after a 429) still sees every grant it must count.
+        if self.log.len() >= self.limit {
             let oldest = self.log.front().copied().unwrap_or(now);
-            Err((oldest + self.window_ms + 1 - now).max(1))
+            if oldest >= now - self.window_ms {
+                return Err((oldest + self.window_ms + 1 - now).max(1));
+            }
+            self.log.pop_front();
         }
+        self.log.push_back(now);
+        if let Some(p) = &mut self.pacing {
+            p.tat = p.tat.max(now as f64) + p.interval_ms;
+        }
+        Ok(now)
     }
 
     /// How many slots are free at `at`, and if none, how long from `at` until one is.
@@ -256,6 +257,20 @@ mod tests {
         let before = w.clone().log;
         let _ = w.free_at(10_000);
         assert_eq!(w.log, before);
+    }
+
+    #[test]
+    fn widening_after_old_grants_still_counts_them() {
+        let mut w = SlidingWindow::new(2, 1010);
+        for t in [0, 5, 1020] {
+            assert!(w.try_acquire(t).is_ok());
+        }
+        w.set_window(1030);
+        assert!(
+            w.try_acquire(1021).is_err(),
+            "5 and 1020 are both within 1030 ms of 1021"
+        );
+        assert!(w.try_acquire(1036).is_ok());
     }
 
     #[test]

@@ -310,14 +310,6 @@ impl LaneRunner {
         ctx.with_limiter(|l| l.seed(recent));
         let paused_until = ctx.store.paused_until(&ctx.channel, ctx.lane).await?;
         ctx.paused_until.store(paused_until, Ordering::Release);
-        let pending = ctx
-            .store
-            .lane_stats()
-            .await?
-            .into_iter()
-            .find(|s| s.channel == ctx.channel && s.lane == ctx.lane);
-        ctx.backlog
-            .store(pending.map_or(0, |s| s.pending), Ordering::Release);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Ok(LaneRunner {
             ctx,
