@@ -182,6 +182,35 @@ pub struct RecordedCall {
     pub contact: Option<Value>,
 }
 
+/// Misbehaviour at random, per call, for fault suites (see [`Emulator::set_fault_rates`]).
+/// Each is a probability in 0..=1; they are drawn in this order and at most one applies.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FaultRates {
+    /// Answer 500 without storing anything.
+    #[serde(default)]
+    pub server_error: f64,
+    /// Answer 429 with `Retry-After: 1`.
+    #[serde(default)]
+    pub throttle: f64,
+    /// Close the connection without an answer, storing nothing.
+    #[serde(default)]
+    pub reset: f64,
+    /// Store the events, then answer only after `slow_ms` (a client that timed out will
+    /// send them again: respond.io sees a repeat with the same mId).
+    #[serde(default)]
+    pub slow: f64,
+    #[serde(default)]
+    pub slow_ms: u64,
+}
+
+/// What a random draw decided for one call.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RandomFault {
+    Answer(FaultResponse),
+    Reset,
+    Slow(u64),
+}
+
 /// An injected answer for a future webhook call (see [`Emulator::inject`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultResponse {
@@ -225,6 +254,7 @@ struct State {
     channels: Vec<EmulatedChannel>,
     windows: HashMap<String, SlidingWindow>,
     faults: HashMap<String, VecDeque<FaultResponse>>,
+    fault_rates: HashMap<String, FaultRates>,
     dedupe_by_mid: bool,
     max_events_per_call: Option<usize>,
     retry_after: RetryAfterForm,
@@ -350,6 +380,43 @@ impl Emulator {
     /// Registered channels in registration order.
     pub fn channels(&self) -> Vec<EmulatedChannel> {
         self.lock().channels.clone()
+    }
+
+    /// Makes `channel` misbehave at random from now on (all zeros: behave).
+    pub fn set_fault_rates(&self, channel: &str, rates: FaultRates) {
+        self.lock().fault_rates.insert(channel.to_owned(), rates);
+    }
+
+    /// Draws this call's random misbehaviour, if any.
+    pub(crate) fn draw_fault(&self, channel: &str) -> Option<RandomFault> {
+        let rates = self.lock().fault_rates.get(channel).cloned()?;
+        let mut r: f64 = rand::random();
+        for (p, fault) in [
+            (
+                rates.server_error,
+                RandomFault::Answer(FaultResponse {
+                    status: 500,
+                    retry_after: None,
+                    delay_ms: None,
+                }),
+            ),
+            (
+                rates.throttle,
+                RandomFault::Answer(FaultResponse {
+                    status: 429,
+                    retry_after: Some(1),
+                    delay_ms: None,
+                }),
+            ),
+            (rates.reset, RandomFault::Reset),
+            (rates.slow, RandomFault::Slow(rates.slow_ms)),
+        ] {
+            if r < p {
+                return Some(fault);
+            }
+            r -= p;
+        }
+        None
     }
 
     /// Queues answers for the next authenticated calls of `channel`, in order. A call that gets an

@@ -116,6 +116,29 @@ pub(super) async fn handle(
         }
     };
 
+    // Random misbehaviour, when a fault suite asked for it.
+    let mut slow = None;
+    match emu.draw_fault(&rules.token_channel) {
+        Some(super::RandomFault::Answer(fault)) => {
+            let channel = rules.token_channel.clone();
+            return emu
+                .answer_fault(&summary, channel, fault, RetryAfterForm::Seconds)
+                .await;
+        }
+        Some(super::RandomFault::Reset) => {
+            let reason = Some("injected connection reset".to_string());
+            emu.record_call(
+                &summary,
+                Some(rules.token_channel.clone()),
+                StatusCode::BAD_GATEWAY,
+                reason,
+            );
+            drop_connection();
+        }
+        Some(super::RandomFault::Slow(ms)) => slow = Some(ms),
+        None => {}
+    }
+
     let checked = check_content_type(&headers)
         .and(body.as_ref().map_err(Clone::clone))
         .and_then(|value| validate_envelope(value, &rules));
@@ -128,6 +151,9 @@ pub(super) async fn handle(
                 contact_id: envelope.contact_id.to_owned(),
                 events: envelope.events.len(),
             });
+            if let Some(ms) = slow {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             (StatusCode::OK, Json(json!({}))).into_response()
         }
         Err(rejection) => emu.reject(&summary, Some(rules.token_channel.clone()), rejection, None),
@@ -409,4 +435,12 @@ pub(super) fn error_response(
         response.headers_mut().insert(header::RETRY_AFTER, value);
     }
     response
+}
+
+/// Ends the connection without an answer: unwinding out of the handler drops hyper's
+/// connection task (axum::serve runs one per connection and contains the unwind), which
+/// closes the socket. `resume_unwind` skips the panic hook, so nothing is printed. The
+/// call was recorded before (status 502, "injected connection reset").
+fn drop_connection() -> ! {
+    std::panic::resume_unwind(Box::new("respond.io emulator: injected connection reset"))
 }
