@@ -322,23 +322,7 @@ async fn burst(opts: Opts) {
     let stage = Stage::new(opts).await;
     let gw = InProcess::start(&stage).await;
     let contacts: Vec<String> = (0..30).map(|i| format!("+614000001{i:02}")).collect();
-    let mut pushes = Vec::new();
-    for c in &contacts {
-        let (sim, c) = (stage.sim.clone(), c.clone());
-        pushes.push(tokio::spawn(async move {
-            for n in 0..10 {
-                assert_eq!(
-                    sim.push_inbound(&c, OUR_NUMBER, &format!("{c} #{n}"))
-                        .await
-                        .unwrap(),
-                    200
-                );
-            }
-        }));
-    }
-    for p in pushes {
-        p.await.unwrap();
-    }
+    push_from_contacts(&stage.sim, &contacts, 10).await;
     wait_until("all 300 at respond.io", 60, || async {
         (stage.events().len() >= 300).then_some(())
     })
@@ -856,24 +840,8 @@ async fn respondio_misbehaving_at_random_loses_nothing() {
     };
     stage.emulator.set_fault_rates(CHANNEL_ID, rates);
     let gw = InProcess::start(&stage).await;
-    let mut pushes = Vec::new();
-    for c in 0..10 {
-        let sim = stage.sim.clone();
-        pushes.push(tokio::spawn(async move {
-            for n in 0..10 {
-                let contact = format!("+6140000011{c}");
-                assert_eq!(
-                    sim.push_inbound(&contact, OUR_NUMBER, &format!("{contact} #{n}"))
-                        .await
-                        .unwrap(),
-                    200
-                );
-            }
-        }));
-    }
-    for p in pushes {
-        p.await.unwrap();
-    }
+    let contacts: Vec<String> = (0..10).map(|c| format!("+6140000011{c}")).collect();
+    push_from_contacts(&stage.sim, &contacts, 10).await;
     wait_until("all 100 at respond.io", 90, || async {
         let seen: std::collections::HashSet<String> = stage.events().iter().map(text_of).collect();
         (seen.len() >= 100).then_some(())

@@ -52,13 +52,10 @@ async fn send_ok(store: &Arc<dyn Store>, contact: &str, pid: &str) {
         .cloned()
         .expect("claimed");
     let items = store
-        .head_items("ch", Lane::Provider, &qkey, 1)
+        .take_head("ch", Lane::Provider, &qkey, 1, 1)
         .await
         .unwrap();
-    store
-        .begin_attempt("ch", Lane::Provider, &[items[0].id], 1)
-        .await
-        .unwrap();
+
     store
         .finish(
             "ch",
@@ -150,7 +147,7 @@ async fn a_contact_queue_is_fifo_and_claimed_once() {
     );
     let q = message_qkey("+61400000001");
     let head = store
-        .head_items("ch", Lane::RespondIo, &q, 3)
+        .take_head("ch", Lane::RespondIo, &q, 3, now)
         .await
         .unwrap();
     assert_eq!(
@@ -158,10 +155,7 @@ async fn a_contact_queue_is_fifo_and_claimed_once() {
         ["m0", "m1", "m2"]
     );
     let ids: Vec<i64> = head.iter().map(|i| i.id).collect();
-    store
-        .begin_attempt("ch", Lane::RespondIo, &ids, now)
-        .await
-        .unwrap();
+
     let more = store
         .finish(
             "ch",
@@ -200,13 +194,10 @@ async fn a_retry_hands_the_queue_back_with_its_due_time() {
         .await
         .unwrap();
     let head = store
-        .head_items("ch", Lane::RespondIo, &q, 1)
+        .take_head("ch", Lane::RespondIo, &q, 1, now)
         .await
         .unwrap();
-    store
-        .begin_attempt("ch", Lane::RespondIo, &[head[0].id], now)
-        .await
-        .unwrap();
+
     let fin = Finish::Retry {
         next_ms: now + 60_000,
         error: "503".into(),
@@ -363,14 +354,11 @@ async fn a_send_that_dies_after_its_200_reports_failed() {
         .unwrap();
     for (contact, report) in [("+61400000001", true), ("+61400000002", false)] {
         let it = store
-            .head_items("ch", Lane::Provider, contact, 1)
+            .take_head("ch", Lane::Provider, contact, 1, 1)
             .await
             .unwrap()
             .remove(0);
-        store
-            .begin_attempt("ch", Lane::Provider, &[it.id], 1)
-            .await
-            .unwrap();
+
         let fin = Finish::Dead {
             reason: "INVALID_RECIPIENT".into(),
             report_failed: report,
@@ -414,15 +402,11 @@ async fn recovery_marks_in_flight_items_ambiguous_or_failed() {
                 .claim(ch, Lane::Provider, i64::MAX / 2, [10, 10])
                 .await
                 .unwrap();
-            let it = store
-                .head_items(ch, Lane::Provider, "+61400000001", 1)
-                .await
-                .unwrap()
-                .remove(0);
-            store
-                .begin_attempt(ch, Lane::Provider, &[it.id], 1)
+            let taken = store
+                .take_head(ch, Lane::Provider, "+61400000001", 1, 1)
                 .await
                 .unwrap();
+            assert_eq!(taken.len(), 1);
         }
         // The process "dies" here: the items stay attempting, the queues claimed.
     }
@@ -465,17 +449,11 @@ async fn attempt_log_seeds_the_limiter_one_entry_per_call() {
         .claim("ch", Lane::RespondIo, i64::MAX / 2, [10, 10])
         .await
         .unwrap();
-    let ids: Vec<i64> = store
-        .head_items("ch", Lane::RespondIo, &q, 3)
-        .await
-        .unwrap()
-        .iter()
-        .map(|i| i.id)
-        .collect();
-    store
-        .begin_attempt("ch", Lane::RespondIo, &ids, 1234)
+    let taken = store
+        .take_head("ch", Lane::RespondIo, &q, 3, 1234)
         .await
         .unwrap();
+    assert_eq!(taken.len(), 3, "three events, one call");
     assert_eq!(
         store
             .recent_attempts("ch", Lane::RespondIo, 20)

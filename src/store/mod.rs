@@ -293,9 +293,11 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Item>>;
 
-    /// `head_items` and `begin_attempt` in one commit: the first pending items of a claimed
-    /// queue, marked attempting. Items are returned as they were before the mark (their
-    /// `attempts` counts earlier attempts). Empty (and the queue row dropped) when none.
+    /// The first pending items of a claimed queue, marked attempting and logged
+    /// (provisionally at `at_ms`) in one commit, before the request leaves; a crash leaves
+    /// the mark and the next start treats the items as ambiguous. Items are returned as they
+    /// were before the mark (`attempts` counts earlier attempts). Empty (and the queue row
+    /// dropped) when none.
     async fn take_head(
         &self,
         channel: &str,
@@ -304,11 +306,6 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         at_ms: i64,
     ) -> Result<Vec<Item>>;
-
-    /// Marks items as attempting and logs the attempt (provisionally at `at_ms`), before
-    /// the request leaves. A crash leaves the mark: the next start treats it as ambiguous.
-    async fn begin_attempt(&self, channel: &str, lane: Lane, ids: &[i64], at_ms: i64)
-    -> Result<()>;
 
     /// Records how an attempt ended and when its request really left (`sent_at_ms`, the
     /// rate-limiter slot). Returns whether the queue has more pending items (it then stays

@@ -759,18 +759,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn begin_attempt(
-        &self,
-        channel: &str,
-        lane: Lane,
-        ids: &[i64],
-        at_ms: i64,
-    ) -> Result<()> {
-        let (channel, ids) = (channel.to_string(), ids.to_vec());
-        self.write(move |conn| mark_attempting(conn, &channel, lane, &ids, at_ms))
-            .await
-    }
-
     async fn finish(
         &self,
         channel: &str,

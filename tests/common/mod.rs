@@ -295,6 +295,29 @@ pub fn accepted_mids(sim: &ClickSendSim) -> Vec<String> {
         .collect()
 }
 
+/// Each contact sends `per_contact` messages ("{contact} #{n}") in order, all contacts at
+/// once, through the ClickSend stand-in's inbound push; every push must be answered 200.
+pub async fn push_from_contacts(sim: &ClickSendSim, contacts: &[String], per_contact: usize) {
+    let pushes: Vec<_> = contacts
+        .iter()
+        .map(|c| {
+            let (sim, c) = (sim.clone(), c.clone());
+            tokio::spawn(async move {
+                for n in 0..per_contact {
+                    let status = sim
+                        .push_inbound(&c, OUR_NUMBER, &format!("{c} #{n}"))
+                        .await
+                        .unwrap();
+                    assert_eq!(status, 200);
+                }
+            })
+        })
+        .collect();
+    for p in pushes {
+        p.await.unwrap();
+    }
+}
+
 pub fn text_of(e: &RecordedEvent) -> String {
     e.event["message"]["text"]
         .as_str()
