@@ -10,8 +10,7 @@ use crate::clock::now_ms;
 use crate::config::{ChannelConfig, Config};
 use crate::lanes::deliver::{ToProvider, ToRespondIo};
 use crate::lanes::{LaneCtx, LaneRunner, Waiters};
-use crate::providers::Provider;
-use crate::providers::clicksend::ClickSend;
+use crate::providers::{Provider, ProviderEnv};
 use crate::respondio::client::RespondIoClient;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{CrashPolicy, Lane, Store};
@@ -51,23 +50,6 @@ fn http_client(timeout_ms: u64) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-fn build_provider(ch: &ChannelConfig) -> anyhow::Result<Arc<dyn Provider>> {
-    let client = http_client(ch.delivery.provider_timeout_ms)?;
-    match ch.provider.as_str() {
-        "clicksend" => {
-            let cs = ch.clicksend.clone().ok_or_else(|| {
-                anyhow::anyhow!("channel {}: [channel.clicksend] missing", ch.name)
-            })?;
-            Ok(Arc::new(ClickSend::new(
-                cs,
-                ch.webhook_secret.clone(),
-                client,
-            )))
-        }
-        other => anyhow::bail!("channel {}: unknown provider {other}", ch.name),
-    }
-}
-
 /// A running gateway: its state, and the lane tasks to stop on shutdown.
 pub struct App {
     pub state: Arc<AppState>,
@@ -102,7 +84,14 @@ impl App {
         let mut by_respondio_id = HashMap::new();
         let mut lanes = Vec::new();
         for ch in &cfg.channels {
-            let provider = build_provider(ch)?;
+            let provider = crate::providers::build(
+                ch,
+                ProviderEnv {
+                    channel: ch.name.clone(),
+                    public_url: cfg.server.public_url.trim_end_matches('/').to_string(),
+                    client: http_client(ch.delivery.provider_timeout_ms)?,
+                },
+            )?;
             let waiters = Arc::new(Waiters::default());
             let client = RespondIoClient::new(
                 respondio_http.clone(),

@@ -354,31 +354,11 @@ impl Config {
             if d.max_inflight == 0 {
                 out.push(problem(k("max_inflight"), "must be at least 1"));
             }
-            match ch.provider.as_str() {
-                "clicksend" => {
-                    if ch.webhook_secret.is_empty() {
-                        out.push(problem(
-                            k("webhook_secret"),
-                            "is required: ClickSend signs nothing, so its webhooks must carry ?secret=",
-                        ));
-                    }
-                    match &ch.clicksend {
-                        None => out.push(problem(
-                            k("clicksend"),
-                            "section [channel.clicksend] is required",
-                        )),
-                        Some(c) => out.extend(
-                            c.problems(&k("clicksend"))
-                                .into_iter()
-                                .map(|(key, m)| problem(key, m)),
-                        ),
-                    }
-                }
-                other => out.push(problem(
-                    k("provider"),
-                    format!("unknown provider {other:?} (known: clicksend)"),
-                )),
-            }
+            out.extend(
+                crate::providers::config_problems(ch, &k)
+                    .into_iter()
+                    .map(|(key, m)| problem(key, m)),
+            );
         }
         out
     }

@@ -15,12 +15,19 @@ use axum::response::{IntoResponse, Response};
 use super::json_error;
 use crate::app::{AppState, Channel};
 use crate::clock::now_ms;
-use crate::providers::{InboundEvent, InboundKind, WebhookRequest};
+use crate::providers::{InboundEvent, InboundKind, WebhookRequest, WebhookRoute};
 use crate::respondio::wire::{Event, EventType};
 use crate::store::{IngestResult, ItemKind, NewInbound, ReceiptIn, ReceiptResult};
 
-fn ok() -> Response {
-    (StatusCode::OK, "OK").into_response()
+/// The provider's expected answer to a webhook we took.
+fn reply(ch: &Channel, route: WebhookRoute) -> Response {
+    let r = ch.provider.webhook_reply(route);
+    (
+        r.status,
+        [(axum::http::header::CONTENT_TYPE, r.content_type)],
+        r.body,
+    )
+        .into_response()
 }
 
 fn unavailable(channel: &str, e: impl std::fmt::Display) -> Response {
@@ -87,25 +94,26 @@ fn authentic(
 async fn store_raw(
     state: &AppState,
     ch: &Channel,
-    route: &str,
+    route: WebhookRoute,
     headers: &HeaderMap,
     body: &[u8],
     reason: &str,
 ) -> Response {
+    let route_name = route.path();
     let ct = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     match state
         .store
-        .store_unparseable(&ch.cfg.name, route, ct, body.to_vec(), reason)
+        .store_unparseable(&ch.cfg.name, route_name, ct, body.to_vec(), reason)
         .await
     {
         Ok(id) => {
-            metrics::counter!("rio_unparseable_webhooks_total", "channel" => ch.cfg.name.clone(), "route" => route.to_string())
+            metrics::counter!("rio_unparseable_webhooks_total", "channel" => ch.cfg.name.clone(), "route" => route_name)
                 .increment(1);
-            tracing::warn!(channel = %ch.cfg.name, route, raw_id = id, reason, "authentic webhook could not be read: kept raw and dead-lettered");
-            ok()
+            tracing::warn!(channel = %ch.cfg.name, route = route_name, raw_id = id, reason, "authentic webhook could not be read: kept raw and dead-lettered");
+            reply(ch, route)
         }
         Err(e) => unavailable(&ch.cfg.name, e),
     }
@@ -127,13 +135,15 @@ pub async fn inbound(
     let req = inc.request(&headers, &body);
     let events = match ch.provider.parse_inbound(&req) {
         Ok(ev) => ev,
-        Err(reason) => return store_raw(&state, ch, "inbound", &headers, &body, &reason).await,
+        Err(reason) => {
+            return store_raw(&state, ch, WebhookRoute::Inbound, &headers, &body, &reason).await;
+        }
     };
     if let Some(bad) = events
         .iter()
         .find_map(|e| ch.cfg.id_type.validate(&e.contact_id).err())
     {
-        return store_raw(&state, ch, "inbound", &headers, &body, &bad).await;
+        return store_raw(&state, ch, WebhookRoute::Inbound, &headers, &body, &bad).await;
     }
     let items = match events
         .iter()
@@ -141,7 +151,9 @@ pub async fn inbound(
         .collect::<Result<Vec<_>, _>>()
     {
         Ok(items) => items,
-        Err(reason) => return store_raw(&state, ch, "inbound", &headers, &body, &reason).await,
+        Err(reason) => {
+            return store_raw(&state, ch, WebhookRoute::Inbound, &headers, &body, &reason).await;
+        }
     };
     let mids: Vec<String> = items.iter().map(|i| i.mid.clone()).collect();
     match state.store.ingest_inbound(&ch.cfg.name, items).await {
@@ -166,7 +178,7 @@ pub async fn inbound(
                 .count();
             ch.to_respondio.add_backlog(stored);
             ch.to_respondio.wake();
-            ok()
+            reply(ch, WebhookRoute::Inbound)
         }
         Err(e) => unavailable(&ch.cfg.name, e),
     }
@@ -222,7 +234,9 @@ pub async fn status(
     let req = inc.request(&headers, &body);
     let receipts = match ch.provider.parse_receipts(&req) {
         Ok(r) => r,
-        Err(reason) => return store_raw(&state, ch, "status", &headers, &body, &reason).await,
+        Err(reason) => {
+            return store_raw(&state, ch, WebhookRoute::Status, &headers, &body, &reason).await;
+        }
     };
     let items = receipts
         .into_iter()
@@ -261,7 +275,7 @@ pub async fn status(
                 ch.to_respondio.add_backlog(n);
                 ch.to_respondio.wake();
             }
-            ok()
+            reply(ch, WebhookRoute::Status)
         }
         Err(e) => unavailable(&ch.cfg.name, e),
     }

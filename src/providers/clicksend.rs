@@ -544,6 +544,7 @@ fn inbound_event(f: &Fields) -> Result<InboundEvent, String> {
             phone: Some(contact_id),
             ..Contact::default()
         }),
+        media: None,
     })
 }
 

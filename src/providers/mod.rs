@@ -7,12 +7,142 @@
 
 pub mod clicksend;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 
+use crate::config::ChannelConfig;
 use crate::respondio::wire::{Contact, Message, StatusValue};
+use crate::secret::Secret;
+
+/// What a provider is built from besides its own config section.
+#[derive(Clone)]
+pub struct ProviderEnv {
+    /// The channel's name (part of our webhook URLs).
+    pub channel: String,
+    /// `server.public_url` without a trailing `/`: providers that take a callback URL per
+    /// message (Twilio `StatusCallback`, Plivo `url`) build it from this.
+    pub public_url: String,
+    /// The HTTP client for the provider's API (timeouts from the channel, no redirects).
+    pub client: reqwest::Client,
+}
+
+impl ProviderEnv {
+    /// `{public_url}/channels/{channel}/{route}`.
+    pub fn webhook_url(&self, route: WebhookRoute) -> String {
+        format!(
+            "{}/channels/{}/{}",
+            self.public_url,
+            self.channel,
+            route.path()
+        )
+    }
+}
+
+/// Builds the channel's provider from its config section. Config problems are reported by
+/// [`config_problems`] first, so an error here is a bug or a missing section.
+pub fn build(ch: &ChannelConfig, env: ProviderEnv) -> anyhow::Result<Arc<dyn Provider>> {
+    let missing =
+        |section: &str| anyhow::anyhow!("channel {}: [channel.{section}] missing", ch.name);
+    match ch.provider.as_str() {
+        "clicksend" => {
+            let cs = ch.clicksend.clone().ok_or_else(|| missing("clicksend"))?;
+            Ok(Arc::new(clicksend::ClickSend::new(
+                cs,
+                ch.webhook_secret.clone(),
+                env.client,
+            )))
+        }
+        other => anyhow::bail!("channel {}: unknown provider {other}", ch.name),
+    }
+}
+
+/// The providers `provider = "..."` accepts.
+pub const KNOWN: &[&str] = &["clicksend"];
+
+/// Problems in a channel's provider settings, as (config key, message). `k` makes a key
+/// from a field name (`channel[0].{field}`).
+pub fn config_problems(ch: &ChannelConfig, k: &dyn Fn(&str) -> String) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let section_required = |name: &str| (k(name), format!("section [channel.{name}] is required"));
+    match ch.provider.as_str() {
+        "clicksend" => {
+            if ch.webhook_secret.is_empty() {
+                out.push((
+                    k("webhook_secret"),
+                    "is required: ClickSend signs nothing, so its webhooks must carry ?secret="
+                        .into(),
+                ));
+            }
+            match &ch.clicksend {
+                None => out.push(section_required("clicksend")),
+                Some(c) => out.extend(c.problems(&k("clicksend"))),
+            }
+        }
+        other => out.push((
+            k("provider"),
+            format!("unknown provider {other:?} (known: {})", KNOWN.join(", ")),
+        )),
+    }
+    out
+}
+
+/// Which of our webhook routes a provider called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookRoute {
+    /// `/channels/{name}/inbound`: contacts' messages (and echoes).
+    Inbound,
+    /// `/channels/{name}/status`: delivery receipts.
+    Status,
+}
+
+impl WebhookRoute {
+    pub fn path(self) -> &'static str {
+        match self {
+            WebhookRoute::Inbound => "inbound",
+            WebhookRoute::Status => "status",
+        }
+    }
+}
+
+/// What we answer a provider once its webhook is committed (or known as a duplicate, or
+/// kept raw). Most providers want any 2xx; Twilio wants TwiML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookReply {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: &'static str,
+}
+
+impl WebhookReply {
+    pub const OK: WebhookReply = WebhookReply {
+        status: StatusCode::OK,
+        content_type: "text/plain; charset=utf-8",
+        body: "OK",
+    };
+}
+
+/// An inbound attachment respond.io cannot fetch as the provider gives it (the URL carries
+/// a credential, or needs one): the gateway fetches it through
+/// [`Provider::resolve_media`] and serves it from `{public_url}/media/...` under a signed,
+/// expiring URL. The attachment's `url` in the event is replaced by that URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRef {
+    /// What the provider needs to find the file again (Telegram: its `file_id`; Twilio:
+    /// the media URL). Never a URL with a credential in it: this is stored.
+    pub source: String,
+    /// The provider's content type, where it gave one.
+    pub content_type: Option<String>,
+}
+
+/// Where to fetch a proxied attachment from, with the credentials to send.
+pub struct MediaFetch {
+    pub url: String,
+    /// Extra request headers (e.g. `Authorization`); values are secrets.
+    pub headers: Vec<(String, Secret)>,
+}
 
 /// A provider webhook as it reached us, before anything is parsed.
 pub struct WebhookRequest<'a> {
@@ -63,6 +193,8 @@ pub struct InboundEvent {
     pub timestamp_ms: i64,
     pub message: Message,
     pub contact: Option<Contact>,
+    /// Set when `message` is an attachment that must be proxied (see [`MediaRef`]).
+    pub media: Option<MediaRef>,
 }
 
 /// A delivery receipt read from a provider webhook.
@@ -149,6 +281,17 @@ pub trait Provider: Send + Sync {
 
     /// Sends one message.
     async fn send(&self, req: SendRequest<'_>) -> Result<Accepted, SendError>;
+
+    /// The answer to a webhook we took (committed, duplicate, or kept raw).
+    fn webhook_reply(&self, _route: WebhookRoute) -> WebhookReply {
+        WebhookReply::OK
+    }
+
+    /// Where to fetch a proxied attachment (see [`MediaRef`]); may call the provider's API
+    /// (Telegram `getFile`). `Err` → the media URL answers 502 and respond.io may retry.
+    async fn resolve_media(&self, _source: &str) -> Result<MediaFetch, String> {
+        Err(format!("provider {} proxies no media", self.kind()))
+    }
 }
 
 /// Classifies a reqwest error: a failure before the request was written cannot have been
