@@ -31,6 +31,7 @@ pub struct AppState {
     /// respond.io channel id → our channel name, for `POST /message`.
     pub by_respondio_id: HashMap<String, String>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub media: Arc<crate::media::MediaProxy>,
 }
 
 impl AppState {
@@ -138,7 +139,13 @@ impl App {
                 }),
             );
         }
+        let media = Arc::new(crate::media::MediaProxy::open(
+            &cfg.media,
+            &cfg.store.path,
+            &cfg.server.public_url,
+        )?);
         let state = Arc::new(AppState {
+            media,
             cfg,
             store,
             channels,
@@ -223,6 +230,11 @@ async fn housekeeping(state: Arc<AppState>, stop: CancellationToken) {
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "prune failed"),
+            }
+            let media = state.media.clone();
+            match tokio::task::spawn_blocking(move || media.prune()).await {
+                Ok(n) if n > 0 => tracing::info!(files = n, "pruned expired media"),
+                _ => {}
             }
         }
     }

@@ -896,3 +896,55 @@ async fn respondio_misbehaving_at_random_loses_nothing() {
         stage.events().len()
     );
 }
+
+/// Media URLs are checked (signature, expiry) before anything is fetched; a valid link for
+/// a provider that proxies no media answers 502, never a file.
+#[tokio::test]
+async fn media_urls_are_checked_before_anything_is_fetched() {
+    use rio_bridge::config::MediaConfig;
+    use rio_bridge::media::MediaProxy;
+    use rio_bridge::providers::MediaRef;
+
+    let stage = Stage::new(Opts::default()).await;
+    let gw = InProcess::start(&stage).await;
+    // The gateway made its key at start; a proxy opened on the same directory signs alike.
+    let cfg = MediaConfig {
+        dir: Some(stage.dir.path().join("media")),
+        ..MediaConfig::default()
+    };
+    let signer = MediaProxy::open(&cfg, &stage.db_path(), &stage.base()).unwrap();
+    let m = MediaRef {
+        source: "file-1".into(),
+        content_type: Some("image/jpeg".into()),
+    };
+    let now_s = (rio_bridge::clock::now_ms() / 1000) as u64;
+    let http = reqwest::Client::new();
+    let get = |url: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+            (status, body)
+        }
+    };
+    let good = signer.signed_url("sms", &m, now_s);
+    let (status, body) = get(good.clone()).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("proxies no media"),
+        "{body}"
+    );
+    let tampered = good.replace("sig=", "sig=AAAA");
+    assert_eq!(get(tampered).await.0, 403);
+    let unsigned = good.split('?').next().unwrap().to_string();
+    assert_eq!(get(unsigned).await.0, 403);
+    let expired = signer.signed_url("sms", &m, now_s - 8 * 86_400);
+    assert_eq!(get(expired).await.0, 410);
+    let other_channel = signer.signed_url("gone", &m, now_s);
+    assert_eq!(get(other_channel).await.0, 404);
+    gw.shutdown().await;
+}
