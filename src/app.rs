@@ -98,6 +98,7 @@ impl App {
                 respondio_http.clone(),
                 ch.respondio_webhook_url.clone(),
                 ch.respondio_token.clone(),
+                ch.respondio_token_next.clone(),
                 ch.respondio_channel_id.clone(),
                 Duration::from_millis(ch.delivery.respondio_timeout_ms),
             );

@@ -948,3 +948,68 @@ async fn media_urls_are_checked_before_anything_is_fetched() {
     assert_eq!(get(other_channel).await.0, 404);
     gw.shutdown().await;
 }
+
+/// A token rotation done in respond.io before the config: the old token gets 401, the
+/// gateway tries `respondio_token_next` at once, keeps using it, and nothing is lost or
+/// dead-lettered; `/message` accepts both tokens meanwhile.
+#[tokio::test]
+async fn token_rotation_switches_to_the_next_token_without_losing_anything() {
+    use rio_bridge::respondio::emulator::EmulatedChannel;
+    const NEXT: &str = "rio-next-token-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    let stage = Stage::new(Opts {
+        channel_extra: format!("respondio_token_next = \"{NEXT}\""),
+        ..Opts::default()
+    })
+    .await;
+    let gw = InProcess::start(&stage).await;
+    let push = |text: &'static str| {
+        let sim = stage.sim.clone();
+        async move {
+            assert_eq!(
+                sim.push_inbound(ALICE, OUR_NUMBER, text).await.unwrap(),
+                200
+            )
+        }
+    };
+    push("before rotation").await;
+    wait_until("first event", 20, || async {
+        (stage.events().len() == 1).then_some(())
+    })
+    .await;
+    // respond.io regenerates the token: only NEXT works from now on.
+    stage
+        .emulator
+        .add_channel(EmulatedChannel::new(CHANNEL_ID, NEXT));
+    push("after rotation 1").await;
+    wait_until("second event", 20, || async {
+        (stage.events().len() == 2).then_some(())
+    })
+    .await;
+    push("after rotation 2").await;
+    wait_until("third event", 20, || async {
+        (stage.events().len() == 3).then_some(())
+    })
+    .await;
+    let texts: Vec<String> = stage.events().iter().map(text_of).collect();
+    assert_eq!(
+        texts,
+        ["before rotation", "after rotation 1", "after rotation 2"]
+    );
+    let refused = stage
+        .emulator
+        .calls(CHANNEL_ID)
+        .iter()
+        .filter(|c| c.status == 401)
+        .count();
+    assert_eq!(refused, 1, "one 401, then the next token is kept");
+    // respond.io calling us with the new token is accepted as well.
+    let r = reqwest::Client::new()
+        .post(format!("{}/channels/sms/message", stage.base()))
+        .bearer_auth(NEXT)
+        .json(&json!({"channelId": CHANNEL_ID, "contactId": ALICE, "message": {"type": "text", "text": "hi"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    gw.shutdown().await;
+}
