@@ -42,10 +42,18 @@ enum Command {
         #[command(subcommand)]
         what: Emulate,
     },
-    /// Gateway + respond.io emulator + ClickSend stand-in on loopback, on a throw-away
-    /// SQLite store: prints the URLs and a curl line for each flow.
     /// The benchmark harness: real HTTP on loopback against the real server (BENCHMARKS.md).
     Bench(rio_bridge::bench::BenchArgs),
+    /// Write a consistent copy of the SQLite store, safe while the gateway runs.
+    Backup {
+        #[arg(long, env = "RIO_BRIDGE_CONFIG", default_value = "rio-bridge.toml")]
+        config: PathBuf,
+        /// Where to write the copy (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Gateway + respond.io emulator + ClickSend stand-in on loopback, on a throw-away
+    /// SQLite store: prints the URLs and a curl line for each flow.
     Demo {
         /// Where the gateway listens.
         #[arg(long, default_value = "127.0.0.1:3030")]
@@ -120,6 +128,7 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Bench(args) => rio_bridge::bench::run(args).await,
+            Command::Backup { config, out } => backup(config, out).await,
             Command::Demo { listen } => rio_bridge::demo::run(listen, shutdown_signal()).await,
         }
         .map(|()| ExitCode::SUCCESS)
@@ -185,4 +194,20 @@ fn shutdown_signal() -> CancellationToken {
         t.cancel();
     });
     token
+}
+
+async fn backup(config: PathBuf, out: PathBuf) -> anyhow::Result<()> {
+    let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{}:\n{e}", config.display()))?;
+    let db = cfg.store.path.clone();
+    let r =
+        tokio::task::spawn_blocking(move || rio_bridge::store::backup::backup_sqlite(&db, &out))
+            .await??;
+    println!(
+        "backup written: {} ({} bytes, schema version {}, {} items)",
+        r.path.display(),
+        r.bytes,
+        r.schema_version,
+        r.items
+    );
+    Ok(())
 }
