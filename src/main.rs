@@ -164,7 +164,34 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.server.listen))?;
     let app = rio_bridge::app::App::build(cfg).await?;
-    app.run(listener, shutdown_signal()).await
+    app.run_with_reloads(listener, shutdown_signal(), Some(reload_on_sighup(path)?))
+        .await
+}
+
+/// On each SIGHUP, reads the config file again; a valid one is handed to the running app,
+/// an invalid one is reported with every problem and changes nothing.
+fn reload_on_sighup(path: PathBuf) -> anyhow::Result<tokio::sync::mpsc::Receiver<Config>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+            match Config::load(&path) {
+                Ok(cfg) => {
+                    if tx.send(cfg).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    for p in &e.0 {
+                        tracing::error!(key = %p.key, problem = %p.message, "config reload refused; the running config stays");
+                    }
+                }
+            }
+        }
+    });
+    Ok(rx)
 }
 
 /// Cancelled on SIGTERM or Ctrl-C.

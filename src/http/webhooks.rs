@@ -47,7 +47,6 @@ struct Incoming {
 fn prepare(state: &AppState, name: &str, uri: &axum::http::Uri) -> Result<Incoming, Response> {
     let channel = state
         .channel(name)
-        .cloned()
         .ok_or_else(|| json_error(StatusCode::NOT_FOUND, "unknown channel"))?;
     let base = state.cfg.server.public_url.trim_end_matches('/');
     let path_q = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
