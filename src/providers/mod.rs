@@ -6,6 +6,7 @@
 //! is the core's job, so a provider file stays small and table-testable.
 
 pub mod clicksend;
+pub mod generic;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,12 +56,20 @@ pub fn build(ch: &ChannelConfig, env: ProviderEnv) -> anyhow::Result<Arc<dyn Pro
                 env.client,
             )))
         }
+        "http" => {
+            let compiled =
+                generic::compile(ch, &|f| format!("channel {}: {f}", ch.name)).map_err(|p| {
+                    let lines: Vec<String> = p.iter().map(|(k, m)| format!("{k}: {m}")).collect();
+                    anyhow::anyhow!("{}", lines.join("; "))
+                })?;
+            Ok(Arc::new(generic::HttpProvider::new(compiled, env)))
+        }
         other => anyhow::bail!("channel {}: unknown provider {other}", ch.name),
     }
 }
 
 /// The providers `provider = "..."` accepts.
-pub const KNOWN: &[&str] = &["clicksend"];
+pub const KNOWN: &[&str] = &["clicksend", "http"];
 
 /// Problems in a channel's provider settings, as (config key, message). `k` makes a key
 /// from a field name (`channel[0].{field}`).
@@ -81,6 +90,7 @@ pub fn config_problems(ch: &ChannelConfig, k: &dyn Fn(&str) -> String) -> Vec<(S
                 Some(c) => out.extend(c.problems(&k("clicksend"))),
             }
         }
+        "http" => out.extend(generic::problems(ch, k)),
         other => out.push((
             k("provider"),
             format!("unknown provider {other:?} (known: {})", KNOWN.join(", ")),
