@@ -154,10 +154,19 @@ impl ResponseMapping {
                 (None, Ok(b)) => Some(excerpt(b)).filter(|s| !s.is_empty()),
                 _ => None,
             });
-        let reason = |what: &str| match &detail {
-            Some(d) => format!("{what} (HTTP {status}): {d}"),
-            None => format!("{what} (HTTP {status})"),
+        // "what (HTTP 200, code 7): the gateway's words"
+        let reason_code = |what: &str, code: Option<&str>| {
+            let mut r = format!("{what} (HTTP {status}");
+            if let Some(c) = code {
+                r.push_str(&format!(", code {c}"));
+            }
+            r.push(')');
+            if let Some(d) = &detail {
+                r.push_str(&format!(": {d}"));
+            }
+            r
         };
+        let reason = |what: &str| reason_code(what, None);
         let retry_after = retry_after.or_else(|| {
             let secs = field(self.retry_after_pointer.as_deref()?)?;
             crate::providers::parse_retry_after(&secs)
@@ -167,7 +176,7 @@ impl ResponseMapping {
         // (Vonage's SMS API) or 4xx with a "try later" code.
         if let Some(code) = self.code_pointer.as_deref().and_then(field) {
             let has = |list: &[String]| list.iter().any(|c| *c == code);
-            let what = |kind: &str| reason(&format!("{kind} (code {code})"));
+            let what = |kind: &str| reason_code(kind, Some(&code));
             if has(&self.throttled_codes) {
                 return Err(SendError::Throttled {
                     retry_after,
@@ -209,9 +218,10 @@ impl ResponseMapping {
                         )));
                     }
                     Some(got) => {
-                        return Err(SendError::Permanent(reason(&format!(
-                            "the gateway did not accept the message ({pointer} is {got:?}, not {want:?})"
-                        ))));
+                        return Err(SendError::Permanent(reason_code(
+                            "the gateway did not accept the message",
+                            Some(&got),
+                        )));
                     }
                 }
             }
