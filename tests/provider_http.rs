@@ -36,6 +36,12 @@ impl HttpStage {
     /// URLs), and the gateway running the example mapping with the API host pointed at
     /// the stand-in.
     async fn start() -> HttpStage {
+        Self::start_with(true, |_| {}).await
+    }
+
+    /// `push_receipts`: whether the stand-in pushes its form receipts to us; `edit` changes
+    /// the loaded example (a toml::Value) before the gateway reads it.
+    async fn start_with(push_receipts: bool, edit: impl FnOnce(&mut toml::Value)) -> HttpStage {
         let dir = tempfile::tempdir().unwrap();
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -58,9 +64,8 @@ impl HttpStage {
         let sim = ClickSendSim::new(SimConfig {
             username: CS_USER.into(),
             api_key: CS_KEY.into(),
-            receipt_url: Some(format!(
-                "http://127.0.0.1:{port}/channels/sms/status?secret={HOOK}"
-            )),
+            receipt_url: push_receipts
+                .then(|| format!("http://127.0.0.1:{port}/channels/sms/status?secret={HOOK}")),
             receipt_delay_ms: 50,
             inbound_url: Some(format!(
                 "http://127.0.0.1:{port}/channels/sms/inbound?secret={HOOK}"
@@ -75,6 +80,7 @@ impl HttpStage {
             &emu_addr.to_string(),
             &sim_addr.to_string(),
             dir.path(),
+            edit,
         );
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let app = App::build(cfg).await.expect("build app");
@@ -122,7 +128,13 @@ impl HttpStage {
 }
 
 /// examples/http-clicksend.toml, with this run's addresses and store, as the gateway loads it.
-fn config(port: u16, emu: &str, sim: &str, dir: &std::path::Path) -> Config {
+fn config(
+    port: u16,
+    emu: &str,
+    sim: &str,
+    dir: &std::path::Path,
+    edit: impl FnOnce(&mut toml::Value),
+) -> Config {
     let path = format!(
         "{}/examples/http-clicksend.toml",
         env!("CARGO_MANIFEST_DIR")
@@ -161,6 +173,7 @@ fn config(port: u16, emu: &str, sim: &str, dir: &std::path::Path) -> Config {
     set(ch, "backoff_max_ms", 2000.into());
     // The stand-in checks the sender the example uses.
     assert!(text.contains(OUR_NUMBER));
+    edit(&mut v);
     let env = |k: &str| {
         Some(
             match k {
@@ -375,5 +388,199 @@ async fn webhooks_without_the_secret_get_403_and_nothing_is_forwarded() {
     let all = st.emulator.events(CHANNEL_ID);
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(all[0].contact_id, ALICE);
+    st.shutdown().await;
+}
+
+/// HMAC-SHA256 of `{timestamp}.{body}`, hex, as the JSON gateway below signs its webhooks.
+fn sign(ts: i64, body: &str) -> String {
+    use hmac::Mac;
+    let mut m =
+        <hmac::Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new_from_slice(HOOK.as_bytes())
+            .unwrap();
+    m.update(format!("{ts}.{body}").as_bytes());
+    m.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn post_signed(url: &str, body: &str, ts: i64, signature: &str) -> u16 {
+    reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-timestamp", ts.to_string())
+        .header("x-signature", format!("sha256={signature}"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The same send mapping, but webhooks as a JSON gateway with signed bodies would send
+/// them: HMAC-SHA256 over `{timestamp}.{raw body}` with a bounded age, fields by JSON
+/// Pointer, receipts with a status value table.
+#[tokio::test]
+async fn signed_json_webhooks_are_checked_and_read() {
+    let st = HttpStage::start_with(false, |v| {
+        let http = v["channel"][0]["http"].as_table_mut().unwrap();
+        let table = |s: &str| -> toml::Value { toml::from_str(s).unwrap() };
+        http.insert(
+            "auth".into(),
+            table(
+                r#"kind = "hmac"
+header = "X-Signature"
+prefix = "sha256="
+timestamp_header = "X-Timestamp"
+timestamp_separator = "."
+max_age_secs = 300"#,
+            ),
+        );
+        http.insert(
+            "inbound".into(),
+            table(
+                r#"format = "json"
+contact_id = "/sender/phone"
+contact_name = "/sender/name"
+message_id = "/id"
+text = "/text"
+media_url = "/media/url"
+media_type = "/media/mime"
+timestamp = "/sent_at""#,
+            ),
+        );
+        http.insert(
+            "receipt".into(),
+            table(
+                r#"format = "json"
+provider_id = "/ref"
+status = "/state"
+error_reason = "/error/detail"
+[statuses]
+DELIVRD = "delivered"
+UNDELIV = "failed"
+ENROUTE = "ignore""#,
+            ),
+        );
+    })
+    .await;
+    let inbound = st.url("/channels/sms/inbound");
+    let status = st.url("/channels/sms/status");
+    let now = now_s();
+
+    let text = json!({"id": "in-1", "sender": {"phone": "61400000001", "name": "Ann Lee"},
+        "text": "Hi {\"json\"} ✓", "sent_at": "2025-01-15T00:15:00Z"})
+    .to_string();
+    let picture = json!({"id": "in-2", "sender": {"phone": "+61400000001"}, "text": "look",
+        "media": {"url": "https://cdn.example.com/p.jpg", "mime": "image/jpeg"}})
+    .to_string();
+    // (what, body, timestamp, signature, expected)
+    let refused = [
+        ("bad signature", text.clone(), now, sign(now, "{}"), 403),
+        (
+            "stale",
+            text.clone(),
+            now - 301,
+            sign(now - 301, &text),
+            403,
+        ),
+        (
+            "timestamp not signed",
+            text.clone(),
+            now,
+            sign(now - 1, &text),
+            403,
+        ),
+        (
+            "body changed",
+            text.replace("Hi", "Ho"),
+            now,
+            sign(now, &text),
+            403,
+        ),
+    ];
+    for (what, body, ts, sig, want) in refused {
+        assert_eq!(post_signed(&inbound, &body, ts, &sig).await, want, "{what}");
+    }
+    let unsigned = reqwest::Client::new()
+        .post(&inbound)
+        .header("content-type", "application/json")
+        .body(text.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 403);
+
+    assert_eq!(
+        post_signed(&inbound, &text, now, &sign(now, &text)).await,
+        200
+    );
+    assert_eq!(
+        post_signed(&inbound, &picture, now, &sign(now, &picture)).await,
+        200
+    );
+    let events = wait_until("both messages", 20, || async {
+        let e = st.events_of_type("message");
+        (e.len() >= 2).then_some(e)
+    })
+    .await;
+    assert_eq!(
+        st.emulator.events(CHANNEL_ID).len(),
+        2,
+        "nothing refused got through"
+    );
+    assert_eq!(events[0].contact_id, ALICE);
+    assert_eq!(
+        events[0].event["message"],
+        json!({"type": "text", "text": "Hi {\"json\"} ✓"})
+    );
+    assert_eq!(events[0].event["timestamp"], 1_736_900_100_000i64);
+    assert_eq!(
+        events[1].event["message"],
+        json!({"type": "attachment", "attachment": {"type": "image",
+            "url": "https://cdn.example.com/p.jpg", "description": "look"}})
+    );
+    let call = st
+        .emulator
+        .calls(CHANNEL_ID)
+        .into_iter()
+        .find(|c| c.status == 200)
+        .unwrap();
+    assert_eq!(call.contact.unwrap()["firstName"], "Ann Lee");
+
+    // A reply, then its receipts in this gateway's words.
+    let (code, body) = st
+        .send(ALICE, json!({"type": "text", "text": "hello"}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let mid = body["mId"].as_str().unwrap().to_string();
+    let provider_id = st.sim.sent()[0].message_ids[0].clone();
+    for (state, n) in [("ENROUTE", 0), ("DELIVRD", 1)] {
+        let r = json!({"ref": provider_id, "state": state}).to_string();
+        assert_eq!(post_signed(&status, &r, now, &sign(now, &r)).await, 200);
+        if n > 0 {
+            let s = wait_until("the delivered status", 20, || async {
+                st.events_of_type("message_status").into_iter().next()
+            })
+            .await;
+            assert_eq!(s.event["mId"], mid.as_str());
+            assert_eq!(s.event["status"]["value"], "delivered");
+        }
+    }
+    let forged = json!({"ref": provider_id, "state": "UNDELIV"}).to_string();
+    assert_eq!(
+        post_signed(&status, &forged, now, &sign(now, "{}")).await,
+        403
+    );
+    assert_eq!(st.events_of_type("message_status").len(), 1);
     st.shutdown().await;
 }

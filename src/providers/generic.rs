@@ -36,8 +36,6 @@ use crate::config::ChannelConfig;
 use crate::respondio::wire::{AttachmentKind, Message};
 use crate::secret::Secret;
 
-pub use self::config::HttpConfig as Config;
-
 /// We never need more of an answer than a JSON envelope.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 

@@ -227,7 +227,7 @@ fn verify<M: Mac + hmac::digest::KeyInit>(
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -299,7 +299,15 @@ pub(crate) mod tests {
         let q = auth("");
         let h = auth("kind = \"header_secret\"\nheader = \"Authorization\"\nprefix = \"Bearer \"");
         let other = &format!("{SECRET}x");
-        let cases: Vec<(&str, &WebhookAuth, String, Vec<(&str, String)>, bool)> = vec![
+        /// (name, auth, query, headers, accepted)
+        type Case<'a> = (
+            &'a str,
+            &'a WebhookAuth,
+            String,
+            Vec<(&'a str, String)>,
+            bool,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "query good",
                 &q,

@@ -175,7 +175,7 @@ impl ResponseMapping {
         // An in-band code decides first: gateways that answer 200 with an error inside
         // (Vonage's SMS API) or 4xx with a "try later" code.
         if let Some(code) = self.code_pointer.as_deref().and_then(field) {
-            let has = |list: &[String]| list.iter().any(|c| *c == code);
+            let has = |list: &[String]| list.contains(&code);
             let what = |kind: &str| reason_code(kind, Some(&code));
             if has(&self.throttled_codes) {
                 return Err(SendError::Throttled {
@@ -337,7 +337,16 @@ success_status = [202]"#,
             format!(r#"{{"message-count":"1","messages":[{{"status":"{status}"{extra}}}]}}"#)
         };
         type Body = Result<String, String>;
-        let cases: Vec<(&str, &ResponseMapping, u16, Option<u64>, Body, &str)> = vec![
+        /// (name, mapping, HTTP status, Retry-After, body, expected)
+        type Case<'a> = (
+            &'a str,
+            &'a ResponseMapping,
+            u16,
+            Option<u64>,
+            Body,
+            &'a str,
+        );
+        let cases: Vec<Case> = vec![
             ("cs success", &cs, 200, None, Ok(cs_ok.into()), "ok BF7A"),
             (
                 "cs invalid recipient",

@@ -329,15 +329,18 @@ struct Seen {
     body: Vec<u8>,
 }
 
+/// (HTTP status, extra headers, body) of one canned answer.
+type Answer = (u16, Vec<(&'static str, String)>, String);
+
 #[derive(Clone, Default)]
 struct Recorder {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// Answers in order; the last one repeats.
-    answers: Arc<Mutex<Vec<(u16, Vec<(&'static str, String)>, String)>>>,
+    answers: Arc<Mutex<Vec<Answer>>>,
 }
 
 impl Recorder {
-    async fn start(answers: Vec<(u16, Vec<(&'static str, String)>, String)>) -> (Recorder, String) {
+    async fn start(answers: Vec<Answer>) -> (Recorder, String) {
         let rec = Recorder {
             seen: Arc::default(),
             answers: Arc::new(Mutex::new(answers)),
@@ -390,7 +393,7 @@ impl Recorder {
     }
 }
 
-fn ok(body: &str) -> (u16, Vec<(&'static str, String)>, String) {
+fn ok(body: &str) -> Answer {
     (200, vec![], body.to_string())
 }
 

@@ -657,7 +657,12 @@ read = "read"
 failed = "failed"
 undelivered = "failed""#,
         );
-        let cases: Vec<(&str, Result<(Option<StatusValue>, Option<&str>), &str>)> = vec![
+        /// (form body, Ok((status, reason)) or Err(words in the error))
+        type Case<'a> = (
+            &'a str,
+            Result<(Option<StatusValue>, Option<&'a str>), &'a str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "MessageUUID=u1&Status=delivered&ErrorCode=",
                 Ok((Some(Delivered), None)),
