@@ -589,7 +589,12 @@ impl Provider for HttpProvider {
 
     async fn send(&self, req: SendRequest<'_>) -> Result<Accepted, SendError> {
         let rb = self.build_request(&req)?;
-        let resp = rb.send().await.map_err(|e| classify_transport_error(&e))?;
+        // without_url: a URL template may carry a credential (`/bot{secret.token}/`), and
+        // reasons end up in logs and in respond.io.
+        let resp = rb
+            .send()
+            .await
+            .map_err(|e| classify_transport_error(&e.without_url()))?;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -620,7 +625,7 @@ async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>,
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| format!("reading the gateway's answer failed: {e}"))?
+        .map_err(|e| format!("reading the gateway's answer failed: {}", e.without_url()))?
     {
         let room = cap - buf.len();
         buf.extend_from_slice(&chunk[..chunk.len().min(room)]);

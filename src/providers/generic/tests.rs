@@ -630,6 +630,29 @@ text = "/text"
     assert_eq!(got.provider_id, "99");
     let s = &rec.seen()[0];
     assert_eq!(s.method, "GET");
+    // An unreachable gateway: the reason must not carry the URL, which holds the token.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let cfg = FileConfig::from_toml(&text_cfg.replace(&base, &closed), &env).unwrap();
+    let unreachable = HttpProvider::new(
+        compile(&cfg.channels[0], &|f| f.to_string()).unwrap(),
+        ProviderEnv {
+            channel: "sms".into(),
+            public_url: "https://gw.example.com".into(),
+            client: reqwest::Client::new(),
+        },
+    );
+    let err = unreachable
+        .send(SendRequest {
+            mid: "M2",
+            contact_id: "user1",
+            message: &text("x"),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SendError::Unsent(_)), "{err:?}");
+    assert!(!err.reason().contains("t0k"), "{err:?}");
     assert_eq!(
         s.path_query,
         "/bott0k%2Fen%3F/send?to=user%2F1%2Bx%40y&text=a%26b%3Dc%20%231%20%3F&ref=M1"
