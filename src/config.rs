@@ -158,6 +158,9 @@ pub struct ChannelConfig {
     pub webhook_secret: Secret,
     #[serde(default)]
     pub clicksend: Option<ClickSendConfig>,
+    /// The generic provider's mapping (`provider = "http"`).
+    #[serde(default)]
+    pub http: Option<crate::providers::generic::config::HttpConfig>,
     #[serde(flatten)]
     pub delivery: DeliveryConfig,
 }
@@ -430,6 +433,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "provider",
     "webhook_secret",
     "clicksend",
+    "http",
     "max_attempts",
     "max_age_secs",
     "backoff_base_ms",
