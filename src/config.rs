@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::providers::clicksend::ClickSendConfig;
+use crate::providers::plivo::PlivoConfig;
+use crate::providers::telegram::TelegramConfig;
 use crate::respondio::wire::IdType;
 use crate::secret::Secret;
 
@@ -122,6 +124,10 @@ pub struct ChannelConfig {
     pub webhook_secret: Secret,
     #[serde(default)]
     pub clicksend: Option<ClickSendConfig>,
+    #[serde(default)]
+    pub telegram: Option<TelegramConfig>,
+    #[serde(default)]
+    pub plivo: Option<PlivoConfig>,
     #[serde(flatten)]
     pub delivery: DeliveryConfig,
 }
@@ -379,6 +385,8 @@ const CHANNEL_KEYS: &[&str] = &[
     "provider",
     "webhook_secret",
     "clicksend",
+    "telegram",
+    "plivo",
     "max_attempts",
     "max_age_secs",
     "backoff_base_ms",

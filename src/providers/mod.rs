@@ -6,6 +6,8 @@
 //! is the core's job, so a provider file stays small and table-testable.
 
 pub mod clicksend;
+pub mod plivo;
+pub mod telegram;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use async_trait::async_trait;
 use axum::http::{HeaderMap, StatusCode};
 
 use crate::config::ChannelConfig;
-use crate::respondio::wire::{Contact, Message, StatusValue};
+use crate::respondio::wire::{Contact, IdType, Message, StatusValue};
 use crate::secret::Secret;
 
 /// What a provider is built from besides its own config section.
@@ -55,12 +57,23 @@ pub fn build(ch: &ChannelConfig, env: ProviderEnv) -> anyhow::Result<Arc<dyn Pro
                 env.client,
             )))
         }
+        "telegram" => {
+            let tg = ch.telegram.clone().ok_or_else(|| missing("telegram"))?;
+            let media_base = format!("{}/channels/{}/media", env.public_url, env.channel);
+            Ok(Arc::new(telegram::Telegram::new(
+                tg, env.client, media_base,
+            )))
+        }
+        "plivo" => {
+            let pl = ch.plivo.clone().ok_or_else(|| missing("plivo"))?;
+            Ok(Arc::new(plivo::Plivo::new(pl, ch.id_type, env)))
+        }
         other => anyhow::bail!("channel {}: unknown provider {other}", ch.name),
     }
 }
 
 /// The providers `provider = "..."` accepts.
-pub const KNOWN: &[&str] = &["clicksend"];
+pub const KNOWN: &[&str] = &["clicksend", "telegram", "plivo"];
 
 /// Problems in a channel's provider settings, as (config key, message). `k` makes a key
 /// from a field name (`channel[0].{field}`).
@@ -81,6 +94,24 @@ pub fn config_problems(ch: &ChannelConfig, k: &dyn Fn(&str) -> String) -> Vec<(S
                 Some(c) => out.extend(c.problems(&k("clicksend"))),
             }
         }
+        "telegram" => {
+            // Chat ids are not phone numbers; groups need the g-prefixed custom form.
+            if ch.id_type != IdType::Custom {
+                out.push((
+                    k("id_type"),
+                    "must be \"custom\" for Telegram (contacts are chat ids, not phone numbers)"
+                        .into(),
+                ));
+            }
+            match &ch.telegram {
+                None => out.push(section_required("telegram")),
+                Some(c) => out.extend(c.problems(&k("telegram"))),
+            }
+        }
+        "plivo" => match &ch.plivo {
+            None => out.push(section_required("plivo")),
+            Some(c) => out.extend(c.problems(&k("plivo"))),
+        },
         other => out.push((
             k("provider"),
             format!("unknown provider {other:?} (known: {})", KNOWN.join(", ")),
