@@ -137,7 +137,14 @@ impl IntoResponse for Answer {
 fn uuid() -> String {
     let v: u128 = rand::random();
     let h = format!("{v:032x}");
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 impl PlivoSim {
@@ -176,7 +183,10 @@ impl PlivoSim {
 
     /// The calls answered 202.
     pub fn accepted(&self) -> Vec<PlivoCall> {
-        self.calls().into_iter().filter(|c| c.status == 202).collect()
+        self.calls()
+            .into_iter()
+            .filter(|c| c.status == 202)
+            .collect()
     }
 
     pub fn push_fault(&self, f: PlivoFault) {
@@ -185,7 +195,12 @@ impl PlivoSim {
 
     /// Posts an inbound SMS to `message_url` with a fresh `MessageUUID`, as Plivo does.
     /// Returns the fields sent and the gateway's HTTP status.
-    pub async fn push_inbound(&self, from: &str, to: &str, text: &str) -> Result<(Vec<(String, String)>, u16), String> {
+    pub async fn push_inbound(
+        &self,
+        from: &str,
+        to: &str,
+        text: &str,
+    ) -> Result<(Vec<(String, String)>, u16), String> {
         let fields = vec![
             ("From".to_string(), from.to_string()),
             ("To".to_string(), to.to_string()),
@@ -212,7 +227,14 @@ impl PlivoSim {
     }
 
     /// Posts one status callback for `uuid` to `url`, signed.
-    pub async fn push_status(&self, url: &str, uuid: &str, to: &str, status: &str, error_code: Option<&str>) -> Result<u16, String> {
+    pub async fn push_status(
+        &self,
+        url: &str,
+        uuid: &str,
+        to: &str,
+        status: &str,
+        error_code: Option<&str>,
+    ) -> Result<u16, String> {
         let fields = status_fields(uuid, to, status, error_code, 1);
         self.post_signed(url, &fields).await
     }
@@ -292,13 +314,20 @@ impl PlivoSim {
     fn answer(&self, auth_id: &str, headers: &HeaderMap, body: Option<&Value>) -> Answer {
         let cfg = &self.inner.cfg;
         let expected = format!("{}:{}", cfg.auth_id, cfg.auth_token);
-        if auth_id != cfg.auth_id || basic_credentials(headers).as_deref() != Some(expected.as_str()) {
+        if auth_id != cfg.auth_id
+            || basic_credentials(headers).as_deref() != Some(expected.as_str())
+        {
             return Answer::error(401, "Authentication failed");
         }
         let Some(b) = body.and_then(Value::as_object) else {
             return Answer::error(400, "invalid JSON body");
         };
-        let s = |k: &str| b.get(k).and_then(Value::as_str).map(str::trim).unwrap_or("");
+        let s = |k: &str| {
+            b.get(k)
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .unwrap_or("")
+        };
         if s("src").is_empty() && s("powerpack_uuid").is_empty() {
             return Answer::error(400, "src parameter not present");
         }
@@ -365,7 +394,11 @@ impl PlivoSim {
         let Some(url) = body.get("url").and_then(Value::as_str).map(str::to_string) else {
             return;
         };
-        let to = body.get("dst").and_then(Value::as_str).unwrap_or("").to_string();
+        let to = body
+            .get("dst")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let last = self
             .inner
             .cfg
@@ -379,7 +412,8 @@ impl PlivoSim {
                 let fields = status_fields(&id, &to, status, code, seq);
                 // Plivo retries a callback that was not answered 2xx; a few quick tries.
                 for _ in 0..3 {
-                    if matches!(sim.post_signed(&url, &fields).await, Ok(s) if (200..300).contains(&s)) {
+                    if matches!(sim.post_signed(&url, &fields).await, Ok(s) if (200..300).contains(&s))
+                    {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -389,7 +423,13 @@ impl PlivoSim {
     }
 }
 
-fn status_fields(uuid: &str, to: &str, status: &str, error_code: Option<&str>, seq: u32) -> Vec<(String, String)> {
+fn status_fields(
+    uuid: &str,
+    to: &str,
+    status: &str,
+    error_code: Option<&str>,
+    seq: u32,
+) -> Vec<(String, String)> {
     let pairs = [
         ("MessageUUID", uuid),
         ("ParentMessageUUID", uuid),

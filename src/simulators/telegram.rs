@@ -269,7 +269,14 @@ impl TelegramSim {
         Some(token == self.inner.cfg.bot_token)
     }
 
-    async fn handle(&self, bot: &str, method: &str, query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Response {
+    async fn handle(
+        &self,
+        bot: &str,
+        method: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Response {
         let params = params(query, headers, body);
         let index = {
             let mut st = self.state();
@@ -319,7 +326,9 @@ impl TelegramSim {
             }
             "getWebhookInfo" => {
                 let url = self.state().webhook.as_ref().map(|w| w.url.clone());
-                Answer::ok(json!({"url": url.unwrap_or_default(), "has_custom_certificate": false, "pending_update_count": 0}))
+                Answer::ok(
+                    json!({"url": url.unwrap_or_default(), "has_custom_certificate": false, "pending_update_count": 0}),
+                )
             }
             "getFile" => self.get_file(&p),
             "sendMessage" | "sendPhoto" | "sendVideo" | "sendAudio" | "sendDocument"
@@ -355,7 +364,9 @@ impl TelegramSim {
         if let Some(s) = &secret
             && (s.is_empty()
                 || s.len() > 256
-                || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
         {
             return Answer::bad_request("secret token contains unallowed characters");
         }
@@ -459,13 +470,17 @@ impl TelegramSim {
             _ => {
                 let field = &method["send".len()..].to_ascii_lowercase();
                 let Some(file) = text_param(p, field).filter(|s| !s.is_empty()) else {
-                    return Err(Answer::bad_request(&format!("there is no {field} in the request")));
+                    return Err(Answer::bad_request(&format!(
+                        "there is no {field} in the request"
+                    )));
                 };
                 let known = self.state().files.contains_key(&file);
-                let is_url = url::Url::parse(&file)
-                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+                let is_url =
+                    url::Url::parse(&file).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
                 if !known && !is_url {
-                    return Err(Answer::bad_request("wrong file identifier/HTTP URL specified"));
+                    return Err(Answer::bad_request(
+                        "wrong file identifier/HTTP URL specified",
+                    ));
                 }
                 if let Some(c) = text_param(p, "caption") {
                     if c.chars().count() > MAX_CAPTION_CHARS {
@@ -485,7 +500,11 @@ impl TelegramSim {
         if self.token_ok(bot) != Some(true) {
             return None;
         }
-        self.state().files.values().find(|f| f.path == path).cloned()
+        self.state()
+            .files
+            .values()
+            .find(|f| f.path == path)
+            .cloned()
     }
 }
 
@@ -505,7 +524,9 @@ fn fault_answer(f: TelegramFault) -> Answer {
         .with_parameters(json!({"retry_after": retry_after})),
         TelegramFault::Unauthorized => Answer::error(401, "Unauthorized"),
         TelegramFault::Blocked => Answer::error(403, "Forbidden: bot was blocked by the user"),
-        TelegramFault::Delay(_) | TelegramFault::DropConnection => Answer::error(500, "Internal Server Error"),
+        TelegramFault::Delay(_) | TelegramFault::DropConnection => {
+            Answer::error(500, "Internal Server Error")
+        }
     }
 }
 
@@ -516,7 +537,11 @@ fn drop_connection() -> ! {
 
 /// Query parameters, then the body's (JSON object or form), as one object. Form and query
 /// values stay strings, as Telegram receives them; `reply_markup` in a form is JSON text.
-fn params(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, String> {
+fn params(
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Map<String, Value>, String> {
     let mut out = Map::new();
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         out.insert(k.into_owned(), Value::String(v.into_owned()));
@@ -596,7 +621,10 @@ fn check_reply_markup(markup: &Value) -> Result<(), Answer> {
         .ok_or_else(bad)?;
     let button_ok = |b: &Value| match b {
         Value::String(s) => !s.is_empty(),
-        Value::Object(o) => o.get("text").and_then(Value::as_str).is_some_and(|t| !t.is_empty()),
+        Value::Object(o) => o
+            .get("text")
+            .and_then(Value::as_str)
+            .is_some_and(|t| !t.is_empty()),
         _ => false,
     };
     let ok = rows
@@ -662,7 +690,8 @@ async fn api_call(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    sim.handle(&bot, &method, query.as_deref(), &headers, &body).await
+    sim.handle(&bot, &method, query.as_deref(), &headers, &body)
+        .await
 }
 
 async fn download(
