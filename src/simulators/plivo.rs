@@ -103,6 +103,8 @@ struct Inner {
 struct SimState {
     calls: Vec<PlivoCall>,
     faults: VecDeque<PlivoFault>,
+    /// Overrides `PlivoSimConfig::final_status` (status, ErrorCode) from now on.
+    final_status: Option<(String, Option<String>)>,
 }
 
 struct Answer {
@@ -191,6 +193,12 @@ impl PlivoSim {
 
     pub fn push_fault(&self, f: PlivoFault) {
         self.state().faults.push_back(f);
+    }
+
+    /// From now on, accepted messages end in `status` (e.g. `undelivered`) with this
+    /// `ErrorCode`.
+    pub fn set_final_status(&self, status: &str, error_code: Option<&str>) {
+        self.state().final_status = Some((status.to_string(), error_code.map(str::to_string)));
     }
 
     /// Posts an inbound SMS to `message_url` with a fresh `MessageUUID`, as Plivo does.
@@ -399,16 +407,14 @@ impl PlivoSim {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        let last = self
-            .inner
-            .cfg
-            .final_status
-            .clone()
-            .unwrap_or_else(|| "delivered".into());
+        let (last, last_code) = self.state().final_status.clone().unwrap_or_else(|| {
+            let status = self.inner.cfg.final_status.clone();
+            (status.unwrap_or_else(|| "delivered".into()), None)
+        });
         let sim = self.clone();
         tokio::spawn(async move {
             for (seq, status) in [(1, "sent"), (2, last.as_str())] {
-                let code = matches!(status, "failed" | "undelivered").then_some("50");
+                let code = (seq == 2).then_some(last_code.as_deref()).flatten();
                 let fields = status_fields(&id, &to, status, code, seq);
                 // Plivo retries a callback that was not answered 2xx; a few quick tries.
                 for _ in 0..3 {
