@@ -363,6 +363,56 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 mod tests {
     use super::*;
 
+    /// One channel of `provider` with `extra` lines (id_type, the provider's section).
+    fn channel_problems(provider: &str, extra: &str) -> Vec<String> {
+        let text = format!(
+            "[[channel]]\nname = \"c\"\nrespondio_channel_id = \"CH\"\nrespondio_token = \"t\"\nprovider = \"{provider}\"\n{extra}"
+        );
+        match crate::config::Config::from_toml(&text, &|_| None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn registry_checks_telegram_and_plivo_sections() {
+        let tg = "[channel.telegram]\nbot_token = \"1:abc\"\nsecret_token = \"s\"\n";
+        assert!(channel_problems("telegram", &format!("id_type = \"custom\"\n{tg}")).is_empty());
+        let p = channel_problems("telegram", tg);
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("channel[0].id_type: must be \"custom\"")),
+            "{p:?}"
+        );
+        let p = channel_problems("telegram", "id_type = \"custom\"\n");
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("channel[0].telegram: section")),
+            "{p:?}"
+        );
+        let pl = "[channel.plivo]\nauth_id = \"MA1\"\nauth_token = \"t\"\nsrc = \"14155550199\"\n";
+        assert!(channel_problems("plivo", pl).is_empty());
+        let p = channel_problems("plivo", "");
+        assert!(
+            p.iter().any(|m| m.starts_with("channel[0].plivo: section")),
+            "{p:?}"
+        );
+        let p = channel_problems(
+            "plivo",
+            &pl.replace("auth_token = \"t\"", "auth_token = \"\""),
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("channel[0].plivo.auth_token")),
+            "{p:?}"
+        );
+        let p = channel_problems("nope", "");
+        assert!(
+            p.iter().any(|m| m.contains("clicksend, telegram, plivo")),
+            "{p:?}"
+        );
+    }
+
     #[test]
     fn retry_after_forms() {
         assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
