@@ -703,3 +703,253 @@ async fn download(
         None => Answer::error(404, "Not Found").into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "42:stand-in_TOKEN";
+
+    async fn start(allow_http_webhook: bool) -> (TelegramSim, String) {
+        let sim = TelegramSim::new(TelegramSimConfig {
+            bot_token: TOKEN.into(),
+            allow_http_webhook,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(sim.clone().serve(listener));
+        (sim, base)
+    }
+
+    async fn call(base: &str, path: &str, body: Value) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{base}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn enforces_the_token_and_the_documented_fields() {
+        let (sim, base) = start(false).await;
+        let m = format!("/bot{TOKEN}/sendMessage");
+        let cases: Vec<(String, Value, u16, &str)> = vec![
+            (
+                format!("/bot42:wrong/sendMessage"),
+                json!({"chat_id": 1, "text": "x"}),
+                401,
+                "Unauthorized",
+            ),
+            (
+                "/notabot/sendMessage".into(),
+                json!({"chat_id": 1, "text": "x"}),
+                404,
+                "Not Found",
+            ),
+            (
+                format!("/bot{TOKEN}/sendTelepathy"),
+                json!({}),
+                404,
+                "Not Found: method not found",
+            ),
+            (
+                m.clone(),
+                json!({"text": "x"}),
+                400,
+                "Bad Request: chat_id is empty",
+            ),
+            (
+                m.clone(),
+                json!({"chat_id": 1}),
+                400,
+                "Bad Request: message text is empty",
+            ),
+            (
+                m.clone(),
+                json!({"chat_id": "@nobody", "text": "x"}),
+                400,
+                "Bad Request: chat not found",
+            ),
+            (
+                m.clone(),
+                json!({"chat_id": 1, "text": "x".repeat(MAX_TEXT_CHARS + 1)}),
+                400,
+                "Bad Request: message is too long",
+            ),
+            (
+                m.clone(),
+                json!({"chat_id": 1, "text": "x", "reply_markup": {"keyboard": "S"}}),
+                400,
+                "Bad Request: can't parse reply keyboard markup JSON object",
+            ),
+            (
+                format!("/bot{TOKEN}/sendPhoto"),
+                json!({"chat_id": 1}),
+                400,
+                "Bad Request: there is no photo in the request",
+            ),
+            (
+                format!("/bot{TOKEN}/sendPhoto"),
+                json!({"chat_id": 1, "photo": "not a url"}),
+                400,
+                "Bad Request: wrong file identifier/HTTP URL specified",
+            ),
+            (
+                format!("/bot{TOKEN}/sendDocument"),
+                json!({"chat_id": 1, "document": "https://x/a.pdf", "caption": "c".repeat(MAX_CAPTION_CHARS + 1)}),
+                400,
+                "Bad Request: message caption is too long",
+            ),
+            (
+                format!("/bot{TOKEN}/sendLocation"),
+                json!({"chat_id": 1, "latitude": 91, "longitude": 0}),
+                400,
+                "Bad Request: wrong latitude or longitude specified",
+            ),
+            (
+                format!("/bot{TOKEN}/sendVenue"),
+                json!({"chat_id": 1, "latitude": 1, "longitude": 1, "title": "t"}),
+                400,
+                "Bad Request: title and address must be non-empty",
+            ),
+            (
+                format!("/bot{TOKEN}/setWebhook"),
+                json!({"url": "http://insecure.example/hook"}),
+                400,
+                "Bad Request: bad webhook: An HTTPS URL must be provided for webhook",
+            ),
+            (
+                format!("/bot{TOKEN}/setWebhook"),
+                json!({"url": "https://gw.example/hook", "secret_token": "no spaces"}),
+                400,
+                "Bad Request: secret token contains unallowed characters",
+            ),
+            (
+                format!("/bot{TOKEN}/getFile"),
+                json!({"file_id": "nope"}),
+                400,
+                "Bad Request: invalid file_id",
+            ),
+        ];
+        for (path, body, status, description) in cases {
+            let (got, answer) = call(&base, &path, body).await;
+            assert_eq!(got, status, "{path}: {answer}");
+            assert_eq!(answer["ok"], false, "{path}");
+            assert_eq!(answer["error_code"], status, "{path}");
+            assert_eq!(answer["description"], description, "{path}");
+        }
+        assert!(sim.accepted("sendMessage").is_empty());
+        assert_eq!(
+            sim.calls().len(),
+            16,
+            "every call is recorded, valid or not"
+        );
+    }
+
+    #[tokio::test]
+    async fn answers_in_telegram_shape_over_json_form_and_query() {
+        let (sim, base) = start(false).await;
+        let (status, a) = call(
+            &base,
+            &format!("/bot{TOKEN}/sendMessage"),
+            json!({"chat_id": -1001234567890i64, "text": "hi"}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(a["ok"], true);
+        assert_eq!(a["result"]["message_id"], 1);
+        assert_eq!(
+            a["result"]["chat"],
+            json!({"id": -1001234567890i64, "type": "supergroup"})
+        );
+        assert_eq!(a["result"]["text"], "hi");
+        let form = reqwest::Client::new()
+            .post(format!("{base}/bot{TOKEN}/sendMessage"))
+            .form(&[
+                ("chat_id", "-1001234567890"),
+                ("text", "again"),
+                ("reply_markup", r#"{"keyboard":[["A"]]}"#),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let a: Value = form.json().await.unwrap();
+        assert_eq!(a["result"]["message_id"], 2, "message ids count per chat");
+        let q = reqwest::get(format!("{base}/bot{TOKEN}/getMe?x=1"))
+            .await
+            .unwrap();
+        let a: Value = q.json().await.unwrap();
+        assert_eq!(a["result"]["id"], 42);
+        assert_eq!(sim.accepted("sendMessage").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn pushes_updates_with_the_secret_to_the_registered_webhook() {
+        let (sim, base) = start(true).await;
+        let seen: Arc<Mutex<Vec<(Option<String>, Value)>>> = Arc::default();
+        let record = seen.clone();
+        let app = Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: axum::Json<Value>| {
+                let record = record.clone();
+                async move {
+                    let secret = headers
+                        .get("x-telegram-bot-api-secret-token")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    record.lock().unwrap().push((secret, body.0));
+                    StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        assert!(
+            sim.push_update(json!({"message": {}})).await.is_err(),
+            "no webhook yet"
+        );
+        let (status, _) = call(
+            &base,
+            &format!("/bot{TOKEN}/setWebhook"),
+            json!({"url": hook, "secret_token": "abc_DEF-123"}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let u = user(7, "Ann", None, None);
+        let (first, status) = sim
+            .push_update(message_update(
+                1,
+                private_chat(&u),
+                Some(u.clone()),
+                json!({"text": "one"}),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        let (second, _) = sim
+            .push_update(message_update(
+                2,
+                private_chat(&u),
+                Some(u),
+                json!({"text": "two"}),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            second["update_id"].as_i64(),
+            first["update_id"].as_i64().map(|n| n + 1)
+        );
+        assert_eq!(sim.deliver(&first).await.unwrap(), 200);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3);
+        assert!(
+            seen.iter()
+                .all(|(s, _)| s.as_deref() == Some("abc_DEF-123"))
+        );
+        assert_eq!(seen[2].1, first, "a redelivery is the same update");
+        assert_eq!(seen[0].1["message"]["text"], "one");
+    }
+}
