@@ -356,8 +356,9 @@ impl TelegramSim {
             self.state().webhook = None;
             return Answer::ok(json!(true));
         }
-        let https = url.starts_with("https://");
-        if !https && !(self.inner.cfg.allow_http_webhook && url.starts_with("http://")) {
+        let allowed = url.starts_with("https://")
+            || (self.inner.cfg.allow_http_webhook && url.starts_with("http://"));
+        if !allowed {
             return Answer::bad_request("bad webhook: An HTTPS URL must be provided for webhook");
         }
         let secret = text_param(p, "secret_token");
@@ -737,7 +738,7 @@ mod tests {
         let m = format!("/bot{TOKEN}/sendMessage");
         let cases: Vec<(String, Value, u16, &str)> = vec![
             (
-                format!("/bot42:wrong/sendMessage"),
+                "/bot42:wrong/sendMessage".to_string(),
                 json!({"chat_id": 1, "text": "x"}),
                 401,
                 "Unauthorized",
@@ -888,7 +889,8 @@ mod tests {
     #[tokio::test]
     async fn pushes_updates_with_the_secret_to_the_registered_webhook() {
         let (sim, base) = start(true).await;
-        let seen: Arc<Mutex<Vec<(Option<String>, Value)>>> = Arc::default();
+        type Seen = Vec<(Option<String>, Value)>;
+        let seen: Arc<Mutex<Seen>> = Arc::default();
         let record = seen.clone();
         let app = Router::new().route(
             "/hook",
