@@ -1099,6 +1099,28 @@ mod tests {
     }
 
     #[test]
+    fn bad_signature_fixtures_are_refused() {
+        let v = vectors();
+        let url = v["url"].as_str().unwrap();
+        let body = v["body"].as_str().unwrap();
+        let bad: Value = serde_json::from_str(&fixture("bad_signatures.json")).unwrap();
+        let cases = bad["cases"].as_array().unwrap();
+        assert!(cases.len() >= 10);
+        for case in cases {
+            let name = case["name"].as_str().unwrap();
+            let pairs: Vec<(&str, &str)> = case["headers"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+                .collect();
+            let p = provider("http://x");
+            let res = with_req(url, &headers(&pairs), body, |r| p.authenticate(r));
+            assert!(res.is_err(), "{name} was accepted");
+        }
+    }
+
+    #[test]
     fn a_v2_nonce_is_accepted_again_only_with_the_same_body() {
         let v = vectors();
         let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap().to_string();
