@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::providers::clicksend::ClickSendConfig;
+use crate::providers::plivo::PlivoConfig;
+use crate::providers::telegram::TelegramConfig;
 use crate::respondio::wire::IdType;
 use crate::secret::Secret;
 
@@ -161,6 +163,11 @@ pub struct ChannelConfig {
     /// The generic provider's mapping (`provider = "http"`).
     #[serde(default)]
     pub http: Option<crate::providers::generic::config::HttpConfig>,
+
+    #[serde(default)]
+    pub telegram: Option<TelegramConfig>,
+    #[serde(default)]
+    pub plivo: Option<PlivoConfig>,
     #[serde(flatten)]
     pub delivery: DeliveryConfig,
 }
@@ -434,6 +441,8 @@ const CHANNEL_KEYS: &[&str] = &[
     "webhook_secret",
     "clicksend",
     "http",
+    "telegram",
+    "plivo",
     "max_attempts",
     "max_age_secs",
     "backoff_base_ms",

@@ -73,6 +73,59 @@ fn check_config_accepts_the_example() {
     );
 }
 
+/// check-config on a provider example, with its variables set except those in `unset`.
+fn check_example(file: &str, vars: &[(&str, &str)], unset: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = bin();
+    cmd.args(["check-config", "--config"])
+        .arg(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR")));
+    for (k, v) in vars {
+        if unset.contains(k) {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_telegram_and_plivo_examples_and_missing_credentials() {
+    let tg = [
+        ("RIO_TG_TOKEN", "token"),
+        ("TELEGRAM_BOT_TOKEN", "123456:ABC-def_ghi"),
+        ("TELEGRAM_SECRET_TOKEN", "s3cret_token-value"),
+    ];
+    let (code, text) = check_example("telegram.toml", &tg, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    let tg_empty = [tg[0], ("TELEGRAM_BOT_TOKEN", ""), tg[2]];
+    let (code, text) = check_example("telegram.toml", &tg_empty, &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("channel[0].telegram.bot_token"), "{text}");
+    let (code, text) = check_example("telegram.toml", &tg, &["TELEGRAM_SECRET_TOKEN"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("TELEGRAM_SECRET_TOKEN"), "{text}");
+
+    let pl = [
+        ("RIO_PLIVO_TOKEN", "token"),
+        ("PLIVO_AUTH_ID", "MAZDQ1ZJIYMDZKMJQ2MZ"),
+        ("PLIVO_AUTH_TOKEN", "plivo-token"),
+    ];
+    let (code, text) = check_example("plivo.toml", &pl, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    let pl_empty = [pl[0], pl[1], ("PLIVO_AUTH_TOKEN", "")];
+    let (code, text) = check_example("plivo.toml", &pl_empty, &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("channel[0].plivo.auth_token"), "{text}");
+    assert!(
+        !text.contains("plivo-token"),
+        "a secret is never printed: {text}"
+    );
+}
+
 #[test]
 fn check_config_accepts_the_http_provider_examples_and_names_mapping_problems() {
     let check = |path: &std::path::Path| {

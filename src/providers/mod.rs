@@ -8,6 +8,9 @@
 pub mod clicksend;
 pub mod generic;
 
+pub mod plivo;
+pub mod telegram;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +18,7 @@ use async_trait::async_trait;
 use axum::http::{HeaderMap, StatusCode};
 
 use crate::config::ChannelConfig;
-use crate::respondio::wire::{Contact, Message, StatusValue};
+use crate::respondio::wire::{Contact, IdType, Message, StatusValue};
 use crate::secret::Secret;
 
 /// What a provider is built from besides its own config section.
@@ -64,12 +67,23 @@ pub fn build(ch: &ChannelConfig, env: ProviderEnv) -> anyhow::Result<Arc<dyn Pro
                 })?;
             Ok(Arc::new(generic::HttpProvider::new(compiled, env)))
         }
+        "telegram" => {
+            let tg = ch.telegram.clone().ok_or_else(|| missing("telegram"))?;
+            let media_base = format!("{}/channels/{}/media", env.public_url, env.channel);
+            Ok(Arc::new(telegram::Telegram::new(
+                tg, env.client, media_base,
+            )))
+        }
+        "plivo" => {
+            let pl = ch.plivo.clone().ok_or_else(|| missing("plivo"))?;
+            Ok(Arc::new(plivo::Plivo::new(pl, ch.id_type, env)))
+        }
         other => anyhow::bail!("channel {}: unknown provider {other}", ch.name),
     }
 }
 
 /// The providers `provider = "..."` accepts.
-pub const KNOWN: &[&str] = &["clicksend", "http"];
+pub const KNOWN: &[&str] = &["clicksend", "telegram", "plivo", "http"];
 
 /// Problems in a channel's provider settings, as (config key, message). `k` makes a key
 /// from a field name (`channel[0].{field}`).
@@ -91,6 +105,25 @@ pub fn config_problems(ch: &ChannelConfig, k: &dyn Fn(&str) -> String) -> Vec<(S
             }
         }
         "http" => out.extend(generic::problems(ch, k)),
+
+        "telegram" => {
+            // Chat ids are not phone numbers; groups need the g-prefixed custom form.
+            if ch.id_type != IdType::Custom {
+                out.push((
+                    k("id_type"),
+                    "must be \"custom\" for Telegram (contacts are chat ids, not phone numbers)"
+                        .into(),
+                ));
+            }
+            match &ch.telegram {
+                None => out.push(section_required("telegram")),
+                Some(c) => out.extend(c.problems(&k("telegram"))),
+            }
+        }
+        "plivo" => match &ch.plivo {
+            None => out.push(section_required("plivo")),
+            Some(c) => out.extend(c.problems(&k("plivo"))),
+        },
         other => out.push((
             k("provider"),
             format!("unknown provider {other:?} (known: {})", KNOWN.join(", ")),
@@ -373,6 +406,56 @@ mod tests {
             "{reason}"
         );
         assert!(reason.contains("127.0.0.1"), "{reason}");
+    }
+
+    /// One channel of `provider` with `extra` lines (id_type, the provider's section).
+    fn channel_problems(provider: &str, extra: &str) -> Vec<String> {
+        let text = format!(
+            "[[channel]]\nname = \"c\"\nrespondio_channel_id = \"CH\"\nrespondio_token = \"t\"\nprovider = \"{provider}\"\n{extra}"
+        );
+        match crate::config::Config::from_toml(&text, &|_| None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn registry_checks_telegram_and_plivo_sections() {
+        let tg = "[channel.telegram]\nbot_token = \"1:abc\"\nsecret_token = \"s\"\n";
+        assert!(channel_problems("telegram", &format!("id_type = \"custom\"\n{tg}")).is_empty());
+        let p = channel_problems("telegram", tg);
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("channel[0].id_type: must be \"custom\"")),
+            "{p:?}"
+        );
+        let p = channel_problems("telegram", "id_type = \"custom\"\n");
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("channel[0].telegram: section")),
+            "{p:?}"
+        );
+        let pl = "[channel.plivo]\nauth_id = \"MA1\"\nauth_token = \"t\"\nsrc = \"14155550199\"\n";
+        assert!(channel_problems("plivo", pl).is_empty());
+        let p = channel_problems("plivo", "");
+        assert!(
+            p.iter().any(|m| m.starts_with("channel[0].plivo: section")),
+            "{p:?}"
+        );
+        let p = channel_problems(
+            "plivo",
+            &pl.replace("auth_token = \"t\"", "auth_token = \"\""),
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("channel[0].plivo.auth_token")),
+            "{p:?}"
+        );
+        let p = channel_problems("nope", "");
+        assert!(
+            p.iter().any(|m| m.contains("clicksend, telegram, plivo")),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -2,3 +2,5 @@
 //! documented rules, record every raw arrival and never dedupe.
 
 pub mod clicksend;
+pub mod plivo;
+pub mod telegram;
