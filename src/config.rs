@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::providers::clicksend::ClickSendConfig;
+use crate::providers::twilio::TwilioConfig;
+use crate::providers::vonage::VonageConfig;
 use crate::respondio::wire::IdType;
 use crate::secret::Secret;
 
@@ -122,6 +124,10 @@ pub struct ChannelConfig {
     pub webhook_secret: Secret,
     #[serde(default)]
     pub clicksend: Option<ClickSendConfig>,
+    #[serde(default)]
+    pub twilio: Option<TwilioConfig>,
+    #[serde(default)]
+    pub vonage: Option<VonageConfig>,
     #[serde(flatten)]
     pub delivery: DeliveryConfig,
 }
@@ -379,6 +385,8 @@ const CHANNEL_KEYS: &[&str] = &[
     "provider",
     "webhook_secret",
     "clicksend",
+    "twilio",
+    "vonage",
     "max_attempts",
     "max_age_secs",
     "backoff_base_ms",

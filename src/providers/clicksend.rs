@@ -86,7 +86,7 @@ impl ClickSendConfig {
     }
 }
 
-fn api_base_problem(base: &str) -> Option<String> {
+pub(crate) fn api_base_problem(base: &str) -> Option<String> {
     let Ok(url) = url::Url::parse(base) else {
         return Some(format!("{base:?} is not a URL"));
     };

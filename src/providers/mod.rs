@@ -6,6 +6,9 @@
 //! is the core's job, so a provider file stays small and table-testable.
 
 pub mod clicksend;
+mod support;
+pub mod twilio;
+pub mod vonage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,12 +58,21 @@ pub fn build(ch: &ChannelConfig, env: ProviderEnv) -> anyhow::Result<Arc<dyn Pro
                 env.client,
             )))
         }
+        "twilio" => {
+            let tw = ch.twilio.clone().ok_or_else(|| missing("twilio"))?;
+            let status_url = env.webhook_url(WebhookRoute::Status);
+            Ok(Arc::new(twilio::Twilio::new(tw, status_url, env.client)))
+        }
+        "vonage" => {
+            let vo = ch.vonage.clone().ok_or_else(|| missing("vonage"))?;
+            Ok(Arc::new(vonage::Vonage::new(vo, env.client)))
+        }
         other => anyhow::bail!("channel {}: unknown provider {other}", ch.name),
     }
 }
 
 /// The providers `provider = "..."` accepts.
-pub const KNOWN: &[&str] = &["clicksend"];
+pub const KNOWN: &[&str] = &["clicksend", "twilio", "vonage"];
 
 /// Problems in a channel's provider settings, as (config key, message). `k` makes a key
 /// from a field name (`channel[0].{field}`).
@@ -81,6 +93,15 @@ pub fn config_problems(ch: &ChannelConfig, k: &dyn Fn(&str) -> String) -> Vec<(S
                 Some(c) => out.extend(c.problems(&k("clicksend"))),
             }
         }
+        // Twilio and Vonage sign their webhooks: no URL secret is needed.
+        "twilio" => match &ch.twilio {
+            None => out.push(section_required("twilio")),
+            Some(c) => out.extend(c.problems(&k("twilio"))),
+        },
+        "vonage" => match &ch.vonage {
+            None => out.push(section_required("vonage")),
+            Some(c) => out.extend(c.problems(&k("vonage"))),
+        },
         other => out.push((
             k("provider"),
             format!("unknown provider {other:?} (known: {})", KNOWN.join(", ")),
