@@ -6,7 +6,7 @@
 //! is the core's job, so a provider file stays small and table-testable.
 
 pub mod clicksend;
-mod support;
+pub(crate) mod support;
 pub mod twilio;
 pub mod vonage;
 

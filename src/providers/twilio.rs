@@ -141,8 +141,7 @@ impl TwilioConfig {
                 {
                     add(
                         "messaging_service_sid",
-                        "must be a Messaging Service SID (MG followed by 32 hex characters)"
-                            .into(),
+                        "must be a Messaging Service SID (MG followed by 32 hex characters)".into(),
                     );
                 }
             }
@@ -158,7 +157,9 @@ impl TwilioConfig {
 
     /// The sender is a WhatsApp address: recipients are too.
     fn is_whatsapp(&self) -> bool {
-        self.from.as_deref().is_some_and(|f| f.starts_with(WHATSAPP))
+        self.from
+            .as_deref()
+            .is_some_and(|f| f.starts_with(WHATSAPP))
     }
 }
 
@@ -239,7 +240,10 @@ impl Twilio {
                 // Twilio fetches the URL itself and carries any type it accepts (§2.8);
                 // the caption rides as the body.
                 form.push(("MediaUrl", attachment.url.clone()));
-                if let Some(d) = attachment.description.as_deref().filter(|d| !d.trim().is_empty())
+                if let Some(d) = attachment
+                    .description
+                    .as_deref()
+                    .filter(|d| !d.trim().is_empty())
                 {
                     form.push(("Body", d.to_string()));
                 }
@@ -350,8 +354,8 @@ impl Provider for Twilio {
         // Twilio's media auth takes the account (or API key) credentials (§2.8). The URL
         // redirects to a storage host; clients must not carry Authorization across it.
         let (user, secret) = self.credentials();
-        let token = base64::engine::general_purpose::STANDARD
-            .encode(format!("{user}:{}", secret.expose()));
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", secret.expose()));
         Ok(MediaFetch {
             url: source.to_string(),
             headers: vec![(
@@ -387,8 +391,8 @@ pub fn signing_string(url: &str, params: &[(String, String)]) -> String {
 /// Base64 HMAC-SHA1 of [`signing_string`] under the Auth Token: what Twilio puts in
 /// `X-Twilio-Signature`.
 pub fn sign(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
-    let mut mac = HmacSha1::new_from_slice(auth_token.as_bytes())
-        .expect("HMAC takes a key of any length");
+    let mut mac =
+        HmacSha1::new_from_slice(auth_token.as_bytes()).expect("HMAC takes a key of any length");
     mac.update(signing_string(url, params).as_bytes());
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
@@ -491,10 +495,7 @@ impl Form {
 
     /// A non-blank value.
     fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .get(name)
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
+        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
     }
 }
 
@@ -572,7 +573,11 @@ fn inbound_events(f: &Form, proxy_media: bool) -> Result<Vec<InboundEvent>, Stri
                 kind: kind_of(ct.as_deref().unwrap_or("")),
                 url: url.to_string(),
                 file_name: None,
-                description: if messages.is_empty() { body.clone() } else { None },
+                description: if messages.is_empty() {
+                    body.clone()
+                } else {
+                    None
+                },
             };
             let media = proxy_media.then(|| MediaRef {
                 source: url.to_string(),
@@ -581,7 +586,8 @@ fn inbound_events(f: &Form, proxy_media: bool) -> Result<Vec<InboundEvent>, Stri
             messages.push((Message::Attachment { attachment }, media));
         }
         if messages.is_empty() {
-            let text = body.ok_or_else(|| format!("inbound message {sid} has no body and no media"))?;
+            let text =
+                body.ok_or_else(|| format!("inbound message {sid} has no body and no media"))?;
             messages.push((Message::Text { text }, None));
         }
     }
@@ -591,7 +597,11 @@ fn inbound_events(f: &Form, proxy_media: bool) -> Result<Vec<InboundEvent>, Stri
         .enumerate()
         .map(|(i, (message, media))| InboundEvent {
             // The MessageSid identifies the webhook; later pictures of one MMS get a suffix.
-            dedupe_key: if i == 0 { sid.clone() } else { format!("{sid}#{i}") },
+            dedupe_key: if i == 0 {
+                sid.clone()
+            } else {
+                format!("{sid}#{i}")
+            },
             contact_id: contact_id.clone(),
             kind: InboundKind::Message,
             provider_id: sid.clone(),
@@ -625,10 +635,11 @@ fn receipt(f: &Form) -> Result<Receipt, String> {
     };
     let reason = (status == Some(StatusValue::Failed)).then(|| {
         let code = f.get("ErrorCode");
-        let text = f
-            .get("ErrorMessage")
-            .map(str::to_string)
-            .or_else(|| code.and_then(|c| c.parse().ok()).and_then(code_info).map(|i| i.1.to_string()));
+        let text = f.get("ErrorMessage").map(str::to_string).or_else(|| {
+            code.and_then(|c| c.parse().ok())
+                .and_then(code_info)
+                .map(|i| i.1.to_string())
+        });
         match (code, text) {
             (Some(c), Some(t)) => format!("{t} (Twilio error {c})"),
             (Some(c), None) => format!("Twilio error {c}"),
@@ -664,33 +675,101 @@ const CODES: &[(u32, &str, CodeClass)] = &[
     (20005, "Account not active", CodeClass::Channel),
     (20429, "Too many requests", CodeClass::Throttle),
     (14107, "SMS send rate limit exceeded", CodeClass::Throttle),
-    (63018, "Rate limit exceeded for channel", CodeClass::Throttle),
+    (
+        63018,
+        "Rate limit exceeded for channel",
+        CodeClass::Throttle,
+    ),
     (30001, "Queue overflow", CodeClass::Throttle),
-    (30022, "US A2P 10DLC rate limit exceeded", CodeClass::Throttle),
+    (
+        30022,
+        "US A2P 10DLC rate limit exceeded",
+        CodeClass::Throttle,
+    ),
     (30023, "US A2P 10DLC daily cap reached", CodeClass::Throttle),
-    (30027, "US A2P 10DLC T-Mobile daily limit reached", CodeClass::Throttle),
+    (
+        30027,
+        "US A2P 10DLC T-Mobile daily limit reached",
+        CodeClass::Throttle,
+    ),
     (21211, "Invalid 'To' phone number", CodeClass::Permanent),
-    (21614, "'To' number is not a valid mobile number", CodeClass::Permanent),
-    (21612, "'To' number cannot be reached by this sender", CodeClass::Permanent),
-    (21610, "Recipient has opted out (replied STOP)", CodeClass::Permanent),
+    (
+        21614,
+        "'To' number is not a valid mobile number",
+        CodeClass::Permanent,
+    ),
+    (
+        21612,
+        "'To' number cannot be reached by this sender",
+        CodeClass::Permanent,
+    ),
+    (
+        21610,
+        "Recipient has opted out (replied STOP)",
+        CodeClass::Permanent,
+    ),
     (21617, "Body exceeds 1600 characters", CodeClass::Permanent),
-    (30019, "Content size exceeds carrier limit", CodeClass::Permanent),
+    (
+        30019,
+        "Content size exceeds carrier limit",
+        CodeClass::Permanent,
+    ),
     (21620, "Invalid media URL", CodeClass::Permanent),
     (21623, "Too many media URLs", CodeClass::Permanent),
-    (21408, "Sending to this region is not enabled", CodeClass::Permanent),
-    (63016, "Outside the WhatsApp 24-hour window (a template is required)", CodeClass::Permanent),
-    (30003, "Unreachable destination handset", CodeClass::Permanent),
+    (
+        21408,
+        "Sending to this region is not enabled",
+        CodeClass::Permanent,
+    ),
+    (
+        63016,
+        "Outside the WhatsApp 24-hour window (a template is required)",
+        CodeClass::Permanent,
+    ),
+    (
+        30003,
+        "Unreachable destination handset",
+        CodeClass::Permanent,
+    ),
     (30004, "Message blocked", CodeClass::Permanent),
     (30005, "Unknown destination handset", CodeClass::Permanent),
-    (30006, "Landline or unreachable carrier", CodeClass::Permanent),
-    (30007, "Message filtered by the carrier", CodeClass::Permanent),
+    (
+        30006,
+        "Landline or unreachable carrier",
+        CodeClass::Permanent,
+    ),
+    (
+        30007,
+        "Message filtered by the carrier",
+        CodeClass::Permanent,
+    ),
     (30008, "Unknown error", CodeClass::Permanent),
-    (21606, "'From' is not a message-capable number of this account", CodeClass::Channel),
-    (21603, "A 'From' number or Messaging Service is required", CodeClass::Channel),
+    (
+        21606,
+        "'From' is not a message-capable number of this account",
+        CodeClass::Channel,
+    ),
+    (
+        21603,
+        "A 'From' number or Messaging Service is required",
+        CodeClass::Channel,
+    ),
     (21212, "Invalid 'From' number", CodeClass::Channel),
-    (21703, "The Messaging Service has no sender able to send", CodeClass::Channel),
-    (30032, "Toll-free number is not verified", CodeClass::Channel),
-    (30024, "Sender is not provisioned by the carrier", CodeClass::Channel),
+    (
+        21703,
+        "The Messaging Service has no sender able to send",
+        CodeClass::Channel,
+    ),
+    (
+        30032,
+        "Toll-free number is not verified",
+        CodeClass::Channel,
+    ),
+    (
+        30024,
+        "Sender is not provisioned by the carrier",
+        CodeClass::Channel,
+    ),
     (30002, "Account suspended", CodeClass::Channel),
 ];
 
@@ -710,7 +789,9 @@ fn classify(
     if (200..300).contains(&status) {
         let body = body.map_err(|e| SendError::Ambiguous(format!("HTTP {status} but {e}")))?;
         let v: Value = serde_json::from_slice(&body).map_err(|_| {
-            SendError::Ambiguous(format!("Twilio answered {status} with a body that is not JSON"))
+            SendError::Ambiguous(format!(
+                "Twilio answered {status} with a body that is not JSON"
+            ))
         })?;
         return match v.get("sid").and_then(Value::as_str).map(str::trim) {
             Some(sid) if !sid.is_empty() => Ok(Accepted {
@@ -731,7 +812,12 @@ fn classify(
                 v.get("message").and_then(Value::as_str).map(str::to_string),
             )
         })
-        .unwrap_or_else(|| (None, body.as_deref().ok().map(excerpt).filter(|s| !s.is_empty())));
+        .unwrap_or_else(|| {
+            (
+                None,
+                body.as_deref().ok().map(excerpt).filter(|s| !s.is_empty()),
+            )
+        });
     let reason = |what: &str| {
         let mut r = format!("{what} (HTTP {status}");
         if let Some(c) = code {

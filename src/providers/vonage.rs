@@ -22,8 +22,8 @@ use subtle::ConstantTimeEq;
 
 use super::support::{excerpt, read_capped, retry_after, rfc3339_ms, with_plus};
 use super::{
-    Accepted, InboundEvent, InboundKind, Provider, Receipt, SendError, SendRequest,
-    WebhookRequest, classify_transport_error,
+    Accepted, InboundEvent, InboundKind, Provider, Receipt, SendError, SendRequest, WebhookRequest,
+    classify_transport_error,
 };
 use crate::clock::now_ms;
 use crate::respondio::wire::{Attachment, AttachmentKind, Contact, Message, StatusValue};
@@ -290,7 +290,8 @@ pub fn verify_hs256(token: &str, secret: &Secret) -> Result<Map<String, Value>, 
         return Err("no signature_secret is configured for this channel".into());
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err("token is not a JWT (three dot-separated parts)".into());
     };
@@ -480,12 +481,17 @@ fn error_code(err: &Map<String, Value>) -> Option<String> {
     str_at(err, "type")
         .and_then(|t| t.rsplit_once('#').map(|(_, c)| c.to_string()))
         .filter(|c| !c.is_empty())
-        .or_else(|| err.get("title").and_then(Value::as_u64).map(|c| c.to_string()))
+        .or_else(|| {
+            err.get("title")
+                .and_then(Value::as_u64)
+                .map(|c| c.to_string())
+        })
 }
 
 fn receipt(o: &Map<String, Value>) -> Result<Receipt, String> {
     let uuid = str_at(o, "message_uuid").ok_or("status webhook has no message_uuid")?;
-    let raw = str_at(o, "status").ok_or_else(|| format!("status webhook for {uuid} has no status"))?;
+    let raw =
+        str_at(o, "status").ok_or_else(|| format!("status webhook for {uuid} has no status"))?;
     let status = match raw {
         "submitted" => Some(StatusValue::Sent),
         "delivered" => Some(StatusValue::Delivered),
@@ -497,7 +503,9 @@ fn receipt(o: &Map<String, Value>) -> Result<Receipt, String> {
         let err = o.get("error").and_then(Value::as_object);
         let code = err.and_then(error_code);
         let detail = err.and_then(|e| {
-            str_at(e, "detail").or_else(|| str_at(e, "title")).map(str::to_string)
+            str_at(e, "detail")
+                .or_else(|| str_at(e, "title"))
+                .map(str::to_string)
         });
         match (detail, code) {
             (Some(d), Some(c)) => format!("{d} (Vonage error {c})"),
@@ -540,11 +548,18 @@ fn classify(
         let body = body.map_err(|e| SendError::Ambiguous(format!("HTTP {status} but {e}")))?;
         let uuid = serde_json::from_slice::<Value>(&body)
             .ok()
-            .and_then(|v| v.get("message_uuid")?.as_str().map(str::trim).map(str::to_string))
+            .and_then(|v| {
+                v.get("message_uuid")?
+                    .as_str()
+                    .map(str::trim)
+                    .map(str::to_string)
+            })
             .filter(|u| !u.is_empty());
-        return uuid.map(|provider_id| Accepted { provider_id }).ok_or_else(|| {
-            SendError::Ambiguous(format!("Vonage answered {status} without a message_uuid"))
-        });
+        return uuid
+            .map(|provider_id| Accepted { provider_id })
+            .ok_or_else(|| {
+                SendError::Ambiguous(format!("Vonage answered {status} without a message_uuid"))
+            });
     }
     let problem = body
         .as_deref()

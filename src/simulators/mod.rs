@@ -2,3 +2,5 @@
 //! documented rules, record every raw arrival and never dedupe.
 
 pub mod clicksend;
+pub mod twilio;
+pub mod vonage;
