@@ -786,3 +786,47 @@ fn webhook_reply_is_empty_twiml() {
         assert_eq!(r.body, TWIML_EMPTY);
     }
 }
+
+/// What `rio-bridge check-config` prints comes from `Config::from_toml`'s problems.
+#[test]
+fn check_config_reports_missing_credentials() {
+    let toml = |section: &str| {
+        format!(
+            r#"
+[[channel]]
+name = "tw"
+respondio_channel_id = "CH1"
+respondio_token = "tok"
+provider = "twilio"
+{section}
+"#
+        )
+    };
+    let keys = |text: &str| -> Vec<String> {
+        match crate::config::Config::from_toml(text, &|_| None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|p| p.key).collect(),
+        }
+    };
+    let ok = format!(
+        "[channel.twilio]\naccount_sid = \"{AC}\"\nauth_token = \"t\"\nfrom = \"+14155550199\""
+    );
+    assert!(keys(&toml(&ok)).is_empty(), "{:?}", keys(&toml(&ok)));
+    assert_eq!(keys(&toml("")), ["channel[0].twilio"]);
+    assert_eq!(
+        keys(&toml(
+            &ok.replace("auth_token = \"t\"", "auth_token = \"\"")
+        )),
+        ["channel[0].twilio.auth_token"]
+    );
+    // An absent key is a deserialisation problem at the section's path.
+    let absent = keys(&toml(&ok.replace("auth_token = \"t\"\n", "")));
+    assert_eq!(absent.len(), 1);
+    assert!(absent[0].starts_with("channel[0].twilio"), "{absent:?}");
+    // Twilio signs its webhooks: no webhook_secret is needed.
+    assert!(
+        !keys(&toml(&ok))
+            .iter()
+            .any(|k| k.contains("webhook_secret"))
+    );
+}

@@ -710,3 +710,45 @@ fn signed_by_the_stand_in_is_authentic_here() {
     );
     assert!(with_req(Some(&forged), &body, |r| p.authenticate(r)).is_err());
 }
+
+/// What `rio-bridge check-config` prints comes from `Config::from_toml`'s problems.
+#[test]
+fn check_config_reports_missing_credentials() {
+    let toml = |section: &str| {
+        format!(
+            r#"
+[[channel]]
+name = "vo"
+respondio_channel_id = "CH1"
+respondio_token = "tok"
+provider = "vonage"
+{section}
+"#
+        )
+    };
+    let keys = |text: &str| -> Vec<String> {
+        match crate::config::Config::from_toml(text, &|_| None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|p| p.key).collect(),
+        }
+    };
+    let ok = "[channel.vonage]\napi_key = \"abcd1234\"\napi_secret = \"s\"\nsignature_secret = \"g\"\nfrom = \"447700900001\"";
+    assert!(keys(&toml(ok)).is_empty(), "{:?}", keys(&toml(ok)));
+    assert_eq!(keys(&toml("")), ["channel[0].vonage"]);
+    for (field, key) in [
+        ("api_secret = \"s\"", "channel[0].vonage.api_secret"),
+        (
+            "signature_secret = \"g\"",
+            "channel[0].vonage.signature_secret",
+        ),
+    ] {
+        let empty = ok.replace(
+            field,
+            &format!("{} = \"\"", field.split(' ').next().unwrap()),
+        );
+        assert_eq!(keys(&toml(&empty)), [key]);
+    }
+    let absent = keys(&toml(&ok.replace("signature_secret = \"g\"\n", "")));
+    assert_eq!(absent.len(), 1);
+    assert!(absent[0].starts_with("channel[0].vonage"), "{absent:?}");
+}
