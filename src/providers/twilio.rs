@@ -84,6 +84,11 @@ pub struct TwilioConfig {
     /// Service already has a status callback pointing at us).
     #[serde(default = "default_true")]
     pub status_callback: bool,
+    /// Twilio connection overrides (`rc=3&rp=5xx,ct,rt`), the URL fragment that turns on
+    /// Twilio's retries. Appended to the `StatusCallback` we pass; put the same fragment on
+    /// the inbound URL in the Twilio Console. Signatures are accepted with and without it.
+    #[serde(default)]
+    pub connection_overrides: Option<String>,
 }
 
 impl TwilioConfig {
@@ -152,7 +157,22 @@ impl TwilioConfig {
         if self.rate_limit == 0 {
             add("rate_limit", "must be at least 1 send per second".into());
         }
+        if let Some(p) = self
+            .connection_overrides
+            .as_deref()
+            .and_then(overrides_problem)
+        {
+            add("connection_overrides", p);
+        }
         out
+    }
+
+    /// The overrides fragment without its `#`, if any.
+    fn overrides(&self) -> Option<&str> {
+        self.connection_overrides
+            .as_deref()
+            .map(|o| o.trim().trim_start_matches('#'))
+            .filter(|o| !o.is_empty())
     }
 
     /// The sender is a WhatsApp address: recipients are too.
@@ -166,6 +186,25 @@ impl TwilioConfig {
 /// `AC`/`SK`/`MG` + 32 hex characters.
 fn sid_ok(sid: &str, prefix: &str) -> bool {
     sid.len() == 34 && sid.starts_with(prefix) && sid[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Twilio's override keys (webhooks-connection-overrides): connect/read/total timeouts,
+/// retry count and policy, SNI, edge.
+const OVERRIDE_KEYS: &[&str] = &["ct", "rt", "tt", "rc", "rp", "sni", "e"];
+
+fn overrides_problem(ov: &str) -> Option<String> {
+    let ov = ov.trim().trim_start_matches('#');
+    let bad = ov.split('&').find(|pair| {
+        !pair
+            .split_once('=')
+            .is_some_and(|(k, v)| OVERRIDE_KEYS.contains(&k) && !v.is_empty())
+    });
+    bad.map(|b| {
+        format!(
+            "{b:?} is not a Twilio connection override (key=value with key one of {}), e.g. rc=3&rp=5xx,ct,rt",
+            OVERRIDE_KEYS.join(", ")
+        )
+    })
 }
 
 fn sender_problem(from: &str) -> Option<String> {
@@ -198,6 +237,10 @@ pub struct Twilio {
 impl Twilio {
     /// `client` should not follow redirects (see `ClickSend::new`).
     pub fn new(cfg: TwilioConfig, status_url: String, client: reqwest::Client) -> Self {
+        let status_url = match cfg.overrides() {
+            Some(ov) => format!("{status_url}#{ov}"),
+            None => status_url,
+        };
         Twilio {
             cfg,
             client,
@@ -294,13 +337,21 @@ impl Provider for Twilio {
             .get(SIGNATURE_HEADER)
             .and_then(|v| v.to_str().ok())
             .ok_or("no X-Twilio-Signature header")?;
-        verify_signature(
-            &self.cfg.auth_token,
-            req.public_url,
-            req.content_type(),
-            req.body,
-            presented,
-        )
+        let check = |url: &str| {
+            verify_signature(
+                &self.cfg.auth_token,
+                url,
+                req.content_type(),
+                req.body,
+                presented,
+            )
+        };
+        // The fragment never reaches us; whether Twilio signs it is not documented, so a
+        // configured one is tried as well.
+        check(req.public_url).or_else(|e| match self.cfg.overrides() {
+            Some(ov) => check(&format!("{}#{ov}", req.public_url)).map_err(|_| e),
+            None => Err(e),
+        })
     }
 
     fn parse_inbound(&self, req: &WebhookRequest<'_>) -> Result<Vec<InboundEvent>, String> {

@@ -33,6 +33,7 @@ fn config(api_base: &str) -> TwilioConfig {
         rate_limit: 10,
         proxy_media: false,
         status_callback: true,
+        connection_overrides: None,
     }
 }
 
@@ -112,6 +113,14 @@ fn config_defaults_and_problems() {
             with("api_base", "https://u:p@api.twilio.com".into()),
         ),
         ("rate_limit", with("rate_limit", 0.into())),
+        (
+            "connection_overrides",
+            with("connection_overrides", "retries=3".into()),
+        ),
+        (
+            "connection_overrides",
+            with("connection_overrides", "rc=3&rp".into()),
+        ),
     ];
     for (key, v) in &cases {
         let cfg: TwilioConfig = serde_json::from_value(v.clone()).unwrap();
@@ -829,4 +838,34 @@ provider = "twilio"
             .iter()
             .any(|k| k.contains("webhook_secret"))
     );
+}
+
+#[tokio::test]
+async fn connection_overrides_ride_on_the_status_callback_and_verify_either_way() {
+    let (sim, base) = start_sim(false).await;
+    let mut cfg = config(&base);
+    cfg.connection_overrides = Some("#rc=3&rp=5xx,ct,rt".into());
+    assert!(cfg.problems("p").is_empty(), "{:?}", cfg.problems("p"));
+    let p = provider_with(cfg);
+    send(&p, &Message::Text { text: "hi".into() })
+        .await
+        .unwrap();
+    assert_eq!(
+        sim.sent()[0].param("StatusCallback"),
+        Some(format!("{STATUS_URL}#rc=3&rp=5xx,ct,rt").as_str())
+    );
+    let body = fixture("status_delivered.form");
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    for signed_url in [
+        STATUS_URL.to_string(),
+        format!("{STATUS_URL}#rc=3&rp=5xx,ct,rt"),
+    ] {
+        let sig = sign(TOKEN, &signed_url, &params);
+        let got = with_req(STATUS_URL, FORM, Some(&sig), &body, |r| p.authenticate(r));
+        assert!(got.is_ok(), "{signed_url}: {got:?}");
+    }
+    let sig = sign(TOKEN, &format!("{STATUS_URL}#rc=1"), &params);
+    assert!(with_req(STATUS_URL, FORM, Some(&sig), &body, |r| p.authenticate(r)).is_err());
 }
