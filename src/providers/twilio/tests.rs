@@ -869,3 +869,13 @@ async fn connection_overrides_ride_on_the_status_callback_and_verify_either_way(
     let sig = sign(TOKEN, &format!("{STATUS_URL}#rc=1"), &params);
     assert!(with_req(STATUS_URL, FORM, Some(&sig), &body, |r| p.authenticate(r)).is_err());
 }
+
+#[test]
+fn the_example_config_passes_check_config() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/twilio.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let cfg = crate::config::Config::from_toml(&text, &|k| Some(format!("value-of-{k}")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tw = cfg.channels[0].twilio.as_ref().unwrap();
+    assert_eq!(tw.overrides(), Some("rc=3&rp=5xx,ct,rt"));
+}

@@ -752,3 +752,12 @@ provider = "vonage"
     assert_eq!(absent.len(), 1);
     assert!(absent[0].starts_with("channel[0].vonage"), "{absent:?}");
 }
+
+#[test]
+fn the_example_config_passes_check_config() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/vonage.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let cfg = crate::config::Config::from_toml(&text, &|k| Some(format!("value-of-{k}")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.channels[0].vonage.as_ref().unwrap().channel, "sms");
+}
