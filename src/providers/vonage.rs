@@ -607,7 +607,7 @@ fn classify(
             reason: reason("Vonage throttled the send"),
         },
         // 402: low balance; 401/403: credentials or an account not enabled for the channel.
-        401 | 402 | 403 => SendError::ChannelFault(reason("Vonage refused the account")),
+        401..=403 => SendError::ChannelFault(reason("Vonage refused the account")),
         _ if is(ACCOUNT_CODES) => SendError::ChannelFault(reason("Vonage refused the account")),
         _ if is(SERVER_CODES) => SendError::Ambiguous(reason("Vonage failed to submit")),
         400..=499 => SendError::Permanent(reason("Vonage rejected the message")),

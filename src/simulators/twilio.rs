@@ -616,7 +616,15 @@ mod tests {
         let many: Vec<(&str, &str)> = std::iter::repeat_n(("MediaUrl", "https://x/a.jpg"), 11)
             .chain([("To", "+14155550100"), ("From", "+14155550199")])
             .collect();
-        let cases: Vec<(&str, Option<(&str, &str)>, Vec<(&str, &str)>, u16, u32)> = vec![
+        /// (name, Basic credentials, form, HTTP status, Twilio error code)
+        type Row<'a> = (
+            &'a str,
+            Option<(&'a str, &'a str)>,
+            Vec<(&'a str, &'a str)>,
+            u16,
+            u32,
+        );
+        let cases: Vec<Row> = vec![
             (
                 "no auth",
                 None,

@@ -558,7 +558,9 @@ mod tests {
             b[k] = v;
             b
         };
-        let cases: Vec<(&str, Option<(&str, &str)>, Value, u16, &str)> = vec![
+        /// (name, Basic credentials, body, HTTP status, problem type suffix)
+        type Row<'a> = (&'a str, Option<(&'a str, &'a str)>, Value, u16, &'a str);
+        let cases: Vec<Row> = vec![
             ("no auth", None, ok.clone(), 401, "#unauthorized"),
             (
                 "wrong secret",

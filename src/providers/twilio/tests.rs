@@ -239,10 +239,13 @@ fn authenticate_needs_the_header_and_a_token() {
     );
 }
 
+/// (dedupe key, contact, message, media source) of one expected event.
+type WantEvent = (&'static str, &'static str, Message, Option<&'static str>);
+
 struct InboundCase {
     fixture: &'static str,
     /// (dedupe key, contact, message, media source) per event, or the error's words.
-    want: Result<Vec<(&'static str, &'static str, Message, Option<&'static str>)>, &'static str>,
+    want: Result<Vec<WantEvent>, &'static str>,
     first_name: Option<&'static str>,
 }
 
@@ -459,7 +462,16 @@ fn kind(r: &Result<Accepted, SendError>) -> String {
 fn classify_table() {
     let f = |n: &str| Ok(fixture(n).into_bytes());
     type Body = Result<Vec<u8>, String>;
-    let cases: Vec<(&str, u16, Option<u64>, Body, &str, &str)> = vec![
+    /// (name, HTTP status, Retry-After, body, outcome, words in the reason)
+    type Row = (
+        &'static str,
+        u16,
+        Option<u64>,
+        Body,
+        &'static str,
+        &'static str,
+    );
+    let cases: Vec<Row> = vec![
         (
             "created",
             201,

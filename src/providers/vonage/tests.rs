@@ -333,7 +333,15 @@ fn inbound_table() {
 fn receipt_table() {
     use StatusValue::*;
     let uuid = "aaaaaaaa-bbbb-4ccc-8ddd-0123456789ab";
-    let cases: &[(&str, Option<StatusValue>, Option<&str>, &str, i64)] = &[
+    /// (fixture, status, reason words, dedupe key suffix, timestamp)
+    type Row = (
+        &'static str,
+        Option<StatusValue>,
+        Option<&'static str>,
+        &'static str,
+        i64,
+    );
+    let cases: &[Row] = &[
         (
             "status_submitted.json",
             Some(Sent),
@@ -421,7 +429,16 @@ fn kind(r: &Result<Accepted, SendError>) -> String {
 fn classify_table() {
     let f = |n: &str| Ok(fixture(n).into_bytes());
     type Body = Result<Vec<u8>, String>;
-    let cases: Vec<(&str, u16, Option<u64>, Body, &str, &str)> = vec![
+    /// (name, HTTP status, Retry-After, body, outcome, words in the reason)
+    type Row = (
+        &'static str,
+        u16,
+        Option<u64>,
+        Body,
+        &'static str,
+        &'static str,
+    );
+    let cases: Vec<Row> = vec![
         (
             "accepted",
             202,
