@@ -24,18 +24,46 @@ pub struct Channel {
     pub waiters: Arc<Waiters>,
 }
 
-pub struct AppState {
-    pub cfg: Config,
-    pub store: Arc<dyn Store>,
-    pub channels: HashMap<String, Arc<Channel>>,
+/// The configured channels. Replaced as a whole on a config reload; a request keeps the
+/// `Arc<Channel>` it started with, so a reload never cuts one off.
+#[derive(Default)]
+pub struct ChannelSet {
+    pub by_name: HashMap<String, Arc<Channel>>,
     /// respond.io channel id → our channel name, for `POST /message`.
     pub by_respondio_id: HashMap<String, String>,
+}
+
+pub struct AppState {
+    /// The config the process started with. Channel settings may since have been reloaded:
+    /// read them from [`Channel::cfg`]; server, store and media settings need a restart.
+    pub cfg: Config,
+    pub store: Arc<dyn Store>,
+    channels: std::sync::RwLock<Arc<ChannelSet>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub media: Arc<crate::media::MediaProxy>,
 }
 
 impl AppState {
-    pub fn channel(&self, name: &str) -> Option<&Arc<Channel>> {
-        self.channels.get(name)
+    /// A snapshot of the channels.
+    pub fn channels(&self) -> Arc<ChannelSet> {
+        self.channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn channel(&self, name: &str) -> Option<Arc<Channel>> {
+        self.channels().by_name.get(name).cloned()
+    }
+
+    pub fn channel_by_respondio_id(&self, id: &str) -> Option<Arc<Channel>> {
+        let set = self.channels();
+        let name = set.by_respondio_id.get(id)?;
+        set.by_name.get(name).cloned()
+    }
+
+    fn replace_channels(&self, set: ChannelSet) {
+        *self.channels.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
     }
 }
 
@@ -48,6 +76,81 @@ fn http_client(timeout_ms: u64) -> anyhow::Result<reqwest::Client> {
         .timeout(Duration::from_millis(timeout_ms))
         .pool_idle_timeout(Duration::from_secs(60))
         .build()?)
+}
+
+/// Builds every channel of `cfg` with its provider and lanes. `waiters` carries the
+/// `/message` waiters of channels that existed before a reload, so a request waiting
+/// across the reload hears the new lane's outcome.
+async fn build_channels(
+    cfg: &Config,
+    store: &Arc<dyn Store>,
+    waiters: &HashMap<String, Arc<Waiters>>,
+) -> anyhow::Result<(ChannelSet, Vec<LaneRunner>)> {
+    let respondio_http = http_client(30_000)?;
+    let mut set = ChannelSet::default();
+    let mut lanes = Vec::new();
+    for ch in &cfg.channels {
+        let provider = build_provider(cfg, ch)?;
+        let waiters = waiters.get(&ch.name).cloned().unwrap_or_default();
+        let client = RespondIoClient::new(
+            respondio_http.clone(),
+            ch.respondio_webhook_url.clone(),
+            ch.respondio_token.clone(),
+            ch.respondio_token_next.clone(),
+            ch.respondio_channel_id.clone(),
+            Duration::from_millis(ch.delivery.respondio_timeout_ms),
+        );
+        let to_respondio = LaneCtx::new(
+            ch.name.clone(),
+            Lane::RespondIo,
+            store.clone(),
+            Arc::new(ToRespondIo {
+                client,
+                max_events_per_call: ch.delivery.max_events_per_call,
+            }),
+            ch.delivery.clone(),
+            ch.respondio_rate_limit,
+            waiters.clone(),
+        );
+        let to_provider = LaneCtx::new(
+            ch.name.clone(),
+            Lane::Provider,
+            store.clone(),
+            Arc::new(ToProvider {
+                provider: provider.clone(),
+            }),
+            ch.delivery.clone(),
+            provider.rate_limit(),
+            waiters.clone(),
+        );
+        to_provider.set_status_lane(&to_respondio);
+        lanes.push(LaneRunner::new(to_respondio.clone()).await?);
+        lanes.push(LaneRunner::new(to_provider.clone()).await?);
+        set.by_respondio_id
+            .insert(ch.respondio_channel_id.clone(), ch.name.clone());
+        set.by_name.insert(
+            ch.name.clone(),
+            Arc::new(Channel {
+                cfg: ch.clone(),
+                provider,
+                to_respondio,
+                to_provider,
+                waiters,
+            }),
+        );
+    }
+    Ok((set, lanes))
+}
+
+fn build_provider(cfg: &Config, ch: &ChannelConfig) -> anyhow::Result<Arc<dyn Provider>> {
+    crate::providers::build(
+        ch,
+        ProviderEnv {
+            channel: ch.name.clone(),
+            public_url: cfg.server.public_url.trim_end_matches('/').to_string(),
+            client: http_client(ch.delivery.provider_timeout_ms)?,
+        },
+    )
 }
 
 /// A running gateway: its state, and the lane tasks to stop on shutdown.
@@ -79,70 +182,17 @@ impl App {
                 "items were in flight when the gateway last stopped: their next attempt is marked ambiguous"
             );
         }
-        let respondio_http = http_client(30_000)?;
-        let mut channels = HashMap::new();
-        let mut by_respondio_id = HashMap::new();
-        let mut lanes = Vec::new();
-        for ch in &cfg.channels {
-            let provider = crate::providers::build(
-                ch,
-                ProviderEnv {
-                    channel: ch.name.clone(),
-                    public_url: cfg.server.public_url.trim_end_matches('/').to_string(),
-                    client: http_client(ch.delivery.provider_timeout_ms)?,
-                },
-            )?;
-            let waiters = Arc::new(Waiters::default());
-            let client = RespondIoClient::new(
-                respondio_http.clone(),
-                ch.respondio_webhook_url.clone(),
-                ch.respondio_token.clone(),
-                ch.respondio_channel_id.clone(),
-                Duration::from_millis(ch.delivery.respondio_timeout_ms),
-            );
-            let to_respondio = LaneCtx::new(
-                ch.name.clone(),
-                Lane::RespondIo,
-                store.clone(),
-                Arc::new(ToRespondIo {
-                    client,
-                    max_events_per_call: ch.delivery.max_events_per_call,
-                }),
-                ch.delivery.clone(),
-                ch.respondio_rate_limit,
-                waiters.clone(),
-            );
-            let to_provider = LaneCtx::new(
-                ch.name.clone(),
-                Lane::Provider,
-                store.clone(),
-                Arc::new(ToProvider {
-                    provider: provider.clone(),
-                }),
-                ch.delivery.clone(),
-                provider.rate_limit(),
-                waiters.clone(),
-            );
-            to_provider.set_status_lane(&to_respondio);
-            lanes.push(LaneRunner::new(to_respondio.clone()).await?);
-            lanes.push(LaneRunner::new(to_provider.clone()).await?);
-            by_respondio_id.insert(ch.respondio_channel_id.clone(), ch.name.clone());
-            channels.insert(
-                ch.name.clone(),
-                Arc::new(Channel {
-                    cfg: ch.clone(),
-                    provider,
-                    to_respondio,
-                    to_provider,
-                    waiters,
-                }),
-            );
-        }
+        let (channels, lanes) = build_channels(&cfg, &store, &HashMap::new()).await?;
+        let media = Arc::new(crate::media::MediaProxy::open(
+            &cfg.media,
+            &cfg.store.path,
+            &cfg.server.public_url,
+        )?);
         let state = Arc::new(AppState {
+            media,
             cfg,
             store,
-            channels,
-            by_respondio_id,
+            channels: std::sync::RwLock::new(Arc::new(channels)),
             metrics: crate::http::metrics::handle(),
         });
         Ok(App { state, lanes })
@@ -155,15 +205,23 @@ impl App {
         listener: tokio::net::TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
+        self.run_with_reloads(listener, shutdown, None).await
+    }
+
+    /// As [`App::run`], and applies every config that arrives on `reloads` (`serve` sends
+    /// one per SIGHUP) without dropping a request: see [`reload`].
+    pub async fn run_with_reloads(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+        mut reloads: Option<tokio::sync::mpsc::Receiver<Config>>,
+    ) -> anyhow::Result<()> {
         let App { state, lanes } = self;
-        let lane_stop = CancellationToken::new();
-        let mut tasks = tokio::task::JoinSet::new();
-        for lane in lanes {
-            tasks.spawn(lane.run(lane_stop.clone()));
-        }
-        tasks.spawn(housekeeping(state.clone(), lane_stop.clone()));
+        let mut generation = Generation::start(lanes);
+        let house_stop = CancellationToken::new();
+        let house = tokio::spawn(housekeeping(state.clone(), house_stop.clone()));
         let router = crate::http::router(state.clone());
-        tracing::info!(listen = %listener.local_addr()?, channels = state.channels.len(), "rio-bridge serving");
+        tracing::info!(listen = %listener.local_addr()?, channels = state.channels().by_name.len(), "rio-bridge serving");
         let grace = Duration::from_millis(state.cfg.server.shutdown_grace_ms);
         let header_timeout = Duration::from_millis(state.cfg.server.header_read_timeout_ms);
         let served = tokio::spawn(crate::http::serve::serve(
@@ -172,7 +230,21 @@ impl App {
             shutdown.clone(),
             header_timeout,
         ));
-        shutdown.cancelled().await;
+        loop {
+            let next = async {
+                match reloads.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                cfg = next => match cfg {
+                    Some(cfg) => generation = reload(&state, cfg, generation).await,
+                    None => reloads = None,
+                },
+            }
+        }
         tracing::info!(
             "shutting down: no new connections; finishing in-flight requests and attempts"
         );
@@ -188,16 +260,140 @@ impl App {
             tracing::warn!("requests still open at the end of the grace period; closing them");
             served.abort();
         }
-        lane_stop.cancel();
-        let lanes_done = tokio::time::timeout_at(deadline, async {
-            while tasks.join_next().await.is_some() {}
-        });
-        if lanes_done.await.is_err() {
+        house_stop.cancel();
+        if !generation.stop(deadline).await {
             tracing::warn!(
                 "attempts still in flight at the end of the grace period; they will be ambiguous at the next start"
             );
         }
+        let _ = house.await;
         Ok(())
+    }
+}
+
+/// The lane tasks started together (at start-up, or by one reload).
+struct Generation {
+    stop: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Generation {
+    fn start(lanes: Vec<LaneRunner>) -> Generation {
+        let stop = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        for lane in lanes {
+            tasks.spawn(lane.run(stop.clone()));
+        }
+        Generation { stop, tasks }
+    }
+
+    /// Stops the lanes (each finishes or hands back its in-flight work); false if some
+    /// were still draining at `deadline`.
+    async fn stop(mut self, deadline: tokio::time::Instant) -> bool {
+        self.stop.cancel();
+        tokio::time::timeout_at(deadline, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok()
+    }
+}
+
+/// Applies a reloaded config. Channel settings (tokens, secrets, provider credentials,
+/// rates, retry policy, channels added or removed) take effect; server, store and media
+/// settings need a restart and are kept. Providers are built first, so a config that
+/// cannot work leaves everything as it was. Then the lanes stop (finishing or handing
+/// back in-flight attempts), the channel set is swapped, and new lanes start: they seed
+/// their rate limiters from the attempt log, so a reload never bursts past a limit.
+/// Requests in flight keep the channel they started with; `/message` waiters carry over.
+async fn reload(state: &Arc<AppState>, new: Config, old: Generation) -> Generation {
+    let restart_only = [
+        (
+            "server",
+            format!("{:?}", state.cfg.server) != format!("{:?}", new.server),
+        ),
+        (
+            "store",
+            format!("{:?}", state.cfg.store) != format!("{:?}", new.store),
+        ),
+        (
+            "media",
+            format!("{:?}", state.cfg.media) != format!("{:?}", new.media),
+        ),
+    ];
+    for (section, changed) in restart_only {
+        if changed {
+            tracing::warn!(
+                section,
+                "config reload: [{section}] changed; it takes effect only after a restart"
+            );
+        }
+    }
+    let mut merged = state.cfg.clone();
+    merged.channels = new.channels;
+    if let Some(e) = merged
+        .channels
+        .iter()
+        .find_map(|ch| build_provider(&merged, ch).err())
+    {
+        tracing::error!(error = %e, "config reload refused; the running config stays");
+        return old;
+    }
+    let before = state.channels();
+    let waiters: HashMap<String, Arc<Waiters>> = before
+        .by_name
+        .iter()
+        .map(|(n, c)| (n.clone(), c.waiters.clone()))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    if !old.stop(deadline).await {
+        tracing::warn!(
+            "config reload: some attempts were still in flight; they finish on their own"
+        );
+    }
+    match build_channels(&merged, &state.store, &waiters).await {
+        Ok((set, lanes)) => {
+            let added: Vec<&String> = set
+                .by_name
+                .keys()
+                .filter(|n| !before.by_name.contains_key(*n))
+                .collect();
+            let removed: Vec<&String> = before
+                .by_name
+                .keys()
+                .filter(|n| !set.by_name.contains_key(*n))
+                .collect();
+            tracing::info!(
+                channels = set.by_name.len(),
+                ?added,
+                ?removed,
+                "config reloaded"
+            );
+            if !removed.is_empty() {
+                tracing::warn!(
+                    ?removed,
+                    "removed channels keep their queued items in the store until they are configured again"
+                );
+            }
+            state.replace_channels(set);
+            Generation::start(lanes)
+        }
+        Err(e) => {
+            // The store refused (the providers built): restart the channels as they were.
+            tracing::error!(error = %e, "config reload failed; restarting the previous channels");
+            let mut previous = state.cfg.clone();
+            previous.channels = before.by_name.values().map(|c| c.cfg.clone()).collect();
+            match build_channels(&previous, &state.store, &waiters).await {
+                Ok((set, lanes)) => {
+                    state.replace_channels(set);
+                    Generation::start(lanes)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "lanes could not restart; /readyz stays red until the next reload or restart");
+                    Generation::start(Vec::new())
+                }
+            }
+        }
     }
 }
 
@@ -223,6 +419,11 @@ async fn housekeeping(state: Arc<AppState>, stop: CancellationToken) {
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "prune failed"),
+            }
+            let media = state.media.clone();
+            match tokio::task::spawn_blocking(move || media.prune()).await {
+                Ok(n) if n > 0 => tracing::info!(files = n, "pruned expired media"),
+                _ => {}
             }
         }
     }

@@ -22,8 +22,44 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
+}
+
+/// The media proxy (see `crate::media`): attachments respond.io cannot fetch as the
+/// provider gives them are served from `{public_url}/media/...`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Signs media URLs. Empty: a key is made once and kept in `dir/.key`. Several nodes
+    /// sharing one database must share one configured key.
+    pub key: Secret,
+    /// How long a media URL handed to respond.io stays valid (and its file cached).
+    pub ttl_secs: u64,
+    /// Largest file fetched.
+    pub max_bytes: u64,
+    /// Longest a fetch (all redirects and the body) may take.
+    pub fetch_timeout_ms: u64,
+    /// Allow fetching from loopback and private addresses (local stand-ins in tests only:
+    /// otherwise a forged media URL could read the operator's internal network).
+    pub allow_private: bool,
+    /// Where fetched files are cached; default `media/` beside the store file.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            key: Secret::default(),
+            ttl_secs: 7 * 86_400,
+            max_bytes: 25 << 20,
+            fetch_timeout_ms: 30_000,
+            allow_private: false,
+            dir: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -285,6 +321,21 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             out.push(problem("server.max_body_bytes", "must be at least 1024"));
+        }
+        if self.media.ttl_secs < 3600 {
+            out.push(problem(
+                "media.ttl_secs",
+                "must be at least 3600 (respond.io may fetch media late)",
+            ));
+        }
+        if !self.media.key.is_empty() && self.media.key.expose().len() < 32 {
+            out.push(problem("media.key", "must be at least 32 characters"));
+        }
+        if self.media.max_bytes == 0 {
+            out.push(problem("media.max_bytes", "must be at least 1"));
+        }
+        if !(1000..=600_000).contains(&self.media.fetch_timeout_ms) {
+            out.push(problem("media.fetch_timeout_ms", "must be 1000..=600000"));
         }
         if self.store.group_commit_max == 0 {
             out.push(problem("store.group_commit_max", "must be at least 1"));

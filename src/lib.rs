@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod lanes;
+pub mod media;
 pub mod providers;
 pub mod respondio;
 pub mod secret;

@@ -42,10 +42,18 @@ enum Command {
         #[command(subcommand)]
         what: Emulate,
     },
-    /// Gateway + respond.io emulator + ClickSend stand-in on loopback, on a throw-away
-    /// SQLite store: prints the URLs and a curl line for each flow.
     /// The benchmark harness: real HTTP on loopback against the real server (BENCHMARKS.md).
     Bench(rio_bridge::bench::BenchArgs),
+    /// Write a consistent copy of the SQLite store, safe while the gateway runs.
+    Backup {
+        #[arg(long, env = "RIO_BRIDGE_CONFIG", default_value = "rio-bridge.toml")]
+        config: PathBuf,
+        /// Where to write the copy (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Gateway + respond.io emulator + ClickSend stand-in on loopback, on a throw-away
+    /// SQLite store: prints the URLs and a curl line for each flow.
     Demo {
         /// Where the gateway listens.
         #[arg(long, default_value = "127.0.0.1:3030")]
@@ -120,6 +128,7 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Bench(args) => rio_bridge::bench::run(args).await,
+            Command::Backup { config, out } => backup(config, out).await,
             Command::Demo { listen } => rio_bridge::demo::run(listen, shutdown_signal()).await,
         }
         .map(|()| ExitCode::SUCCESS)
@@ -155,7 +164,34 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.server.listen))?;
     let app = rio_bridge::app::App::build(cfg).await?;
-    app.run(listener, shutdown_signal()).await
+    app.run_with_reloads(listener, shutdown_signal(), Some(reload_on_sighup(path)?))
+        .await
+}
+
+/// On each SIGHUP, reads the config file again; a valid one is handed to the running app,
+/// an invalid one is reported with every problem and changes nothing.
+fn reload_on_sighup(path: PathBuf) -> anyhow::Result<tokio::sync::mpsc::Receiver<Config>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+            match Config::load(&path) {
+                Ok(cfg) => {
+                    if tx.send(cfg).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    for p in &e.0 {
+                        tracing::error!(key = %p.key, problem = %p.message, "config reload refused; the running config stays");
+                    }
+                }
+            }
+        }
+    });
+    Ok(rx)
 }
 
 /// Cancelled on SIGTERM or Ctrl-C.
@@ -185,4 +221,20 @@ fn shutdown_signal() -> CancellationToken {
         t.cancel();
     });
     token
+}
+
+async fn backup(config: PathBuf, out: PathBuf) -> anyhow::Result<()> {
+    let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{}:\n{e}", config.display()))?;
+    let db = cfg.store.path.clone();
+    let r =
+        tokio::task::spawn_blocking(move || rio_bridge::store::backup::backup_sqlite(&db, &out))
+            .await??;
+    println!(
+        "backup written: {} ({} bytes, schema version {}, {} items)",
+        r.path.display(),
+        r.bytes,
+        r.schema_version,
+        r.items
+    );
+    Ok(())
 }

@@ -87,3 +87,64 @@ fn every_command_has_help() {
         assert!(!out.stdout.is_empty());
     }
 }
+
+#[test]
+fn backup_writes_a_checked_copy_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("store.db");
+    // The real schema, made by the store itself.
+    drop(
+        rio_bridge::store::sqlite::SqliteStore::open(&rio_bridge::config::StoreConfig {
+            path: db.clone(),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let cfg = dir.path().join("rio-bridge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[store]
+path = "{}"
+[[channel]]
+name = "sms"
+respondio_channel_id = "CH1"
+respondio_token = "t"
+provider = "clicksend"
+webhook_secret = "s"
+[channel.clicksend]
+username = "u"
+api_key = "k"
+"#,
+            db.display()
+        ),
+    )
+    .unwrap();
+    let out_path = dir.path().join("copy.db");
+    let run = || {
+        bin()
+            .args(["backup", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&out_path)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("backup written") && text.contains("0 items"),
+        "{text}"
+    );
+    assert!(out_path.exists());
+    let out = run();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing"));
+}

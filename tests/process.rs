@@ -271,3 +271,138 @@ async fn disk_full_answers_503_and_recovers_by_itself() {
     assert_eq!(stage.events().len(), 15, "no doubles");
     child.start_kill().ok();
 }
+
+fn sighup(child: &tokio::process::Child) {
+    let pid = child.id().expect("running") as i32;
+    // SAFETY: sending a signal to a child process we own.
+    unsafe {
+        libc::kill(pid, libc::SIGHUP);
+    }
+}
+
+/// SIGHUP reloads channel settings (here a rotated webhook secret) while respond.io keeps
+/// sending: no request fails, every send is delivered, the new secret works and the old one
+/// is refused; a broken config on the next SIGHUP changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_channel_settings_without_dropping_requests() {
+    const NEW_SECRET: &str = "rotated-hook-secret-789";
+    let stage = Stage::new(Opts::default()).await;
+    let mut child = spawn(&stage, "reload.log", false);
+    wait_ready(&stage.base()).await;
+    let inbound = |secret: &str| format!("{}/channels/sms/inbound?secret={secret}", stage.base());
+    assert_eq!(
+        stage
+            .sim
+            .push_inbound_to(&inbound(SECRET), "+61400000701", OUR_NUMBER, "old secret")
+            .await,
+        Ok(200)
+    );
+
+    // respond.io sends throughout the reload.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sender = {
+        let (stop, base) = (stop.clone(), stage.base());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut statuses = Vec::new();
+            let mut n = 0;
+            while !stop.is_cancelled() {
+                let r = http
+                    .post(format!("{base}/channels/sms/message"))
+                    .bearer_auth(TOKEN)
+                    .json(&serde_json::json!({
+                        "channelId": CHANNEL_ID,
+                        "contactId": format!("+6140000080{}", n % 7),
+                        "message": {"type": "text", "text": format!("during reload #{n}")}
+                    }))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                statuses.push(r);
+                n += 1;
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = std::fs::read_to_string(stage.config_path()).unwrap();
+    let rotated = text.replace(
+        &format!("webhook_secret = \"{SECRET}\""),
+        &format!("webhook_secret = \"{NEW_SECRET}\""),
+    );
+    assert_ne!(rotated, text);
+    std::fs::write(stage.config_path(), &rotated).unwrap();
+    sighup(&child);
+    wait_until("new secret accepted", 20, || async {
+        let s = stage
+            .sim
+            .push_inbound_to(
+                &inbound(NEW_SECRET),
+                "+61400000702",
+                OUR_NUMBER,
+                "new secret",
+            )
+            .await;
+        (s == Ok(200)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        stage
+            .sim
+            .push_inbound_to(
+                &inbound(SECRET),
+                "+61400000703",
+                OUR_NUMBER,
+                "old secret again"
+            )
+            .await,
+        Ok(403)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let statuses = sender.await.unwrap();
+    assert!(statuses.len() > 5, "{} sends", statuses.len());
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "every send during the reload answered 200: {statuses:?}"
+    );
+    let sent = statuses.len();
+    wait_until("every send delivered", 30, || async {
+        (stage.sim.sent_count() >= sent).then_some(())
+    })
+    .await;
+
+    // A broken config is refused and the running one stays.
+    std::fs::write(stage.config_path(), "this is [not toml").unwrap();
+    sighup(&child);
+    wait_until("refusal logged", 20, || async {
+        std::fs::read_to_string(stage.dir.path().join("reload.log"))
+            .unwrap()
+            .contains("config reload refused")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        stage
+            .sim
+            .push_inbound_to(
+                &inbound(NEW_SECRET),
+                "+61400000704",
+                OUR_NUMBER,
+                "still new"
+            )
+            .await,
+        Ok(200)
+    );
+    let contacts: Vec<String> = stage.events().iter().map(text_of).collect();
+    for t in ["old secret", "new secret", "still new"] {
+        wait_until(&format!("{t} delivered"), 20, || async {
+            stage.events().iter().any(|e| text_of(e) == t).then_some(())
+        })
+        .await;
+    }
+    assert!(!contacts.iter().any(|t| t == "old secret again"));
+    sigterm(&child);
+    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+}

@@ -18,7 +18,8 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let store = state.store.probe_write().await;
     let stopped: Vec<String> = state
-        .channels
+        .channels()
+        .by_name
         .values()
         .flat_map(|c| [&c.to_respondio, &c.to_provider])
         .filter(|l| !l.is_running())

@@ -26,7 +26,7 @@ pub async fn by_name(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(channel) = state.channel(&name).cloned() else {
+    let Some(channel) = state.channel(&name) else {
         return json_error(StatusCode::NOT_FOUND, "unknown channel");
     };
     if let Err(r) = check_token(&channel, &headers) {
@@ -56,9 +56,7 @@ pub async fn by_channel_id(
     let channel = req
         .channel_id
         .as_deref()
-        .and_then(|id| state.by_respondio_id.get(id))
-        .and_then(|name| state.channel(name))
-        .cloned();
+        .and_then(|id| state.channel_by_respondio_id(id));
     // An unknown channelId answers like a wrong token, so ids cannot be probed.
     let Some(channel) = channel else {
         return json_error(StatusCode::UNAUTHORIZED, "invalid token for this channelId");

@@ -46,7 +46,7 @@ pub async fn publish_lane_stats(state: &AppState) {
     };
     metrics::gauge!("rio_store_up").set(1.0);
     let now = now_ms();
-    for ch in state.channels.values() {
+    for ch in state.channels().by_name.values() {
         for lane in [crate::store::Lane::RespondIo, crate::store::Lane::Provider] {
             let s = stats
                 .iter()

@@ -1,6 +1,7 @@
 //! The HTTP surface: respond.io's `/message`, the providers' webhooks, health and metrics.
 
 pub mod health;
+pub mod media;
 pub mod message;
 pub mod metrics;
 pub mod serve;
@@ -34,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/channels/{name}/status",
             post(webhooks::status).get(webhooks::status),
         )
+        .route("/media/{channel}/{src}", get(media::get))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))

@@ -16,7 +16,7 @@ use super::json_error;
 use crate::app::{AppState, Channel};
 use crate::clock::now_ms;
 use crate::providers::{InboundEvent, InboundKind, WebhookRequest, WebhookRoute};
-use crate::respondio::wire::{Event, EventType};
+use crate::respondio::wire::{Event, EventType, Message};
 use crate::store::{IngestResult, ItemKind, NewInbound, ReceiptIn, ReceiptResult};
 
 /// The provider's expected answer to a webhook we took.
@@ -47,7 +47,6 @@ struct Incoming {
 fn prepare(state: &AppState, name: &str, uri: &axum::http::Uri) -> Result<Incoming, Response> {
     let channel = state
         .channel(name)
-        .cloned()
         .ok_or_else(|| json_error(StatusCode::NOT_FOUND, "unknown channel"))?;
     let base = state.cfg.server.public_url.trim_end_matches('/');
     let path_q = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -145,9 +144,10 @@ pub async fn inbound(
     {
         return store_raw(&state, ch, WebhookRoute::Inbound, &headers, &body, &bad).await;
     }
+    let now_s = (now_ms() / 1000) as u64;
     let items = match events
         .iter()
-        .map(to_new_inbound)
+        .map(|e| to_new_inbound(e, &state, &ch.cfg.name, now_s))
         .collect::<Result<Vec<_>, _>>()
     {
         Ok(items) => items,
@@ -178,14 +178,40 @@ pub async fn inbound(
                 .count();
             ch.to_respondio.add_backlog(stored);
             ch.to_respondio.wake();
+            for (e, r) in events.iter().zip(&results) {
+                if let (Some(m), IngestResult::Stored { .. }) = (&e.media, r) {
+                    state
+                        .media
+                        .prefetch(ch.cfg.name.clone(), ch.provider.clone(), m.clone());
+                }
+            }
             reply(ch, WebhookRoute::Inbound)
         }
         Err(e) => unavailable(&ch.cfg.name, e),
     }
 }
 
-fn to_new_inbound(e: &InboundEvent) -> Result<NewInbound, String> {
+fn to_new_inbound(
+    e: &InboundEvent,
+    state: &AppState,
+    channel: &str,
+    now_s: u64,
+) -> Result<NewInbound, String> {
     let mid = ulid::Ulid::new().to_string();
+    // An attachment respond.io cannot fetch as given goes out under our signed media URL.
+    let mut message = e.message.clone();
+    if let Some(media) = &e.media {
+        match &mut message {
+            Message::Attachment { attachment } => {
+                attachment.url = state.media.signed_url(channel, media, now_s);
+            }
+            _ => {
+                return Err(
+                    "provider gave proxied media for a message that is not an attachment".into(),
+                );
+            }
+        }
+    }
     let (kind, event_type) = match e.kind {
         InboundKind::Message => (ItemKind::Message, EventType::Message),
         InboundKind::Echo => (ItemKind::Echo, EventType::MessageEcho),
@@ -200,7 +226,7 @@ fn to_new_inbound(e: &InboundEvent) -> Result<NewInbound, String> {
         kind: event_type,
         mid: mid.clone(),
         timestamp: ts,
-        message: Some(e.message.clone()),
+        message: Some(message),
         status: None,
     };
     let contact_json = match &e.contact {

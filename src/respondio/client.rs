@@ -1,5 +1,6 @@
 //! The client for a channel's respond.io webhook: posts event envelopes and types the answer.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::providers::{SendError, classify_transport_error, parse_retry_after};
@@ -9,7 +10,11 @@ use crate::secret::Secret;
 pub struct RespondIoClient {
     http: reqwest::Client,
     url: String,
-    token: Secret,
+    /// The channel's token, then `respondio_token_next` during a rotation.
+    tokens: Vec<Secret>,
+    /// Which of `tokens` respond.io accepted last: a rotation that happened in respond.io
+    /// before the config was updated costs one 401, not a lane stuck on a channel fault.
+    preferred: AtomicUsize,
     channel_id: String,
     timeout: Duration,
 }
@@ -22,24 +27,58 @@ impl RespondIoClient {
         http: reqwest::Client,
         url: String,
         token: Secret,
+        token_next: Option<Secret>,
         channel_id: String,
         timeout: Duration,
     ) -> Self {
+        let mut tokens = vec![token];
+        tokens.extend(token_next.filter(|t| !t.is_empty()));
         RespondIoClient {
             http,
             url,
-            token,
+            tokens,
+            preferred: AtomicUsize::new(0),
             channel_id,
             timeout,
         }
     }
 
-    /// One webhook call. 2xx → Ok; 429 → Throttled; 401/403 → ChannelFault (token or
-    /// channel misconfigured: retrying each message would only fill the dead letters);
-    /// other 4xx → Permanent with respond.io's reason; 5xx/408 and transport errors →
-    /// retryable (the same mId is sent again).
+    /// One webhook call with the preferred token; on 401, once more with the other token
+    /// of a rotation (a 401 means respond.io did not take the call, so this cannot double
+    /// anything). The token that worked becomes the preferred one.
     pub async fn post(
         &self,
+        contact_id: &str,
+        events: &[Event],
+        contact: Option<&Contact>,
+    ) -> Result<(), SendError> {
+        let first = self.preferred.load(Ordering::Relaxed);
+        let result = self.post_with(first, contact_id, events, contact).await;
+        let unauthorized =
+            matches!(&result, Err(SendError::ChannelFault(r)) if r.contains(" 401:"));
+        if !unauthorized || self.tokens.len() < 2 {
+            return result;
+        }
+        let other = (first + 1) % self.tokens.len();
+        let retried = self.post_with(other, contact_id, events, contact).await;
+        if retried.is_ok() {
+            self.preferred.store(other, Ordering::Relaxed);
+            tracing::warn!(
+                channel_id = %self.channel_id,
+                now_using = if other == 0 { "respondio_token" } else { "respondio_token_next" },
+                "respond.io refused one token of the rotation and accepted the other: finish the rotation in the config"
+            );
+        }
+        retried
+    }
+
+    /// One webhook call with `tokens[which]`. 2xx → Ok; 429 → Throttled; 401/403 →
+    /// ChannelFault (token or channel misconfigured: retrying each message would only fill
+    /// the dead letters); other 4xx → Permanent with respond.io's reason; 5xx/408 and
+    /// transport errors → retryable (the same mId is sent again).
+    async fn post_with(
+        &self,
+        which: usize,
         contact_id: &str,
         events: &[Event],
         contact: Option<&Contact>,
@@ -53,7 +92,7 @@ impl RespondIoClient {
         let resp = self
             .http
             .post(&self.url)
-            .bearer_auth(self.token.expose())
+            .bearer_auth(self.tokens[which].expose())
             .header("Cache-Control", "no-cache")
             .timeout(self.timeout)
             .json(&envelope)

@@ -232,6 +232,18 @@ impl ClickSendSim {
         self.post_form(url, &form).await
     }
 
+    /// As [`ClickSendSim::push_inbound`], to another URL (e.g. with a rotated secret).
+    pub async fn push_inbound_to(
+        &self,
+        url: &str,
+        from: &str,
+        to: &str,
+        body: &str,
+    ) -> Result<u16, String> {
+        let form = self.inbound_form(from, to, body);
+        self.post_form(url, &form).await
+    }
+
     /// POSTs one delivery receipt for `message_id` to `receipt_url` (one attempt).
     pub async fn push_receipt(
         &self,
