@@ -7,7 +7,7 @@ mod provider_stage;
 
 use common::{CHANNEL_ID, wait_until};
 use provider_stage::{ProviderStage, free_port, start_emulator};
-use rio_bridge::simulators::twilio::{TwilioInbound, TwilioSim, TwilioSimConfig};
+use rio_bridge::simulators::twilio::{MEDIA_BYTES, TwilioInbound, TwilioSim, TwilioSimConfig};
 use serde_json::json;
 
 const AC: &str = "AC0123456789abcdef0123456789abcdef";
@@ -15,7 +15,9 @@ const AUTH_TOKEN: &str = "twilio-auth-token-0123456789";
 const OUR_NUMBER: &str = "+14155550199";
 const ALICE: &str = "+14155550100";
 
-async fn stage() -> (ProviderStage, TwilioSim) {
+/// `proxy_media`: the account enforces HTTP auth on media (the stand-in too), and the
+/// gateway's media proxy may fetch from loopback (the stand-in's address).
+async fn stage(proxy_media: bool) -> (ProviderStage, TwilioSim) {
     let (emulator, emulator_url) = start_emulator().await;
     let port = free_port();
     let sim = TwilioSim::new(TwilioSimConfig {
@@ -24,7 +26,7 @@ async fn stage() -> (ProviderStage, TwilioSim) {
         inbound_url: Some(format!("http://127.0.0.1:{port}/channels/tw/inbound")),
         auto_receipts: false,
         receipt_delay_ms: 0,
-        media_auth: false,
+        media_auth: proxy_media,
     });
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sim_base = format!("http://{}", l.local_addr().unwrap());
@@ -34,7 +36,10 @@ async fn stage() -> (ProviderStage, TwilioSim) {
 auth_token = "{AUTH_TOKEN}"
 from = "{OUR_NUMBER}"
 api_base = "{sim_base}"
-rate_limit = 50"#
+rate_limit = 50
+proxy_media = {proxy_media}
+[media]
+allow_private = {proxy_media}"#
     );
     let stage = ProviderStage::start(emulator, &emulator_url, port, "tw", "twilio", &section).await;
     (stage, sim)
@@ -42,7 +47,7 @@ rate_limit = 50"#
 
 #[tokio::test]
 async fn twilio_inbound_reply_receipts_and_forged_webhooks() {
-    let (stage, sim) = stage().await;
+    let (stage, sim) = stage(false).await;
 
     // A contact texts in: Twilio's signed webhook is answered with empty TwiML and becomes
     // a message event with the contact's phone.
@@ -233,5 +238,51 @@ async fn twilio_inbound_reply_receipts_and_forged_webhooks() {
         1,
         "{first:?}"
     );
+    stage.shutdown().await;
+}
+
+#[tokio::test]
+async fn twilio_media_behind_http_auth_reaches_respondio_through_the_media_proxy() {
+    let (stage, sim) = stage(true).await;
+    sim.push_inbound(&TwilioInbound {
+        from: ALICE.into(),
+        to: OUR_NUMBER.into(),
+        body: "the box".into(),
+        media: vec!["image/png".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ev = stage
+        .wait_event("inbound picture", "message", |_| true)
+        .await;
+    let att = &ev.event["message"]["attachment"];
+    assert_eq!(
+        (att["type"].as_str(), att["description"].as_str()),
+        (Some("image"), Some("the box"))
+    );
+    let url = att["url"].as_str().unwrap();
+    // respond.io gets our signed media URL, never Twilio's (which needs the account's
+    // credentials: the stand-in refuses it without them).
+    assert!(
+        url.starts_with(&format!("http://127.0.0.1:{}/media/tw/", stage.port)),
+        "{url}"
+    );
+    assert!(!url.contains(AUTH_TOKEN));
+    let http = reqwest::Client::new();
+    let resp = http.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), MEDIA_BYTES);
+    let twilio_url = sim
+        .inbound_form(&TwilioInbound {
+            from: ALICE.into(),
+            media: vec!["image/png".into()],
+            ..Default::default()
+        })
+        .into_iter()
+        .find(|(k, _)| k == "MediaUrl0")
+        .unwrap()
+        .1;
+    assert_eq!(http.get(&twilio_url).send().await.unwrap().status(), 401);
     stage.shutdown().await;
 }
