@@ -160,6 +160,9 @@ pub struct ChannelConfig {
     pub webhook_secret: Secret,
     #[serde(default)]
     pub clicksend: Option<ClickSendConfig>,
+    /// The generic provider's mapping (`provider = "http"`).
+    #[serde(default)]
+    pub http: Option<crate::providers::generic::config::HttpConfig>,
     #[serde(default)]
     pub twilio: Option<TwilioConfig>,
     #[serde(default)]
@@ -436,6 +439,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "provider",
     "webhook_secret",
     "clicksend",
+    "http",
     "twilio",
     "vonage",
     "max_attempts",

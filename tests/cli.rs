@@ -74,6 +74,51 @@ fn check_config_accepts_the_example() {
 }
 
 #[test]
+fn check_config_accepts_the_http_provider_examples_and_names_mapping_problems() {
+    let check = |path: &std::path::Path| {
+        bin()
+            .args(["check-config", "--config"])
+            .arg(path)
+            .env("RIO_TOKEN", "token")
+            .env("SMS_HOOK_SECRET", "a-long-webhook-secret-0123456789")
+            .env("CLICKSEND_USERNAME", "user")
+            .env("CLICKSEND_API_KEY", "key")
+            .env("VONAGE_API_KEY", "key")
+            .env("VONAGE_API_SECRET", "secret")
+            .output()
+            .unwrap()
+    };
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for name in ["http-clicksend.toml", "http-vonage-sms.toml"] {
+        let out = check(&examples.join(name));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let text = std::fs::read_to_string(examples.join("http-clicksend.toml"))
+        .unwrap()
+        .replace("to = \"{contact_id}\"", "to = \"{contact}\"")
+        .replace("id_pointer = \"/data/messages/0/message_id\"", "")
+        .replace("contact_id = \"from\"", "contact_id = \"/from\"");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for key in [
+        "channel[0].http.send.json.messages[0].to: unknown placeholder {contact}",
+        "channel[0].http.send.attachment.json.messages[0].to: unknown placeholder {contact}",
+        "channel[0].http.send.response.id_pointer: is required",
+        "channel[0].http.inbound.contact_id: \"/from\" looks like a JSON Pointer",
+    ] {
+        assert!(text.contains(key), "{key} missing in:\n{text}");
+    }
+}
+
+#[test]
 fn every_command_has_help() {
     for args in [
         vec!["--help"],

@@ -6,6 +6,7 @@
 //! is the core's job, so a provider file stays small and table-testable.
 
 pub mod clicksend;
+pub mod generic;
 pub(crate) mod support;
 pub mod twilio;
 pub mod vonage;
@@ -58,6 +59,14 @@ pub fn build(ch: &ChannelConfig, env: ProviderEnv) -> anyhow::Result<Arc<dyn Pro
                 env.client,
             )))
         }
+        "http" => {
+            let compiled =
+                generic::compile(ch, &|f| format!("channel {}: {f}", ch.name)).map_err(|p| {
+                    let lines: Vec<String> = p.iter().map(|(k, m)| format!("{k}: {m}")).collect();
+                    anyhow::anyhow!("{}", lines.join("; "))
+                })?;
+            Ok(Arc::new(generic::HttpProvider::new(compiled, env)))
+        }
         "twilio" => {
             let tw = ch.twilio.clone().ok_or_else(|| missing("twilio"))?;
             let status_url = env.webhook_url(WebhookRoute::Status);
@@ -72,7 +81,7 @@ pub fn build(ch: &ChannelConfig, env: ProviderEnv) -> anyhow::Result<Arc<dyn Pro
 }
 
 /// The providers `provider = "..."` accepts.
-pub const KNOWN: &[&str] = &["clicksend", "twilio", "vonage"];
+pub const KNOWN: &[&str] = &["clicksend", "http", "twilio", "vonage"];
 
 /// Problems in a channel's provider settings, as (config key, message). `k` makes a key
 /// from a field name (`channel[0].{field}`).
@@ -93,6 +102,7 @@ pub fn config_problems(ch: &ChannelConfig, k: &dyn Fn(&str) -> String) -> Vec<(S
                 Some(c) => out.extend(c.problems(&k("clicksend"))),
             }
         }
+        "http" => out.extend(generic::problems(ch, k)),
         // Twilio and Vonage sign their webhooks: no URL secret is needed.
         "twilio" => match &ch.twilio {
             None => out.push(section_required("twilio")),
@@ -318,11 +328,24 @@ pub trait Provider: Send + Sync {
 /// Classifies a reqwest error: a failure before the request was written cannot have been
 /// acted on; anything later might have been.
 pub fn classify_transport_error(e: &reqwest::Error) -> SendError {
+    let shown = transport_error_text(e);
     if e.is_connect() || e.is_builder() {
-        SendError::Unsent(format!("could not reach provider: {e}"))
+        SendError::Unsent(format!("could not reach provider: {shown}"))
     } else {
-        SendError::Ambiguous(format!("no answer from provider: {e}"))
+        SendError::Ambiguous(format!("no answer from provider: {shown}"))
     }
+}
+
+/// A transport error's text without its URL's path and query: some APIs carry a
+/// credential there (Telegram's `/bot<token>/`), and this text reaches logs, dead letters
+/// and respond.io.
+pub fn transport_error_text(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        let shown = format!("{}://{}/…", url.scheme(), url.host_str().unwrap_or("?"));
+        text = text.replace(url.as_str(), &shown);
+    }
+    text
 }
 
 /// Parses a `Retry-After` header value: delta-seconds or an HTTP-date. Never panics.
@@ -352,6 +375,26 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn transport_errors_never_show_the_url_path() {
+        // Nothing listens on port 9 of loopback: a connect error carrying the URL.
+        let e = reqwest::Client::new()
+            .post("http://127.0.0.1:9/bot123456:SECRET-TOKEN/sendMessage?key=also-secret")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("SECRET-TOKEN"),
+            "reqwest shows the URL: {e}"
+        );
+        let reason = classify_transport_error(&e).reason().to_string();
+        assert!(
+            !reason.contains("SECRET-TOKEN") && !reason.contains("also-secret"),
+            "{reason}"
+        );
+        assert!(reason.contains("127.0.0.1"), "{reason}");
+    }
 
     #[test]
     fn retry_after_forms() {
