@@ -8,6 +8,12 @@
 //! status callbacks the way Twilio does: form POSTs signed with `X-Twilio-Signature` over
 //! the exact URL. Status callbacks go to the `StatusCallback` each send named. It serves
 //! the inbound media it announces, behind Basic auth when `media_auth` is on.
+//!
+//! Control endpoints (JSON): `GET /_sim/sent` → `[TwilioArrival]`; `POST /_sim/faults` one
+//! fault or an array, e.g. `[{"http5xx":503},{"throttle":{"retry_after":2}},"unauthorized",
+//! {"api_error":{"status":400,"code":21211}},{"delay":500},"drop_connection"]`;
+//! `POST /_sim/inbound` `{"from","to","body"}` → `{"status"}`; `POST /_sim/status`
+//! `{"sid","status","error_code"?}` → `{"status"}`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,7 +51,8 @@ pub struct TwilioSimConfig {
 }
 
 /// A queued misbehaviour; each send call consumes one.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TwilioFault {
     /// This HTTP status (meant for 5xx) with Twilio's error body (code 20500).
     Http5xx(u16),
@@ -173,6 +180,10 @@ impl TwilioSim {
                 "/2010-04-01/Accounts/{account}/Messages/{message}/Media/{media}",
                 get(get_media),
             )
+            .route("/_sim/sent", get(ctl_sent))
+            .route("/_sim/faults", post(ctl_faults))
+            .route("/_sim/inbound", post(ctl_inbound))
+            .route("/_sim/status", post(ctl_status))
             .with_state(self.clone())
     }
 
@@ -574,6 +585,81 @@ async fn get_media(
     ([(header::CONTENT_TYPE, "image/png")], MEDIA_BYTES).into_response()
 }
 
+// ---- control endpoints (for tests and tools that only have a URL) ----
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+fn bad_request(e: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({ "error": e.to_string() })),
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct InboundReq {
+    from: String,
+    to: String,
+    body: String,
+}
+
+async fn ctl_sent(State(sim): State<TwilioSim>) -> Response {
+    axum::Json(sim.sent()).into_response()
+}
+
+async fn ctl_faults(State(sim): State<TwilioSim>, body: Bytes) -> Response {
+    let faults = match serde_json::from_slice::<OneOrMany<TwilioFault>>(&body) {
+        Ok(OneOrMany::One(f)) => vec![f],
+        Ok(OneOrMany::Many(fs)) => fs,
+        Err(e) => return bad_request(e),
+    };
+    let queued = faults.len();
+    faults.into_iter().for_each(|f| sim.push_fault(f));
+    axum::Json(json!({ "queued": queued })).into_response()
+}
+
+async fn ctl_inbound(State(sim): State<TwilioSim>, body: Bytes) -> Response {
+    let r: InboundReq = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let msg = TwilioInbound {
+        from: r.from,
+        to: r.to,
+        body: r.body,
+        ..Default::default()
+    };
+    match sim.push_inbound(&msg).await {
+        Ok((status, _, _)) => axum::Json(json!({ "status": status })).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, axum::Json(json!({ "error": e }))).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct StatusReq {
+    sid: String,
+    status: String,
+    #[serde(default)]
+    error_code: Option<u32>,
+}
+
+async fn ctl_status(State(sim): State<TwilioSim>, body: Bytes) -> Response {
+    let r: StatusReq = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    match sim.push_status(&r.sid, &r.status, r.error_code).await {
+        Ok(status) => axum::Json(json!({ "status": status })).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, axum::Json(json!({ "error": e }))).into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -887,5 +973,77 @@ mod tests {
             );
         }
         assert!(sim.push_status("SMunknown", "sent", None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn control_endpoints_queue_faults_and_list_sends() {
+        let (_sim, base) = start(cfg()).await;
+        let http = reqwest::Client::new();
+        let ctl = json!([{"http5xx": 502}, {"api_error": {"status": 400, "code": 21610}}, "unauthorized"]);
+        let v: Value = http
+            .post(format!("{base}/_sim/faults"))
+            .json(&ctl)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["queued"], 3);
+        let bad = http
+            .post(format!("{base}/_sim/faults"))
+            .body("[\"melt\"]")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), 400);
+        let form = [
+            ("To", "+14155550100"),
+            ("From", "+14155550199"),
+            ("Body", "hi"),
+        ];
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            codes.push(post(&base, Some((SID, TOKEN)), &form).await.0);
+        }
+        assert_eq!(codes, [502, 400, 401, 201]);
+        let sent: Value = http
+            .get(format!("{base}/_sim/sent"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let statuses: Vec<u64> = sent
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["status"].as_u64().unwrap())
+            .collect();
+        assert_eq!(statuses, [502, 400, 401, 201]);
+        assert!(sent[3]["sid"].as_str().unwrap().starts_with("SM"));
+        // Pushes need a target: no inbound_url, no StatusCallback for an unknown sid.
+        let r = http
+            .post(format!("{base}/_sim/inbound"))
+            .json(&json!({"from": "+14155550100", "to": "+14155550199", "body": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502);
+        let r = http
+            .post(format!("{base}/_sim/status"))
+            .json(&json!({"sid": "SMnope", "status": "delivered"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502);
+        let r = http
+            .post(format!("{base}/_sim/inbound"))
+            .json(&json!({"from": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
     }
 }

@@ -7,6 +7,12 @@
 //! every raw arrival and never dedupes. It pushes inbound messages and status webhooks
 //! like Vonage's signed webhooks: JSON with `Authorization: Bearer <JWT>`, HS256 under the
 //! signature secret, claims `iat`, `jti`, `iss`, `payload_hash`, `api_key`, `application_id`.
+//!
+//! Control endpoints (JSON): `GET /_sim/sent` → `[VonageArrival]`; `POST /_sim/faults` one
+//! fault or an array, e.g. `[{"http5xx":503},{"throttle":{"retry_after":2}},"unauthorized",
+//! {"problem":{"status":422,"code":1050,"title":"Number barred"}},{"delay":500}]`;
+//! `POST /_sim/inbound` `{"from","to","body"}` → `{"status"}`; `POST /_sim/status`
+//! `{"message_uuid","status"}` → `{"status"}`.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,7 +51,8 @@ pub struct VonageSimConfig {
 }
 
 /// A queued misbehaviour; each send call consumes one.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum VonageFault {
     /// This HTTP status (meant for 5xx) with a problem document.
     Http5xx(u16),
@@ -161,6 +168,10 @@ impl VonageSim {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/v1/messages", post(send_message))
+            .route("/_sim/sent", axum::routing::get(ctl_sent))
+            .route("/_sim/faults", post(ctl_faults))
+            .route("/_sim/inbound", post(ctl_inbound))
+            .route("/_sim/status", post(ctl_status))
             .with_state(self.clone())
     }
 
@@ -505,6 +516,72 @@ async fn send_message(State(sim): State<VonageSim>, headers: HeaderMap, body: By
     sim.handle_send(&headers, &body).await
 }
 
+// ---- control endpoints (for tests and tools that only have a URL) ----
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+fn bad_request(e: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({ "error": e.to_string() })),
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct InboundReq {
+    from: String,
+    to: String,
+    body: String,
+}
+
+fn pushed(r: Result<u16, String>) -> Response {
+    match r {
+        Ok(status) => axum::Json(json!({ "status": status })).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, axum::Json(json!({ "error": e }))).into_response(),
+    }
+}
+
+async fn ctl_sent(State(sim): State<VonageSim>) -> Response {
+    axum::Json(sim.sent()).into_response()
+}
+
+async fn ctl_faults(State(sim): State<VonageSim>, body: Bytes) -> Response {
+    let faults = match serde_json::from_slice::<OneOrMany<VonageFault>>(&body) {
+        Ok(OneOrMany::One(f)) => vec![f],
+        Ok(OneOrMany::Many(fs)) => fs,
+        Err(e) => return bad_request(e),
+    };
+    let queued = faults.len();
+    faults.into_iter().for_each(|f| sim.push_fault(f));
+    axum::Json(json!({ "queued": queued })).into_response()
+}
+
+async fn ctl_inbound(State(sim): State<VonageSim>, body: Bytes) -> Response {
+    match serde_json::from_slice::<InboundReq>(&body) {
+        Ok(r) => pushed(sim.push_inbound_text(&r.from, &r.to, &r.body).await),
+        Err(e) => bad_request(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct StatusReq {
+    message_uuid: String,
+    status: String,
+}
+
+async fn ctl_status(State(sim): State<VonageSim>, body: Bytes) -> Response {
+    match serde_json::from_slice::<StatusReq>(&body) {
+        Ok(r) => pushed(sim.push_status(&r.message_uuid, &r.status, None).await),
+        Err(e) => bad_request(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -734,5 +811,57 @@ mod tests {
                 ("/status", "delivered", uuid.as_str(), "mid-1")
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn control_endpoints_queue_faults_and_list_sends() {
+        let (_sim, base) = start(cfg()).await;
+        let http = reqwest::Client::new();
+        let ctl = json!([{"problem": {"status": 422, "code": 1050, "title": "Number barred"}}, {"throttle": {"retry_after": 1}}]);
+        let v: Value = http
+            .post(format!("{base}/_sim/faults"))
+            .json(&ctl)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["queued"], 2);
+        let ok = json!({"channel":"sms","message_type":"text","to":"447700900000","from":"447700900001","text":"hi"});
+        let mut codes = Vec::new();
+        for _ in 0..3 {
+            codes.push(
+                post(&base, Some(("abcd1234", "secret")), ok.clone())
+                    .await
+                    .0,
+            );
+        }
+        assert_eq!(codes, [422, 429, 202]);
+        let sent: Value = http
+            .get(format!("{base}/_sim/sent"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(sent.as_array().unwrap().len(), 3);
+        assert_eq!(sent[2]["body"]["text"], "hi");
+        assert!(sent[2]["message_uuid"].is_string());
+        let r = http
+            .post(format!("{base}/_sim/inbound"))
+            .json(&json!({"from": "447700900000", "to": "447700900001", "body": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502, "no inbound_url");
+        let r = http
+            .post(format!("{base}/_sim/faults"))
+            .body("{")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
     }
 }
