@@ -10,6 +10,9 @@ use serde::Deserialize;
 use crate::providers::clicksend::ClickSendConfig;
 use crate::providers::plivo::PlivoConfig;
 use crate::providers::telegram::TelegramConfig;
+
+use crate::providers::twilio::TwilioConfig;
+use crate::providers::vonage::VonageConfig;
 use crate::respondio::wire::IdType;
 use crate::secret::Secret;
 
@@ -168,6 +171,11 @@ pub struct ChannelConfig {
     pub telegram: Option<TelegramConfig>,
     #[serde(default)]
     pub plivo: Option<PlivoConfig>,
+
+    #[serde(default)]
+    pub twilio: Option<TwilioConfig>,
+    #[serde(default)]
+    pub vonage: Option<VonageConfig>,
     #[serde(flatten)]
     pub delivery: DeliveryConfig,
 }
@@ -443,6 +451,8 @@ const CHANNEL_KEYS: &[&str] = &[
     "http",
     "telegram",
     "plivo",
+    "twilio",
+    "vonage",
     "max_attempts",
     "max_age_secs",
     "backoff_base_ms",

@@ -7,6 +7,9 @@
 
 pub mod clicksend;
 pub mod generic;
+pub(crate) mod support;
+pub mod twilio;
+pub mod vonage;
 
 pub mod plivo;
 pub mod telegram;
@@ -78,12 +81,21 @@ pub fn build(ch: &ChannelConfig, env: ProviderEnv) -> anyhow::Result<Arc<dyn Pro
             let pl = ch.plivo.clone().ok_or_else(|| missing("plivo"))?;
             Ok(Arc::new(plivo::Plivo::new(pl, ch.id_type, env)))
         }
+        "twilio" => {
+            let tw = ch.twilio.clone().ok_or_else(|| missing("twilio"))?;
+            let status_url = env.webhook_url(WebhookRoute::Status);
+            Ok(Arc::new(twilio::Twilio::new(tw, status_url, env.client)))
+        }
+        "vonage" => {
+            let vo = ch.vonage.clone().ok_or_else(|| missing("vonage"))?;
+            Ok(Arc::new(vonage::Vonage::new(vo, env.client)))
+        }
         other => anyhow::bail!("channel {}: unknown provider {other}", ch.name),
     }
 }
 
 /// The providers `provider = "..."` accepts.
-pub const KNOWN: &[&str] = &["clicksend", "telegram", "plivo", "http"];
+pub const KNOWN: &[&str] = &["clicksend", "twilio", "telegram", "vonage", "plivo", "http"];
 
 /// Problems in a channel's provider settings, as (config key, message). `k` makes a key
 /// from a field name (`channel[0].{field}`).
@@ -105,7 +117,6 @@ pub fn config_problems(ch: &ChannelConfig, k: &dyn Fn(&str) -> String) -> Vec<(S
             }
         }
         "http" => out.extend(generic::problems(ch, k)),
-
         "telegram" => {
             // Chat ids are not phone numbers; groups need the g-prefixed custom form.
             if ch.id_type != IdType::Custom {
@@ -123,6 +134,15 @@ pub fn config_problems(ch: &ChannelConfig, k: &dyn Fn(&str) -> String) -> Vec<(S
         "plivo" => match &ch.plivo {
             None => out.push(section_required("plivo")),
             Some(c) => out.extend(c.problems(&k("plivo"))),
+        },
+        // Twilio and Vonage sign their webhooks: no URL secret is needed.
+        "twilio" => match &ch.twilio {
+            None => out.push(section_required("twilio")),
+            Some(c) => out.extend(c.problems(&k("twilio"))),
+        },
+        "vonage" => match &ch.vonage {
+            None => out.push(section_required("vonage")),
+            Some(c) => out.extend(c.problems(&k("vonage"))),
         },
         other => out.push((
             k("provider"),
@@ -453,7 +473,7 @@ mod tests {
         );
         let p = channel_problems("nope", "");
         assert!(
-            p.iter().any(|m| m.contains("clicksend, telegram, plivo")),
+            p.iter().any(|m| KNOWN.iter().all(|k| m.contains(k))),
             "{p:?}"
         );
     }

@@ -4,3 +4,6 @@
 pub mod clicksend;
 pub mod plivo;
 pub mod telegram;
+
+pub mod twilio;
+pub mod vonage;
