@@ -114,7 +114,10 @@ impl SimFaultRates {
     fn draw(&self) -> Option<RandomSimFault> {
         let mut r: f64 = rand::random();
         for (p, fault) in [
-            (self.server_error, RandomSimFault::As(SimFault::Http5xx(503))),
+            (
+                self.server_error,
+                RandomSimFault::As(SimFault::Http5xx(503)),
+            ),
             (
                 self.throttle,
                 RandomSimFault::As(SimFault::Throttle {
@@ -1166,7 +1169,10 @@ mod tests {
         assert_eq!(send().await.0, Some(503));
         rates(|r| r.throttle = 1.0);
         let (status, retry_after, ..) = send().await;
-        assert_eq!((status, retry_after.unwrap()), (Some(429), "1".parse().unwrap()));
+        assert_eq!(
+            (status, retry_after.unwrap()),
+            (Some(429), "1".parse().unwrap())
+        );
         rates(|r| r.throttle_bare = 1.0);
         let (status, retry_after, ..) = send().await;
         assert_eq!((status, retry_after), (Some(429), None));
@@ -1179,7 +1185,10 @@ mod tests {
         let (status, _, body, took) = send().await;
         assert_eq!(status, Some(200));
         assert!(body.unwrap().contains("SUCCESS"));
-        assert!(took >= Duration::from_millis(300), "late answer after {took:?}");
+        assert!(
+            took >= Duration::from_millis(300),
+            "late answer after {took:?}"
+        );
         rates(|r| r.slow_body = 1.0);
         let (status, _, body, took) = send().await;
         assert_eq!(status, Some(200));

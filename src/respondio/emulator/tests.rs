@@ -1441,18 +1441,28 @@ async fn random_faults_cover_every_kind_and_store_only_where_documented() {
     assert_eq!(post("m-500").await.0, Some(500));
     set(|r| r.throttle = 1.0);
     let (status, retry_after, ..) = post("m-429").await;
-    assert_eq!((status, retry_after), (Some(429), Some("1".parse().unwrap())));
+    assert_eq!(
+        (status, retry_after),
+        (Some(429), Some("1".parse().unwrap()))
+    );
     set(|r| r.throttle_bare = 1.0);
     let (status, retry_after, ..) = post("m-429-bare").await;
     assert_eq!((status, retry_after), (Some(429), None));
     set(|r| r.reset = 1.0);
     assert_eq!(post("m-reset").await.0, None);
     set(|r| r.hang = 1.0);
-    assert_eq!(post("m-hang").await.0, None, "no answer within the client's 2 s");
+    assert_eq!(
+        post("m-hang").await.0,
+        None,
+        "no answer within the client's 2 s"
+    );
     set(|r| r.slow = 1.0);
     let (status, _, _, took) = post("m-late").await;
     assert_eq!(status, Some(200));
-    assert!(took >= Duration::from_millis(300), "answered after {took:?}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "answered after {took:?}"
+    );
     set(|r| r.slow_body = 1.0);
     let (status, _, body, took) = post("m-slow-body").await;
     assert_eq!(status, Some(200));
