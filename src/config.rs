@@ -38,6 +38,9 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// A client must send its request headers within this (slow-header clients are cut off).
     pub header_read_timeout_ms: u64,
+    /// A client must send its whole request body within this after the headers (408 and
+    /// the connection closed otherwise).
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +52,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             shutdown_grace_ms: 10_000,
             header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
         }
     }
 }
@@ -75,6 +79,9 @@ pub struct StoreConfig {
     pub group_commit_max: usize,
     /// Delivered items, attempts and history older than this are pruned.
     pub retention_secs: u64,
+    /// How long a write waits for a lock another process holds on the database before the
+    /// request is answered 503.
+    pub busy_timeout_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -86,6 +93,7 @@ impl Default for StoreConfig {
             parked_receipt_ttl_secs: 86_400,
             group_commit_max: 256,
             retention_secs: 7 * 86_400,
+            busy_timeout_ms: 5000,
         }
     }
 }
@@ -279,6 +287,16 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             out.push(problem("server.max_body_bytes", "must be at least 1024"));
+        }
+        if !(100..=60_000).contains(&self.server.body_read_timeout_ms) {
+            out.push(problem(
+                "server.body_read_timeout_ms",
+                "must be 100..=60000",
+            ));
+        }
+        // Under the 30 s request timeout, so a lock shows up as 503, not 408.
+        if !(10..=20_000).contains(&self.store.busy_timeout_ms) {
+            out.push(problem("store.busy_timeout_ms", "must be 10..=20000"));
         }
         if self.store.group_commit_max == 0 {
             out.push(problem("store.group_commit_max", "must be at least 1"));

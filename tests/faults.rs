@@ -344,3 +344,203 @@ async fn provider_outage_longer_than_max_age_fails_loudly() {
         mids.len()
     );
 }
+
+/// Holds SQLite's write lock on `db` from another connection (as a backup tool or an
+/// operator's shell would) until `release` fires; `locked` fires once it is held.
+fn hold_write_lock(
+    db: std::path::PathBuf,
+    locked: tokio::sync::oneshot::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let _ = locked.send(());
+        let _ = release.recv();
+        conn.execute_batch("COMMIT").unwrap();
+    })
+}
+
+async fn status_of(req: reqwest::RequestBuilder) -> u16 {
+    req.send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+}
+
+/// Another process holds the database's write lock. Shorter than `busy_timeout_ms`: the
+/// gateway waits it out and answers 200. Longer: every webhook and `/message` is answered
+/// 503 (never 2xx), `/readyz` is red, and once the lock is released the gateway recovers
+/// by itself; everything refused and redelivered arrives.
+#[tokio::test]
+async fn a_locked_database_answers_503_and_recovers_by_itself() {
+    let stage = Stage::new(Opts {
+        server_extra: String::new(),
+        ..Opts::default()
+    })
+    .await;
+    std::fs::write(
+        stage.config_path(),
+        std::fs::read_to_string(stage.config_path())
+            .unwrap()
+            .replace("[store]\n", "[store]\nbusy_timeout_ms = 1500\n"),
+    )
+    .unwrap();
+    let gw = InProcess::start(&stage).await;
+    let http = reqwest::Client::new();
+    let readyz = format!("{}/readyz", stage.base());
+    let alice = "+61400000401";
+    assert_eq!(
+        stage.sim.push_inbound(alice, OUR_NUMBER, "before").await,
+        Ok(200)
+    );
+
+    // A short lock (well under busy_timeout_ms) is ridden out: answered 200, not 503.
+    let (locked_tx, locked) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let holder = hold_write_lock(stage.db_path(), locked_tx, release_rx);
+    locked.await.unwrap();
+    let push = tokio::spawn({
+        let sim = stage.sim.clone();
+        async move {
+            sim.push_inbound(alice, OUR_NUMBER, "during a short lock")
+                .await
+        }
+    });
+    // Hold the lock for a while (the push waits on it meanwhile), well within 1.5 s.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(!push.is_finished(), "the push waited for the lock");
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(push.await.unwrap(), Ok(200), "a short lock is waited out");
+
+    // A long lock: 503 everywhere, red readiness, nothing accepted.
+    let (locked_tx, locked) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let holder = hold_write_lock(stage.db_path(), locked_tx, release_rx);
+    locked.await.unwrap();
+    let mut refused = Vec::new();
+    for n in 0..3 {
+        let text = format!("during a long lock #{n}");
+        let status = stage.sim.push_inbound(alice, OUR_NUMBER, &text).await;
+        assert_eq!(status, Ok(503), "{text}");
+        refused.push(text);
+    }
+    let (status, body) = stage.send(alice, "reply during a long lock").await;
+    assert_eq!(status, 503, "/message while locked: {body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    assert_eq!(status_of(http.get(&readyz)).await, 503, "readyz is red");
+    assert_eq!(
+        status_of(http.get(format!("{}/healthz", stage.base()))).await,
+        200,
+        "the process itself is fine"
+    );
+
+    // The lock goes away: readiness comes back without a restart, redeliveries go through.
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    wait_until("readyz green again", 30, || async {
+        (status_of(http.get(&readyz)).await == 200).then_some(())
+    })
+    .await;
+    for text in &refused {
+        assert_eq!(
+            stage.sim.push_inbound(alice, OUR_NUMBER, text).await,
+            Ok(200)
+        );
+    }
+    let (status, body) = stage.send(alice, "reply after the lock").await;
+    assert_eq!(status, 200, "{body}");
+    let mid = body["mId"].as_str().unwrap().to_string();
+    let mut want: Vec<String> = vec!["before".into(), "during a short lock".into()];
+    want.extend(refused);
+    wait_until("everything at respond.io and the provider", 30, || async {
+        let got: Vec<String> = stage
+            .events_of_type("message")
+            .iter()
+            .map(text_of)
+            .collect();
+        let sent = accepted_mids(&stage.sim).contains(&mid);
+        (got == want && sent).then_some(())
+    })
+    .await;
+    gw.shutdown().await;
+}
+
+/// Clients that send their headers and then trickle the body are answered 408 and
+/// disconnected within `body_read_timeout_ms`, while others are served meanwhile.
+#[tokio::test]
+async fn a_client_that_trickles_its_body_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stage = Stage::new(Opts {
+        server_extra: "body_read_timeout_ms = 500".into(),
+        ..Opts::default()
+    })
+    .await;
+    let gw = InProcess::start(&stage).await;
+    let paths = [
+        format!("/channels/sms/inbound?secret={SECRET}"),
+        "/channels/sms/message".to_string(),
+    ];
+    let slow_clients: Vec<_> = (0..8)
+        .map(|i| {
+            let path = paths[i % 2].clone();
+            let port = stage.port;
+            tokio::spawn(async move {
+                let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                let head = format!(
+                    "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                     Authorization: Bearer {TOKEN}\r\nContent-Length: 1000\r\n\r\n"
+                );
+                sock.write_all(head.as_bytes()).await.unwrap();
+                let (mut rd, mut wr) = sock.into_split();
+                // One byte every 100 ms: it would take 100 s to finish.
+                let trickle = tokio::spawn(async move {
+                    for _ in 0..1000 {
+                        if wr.write_all(b" ").await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                });
+                let mut answer = Vec::new();
+                let mut buf = [0u8; 1024];
+                let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                    loop {
+                        match rd.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => answer.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                })
+                .await;
+                trickle.abort();
+                (
+                    closed.is_ok(),
+                    String::from_utf8_lossy(&answer).into_owned(),
+                )
+            })
+        })
+        .collect();
+    // Others are served while the slow clients hold their connections.
+    for n in 0..5 {
+        let status = stage
+            .sim
+            .push_inbound("+61400000501", OUR_NUMBER, &format!("meanwhile #{n}"))
+            .await;
+        assert_eq!(status, Ok(200));
+    }
+    for c in slow_clients {
+        let (closed, answer) = c.await.unwrap();
+        assert!(closed, "the slow client was not disconnected");
+        assert!(answer.starts_with("HTTP/1.1 408"), "answer: {answer:?}");
+        assert!(
+            answer.contains("did not arrive within 500 ms"),
+            "{answer:?}"
+        );
+    }
+    wait_until("the messages sent meanwhile arrive", 20, || async {
+        (stage.events_of_type("message").len() == 5).then_some(())
+    })
+    .await;
+    gw.shutdown().await;
+}

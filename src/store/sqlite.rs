@@ -40,9 +40,15 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn open_connection(path: &Path, sync: Synchronous) -> rusqlite::Result<Connection> {
+fn open_connection(
+    path: &Path,
+    sync: Synchronous,
+    busy_timeout_ms: u64,
+) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Another process holding a lock (a backup, an operator's sqlite3 shell) is waited for
+    // this long; past it the write fails and the request is answered 503.
+    conn.busy_timeout(std::time::Duration::from_millis(busy_timeout_ms))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(
         None,
@@ -75,7 +81,8 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let writer = open_connection(&cfg.path, cfg.synchronous).map_err(unavailable)?;
+        let writer = open_connection(&cfg.path, cfg.synchronous, cfg.busy_timeout_ms)
+            .map_err(unavailable)?;
         // The background checkpointer copies most pages; the writer checkpoints the short
         // tail itself once the WAL passes 16 MB. Without this, a WAL under steady writes
         // never gets back to its start (each PASSIVE checkpoint is overtaken by new
@@ -84,8 +91,10 @@ impl SqliteStore {
             .pragma_update(None, "wal_autocheckpoint", 4096)
             .map_err(unavailable)?;
         migrate(&writer).map_err(unavailable)?;
-        let reader = open_connection(&cfg.path, cfg.synchronous).map_err(unavailable)?;
-        let checkpointer = open_connection(&cfg.path, cfg.synchronous).map_err(unavailable)?;
+        let reader = open_connection(&cfg.path, cfg.synchronous, cfg.busy_timeout_ms)
+            .map_err(unavailable)?;
+        let checkpointer = open_connection(&cfg.path, cfg.synchronous, cfg.busy_timeout_ms)
+            .map_err(unavailable)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let batch_max = cfg.group_commit_max.max(1);
         std::thread::Builder::new()
