@@ -392,75 +392,87 @@ async fn a_locked_database_answers_503_and_recovers_by_itself() {
         Ok(200)
     );
 
-    // A short lock (well under busy_timeout_ms) is ridden out: answered 200, not 503.
-    let (locked_tx, locked) = tokio::sync::oneshot::channel();
-    let (release, release_rx) = std::sync::mpsc::channel();
-    let holder = hold_write_lock(stage.db_path(), locked_tx, release_rx);
-    locked.await.unwrap();
-    let push = tokio::spawn({
-        let sim = stage.sim.clone();
-        async move {
-            sim.push_inbound(alice, OUR_NUMBER, "during a short lock")
+    // One round in CI, more under RIO_LONG=1.
+    let mut want: Vec<String> = vec!["before".into()];
+    for round in 0..scaled(1, 4) {
+        // A short lock (well under busy_timeout_ms) is ridden out: answered 200, not 503.
+        let (locked_tx, locked) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let holder = hold_write_lock(stage.db_path(), locked_tx, release_rx);
+        locked.await.unwrap();
+        let push = tokio::spawn({
+            let sim = stage.sim.clone();
+            async move {
+                sim.push_inbound(
+                    alice,
+                    OUR_NUMBER,
+                    &format!("during a short lock, round {round}"),
+                )
                 .await
+            }
+        });
+        // Hold the lock for a while (the push waits on it meanwhile), well within 1.5 s.
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert!(!push.is_finished(), "the push waited for the lock");
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        assert_eq!(push.await.unwrap(), Ok(200), "a short lock is waited out");
+
+        // A long lock: 503 everywhere, red readiness, nothing accepted.
+        let (locked_tx, locked) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let holder = hold_write_lock(stage.db_path(), locked_tx, release_rx);
+        locked.await.unwrap();
+        let mut refused = Vec::new();
+        for n in 0..3 {
+            let text = format!("during a long lock #{n}, round {round}");
+            let status = stage.sim.push_inbound(alice, OUR_NUMBER, &text).await;
+            assert_eq!(status, Ok(503), "{text}");
+            refused.push(text);
         }
-    });
-    // Hold the lock for a while (the push waits on it meanwhile), well within 1.5 s.
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    assert!(!push.is_finished(), "the push waited for the lock");
-    release.send(()).unwrap();
-    holder.join().unwrap();
-    assert_eq!(push.await.unwrap(), Ok(200), "a short lock is waited out");
-
-    // A long lock: 503 everywhere, red readiness, nothing accepted.
-    let (locked_tx, locked) = tokio::sync::oneshot::channel();
-    let (release, release_rx) = std::sync::mpsc::channel();
-    let holder = hold_write_lock(stage.db_path(), locked_tx, release_rx);
-    locked.await.unwrap();
-    let mut refused = Vec::new();
-    for n in 0..3 {
-        let text = format!("during a long lock #{n}");
-        let status = stage.sim.push_inbound(alice, OUR_NUMBER, &text).await;
-        assert_eq!(status, Ok(503), "{text}");
-        refused.push(text);
-    }
-    let (status, body) = stage.send(alice, "reply during a long lock").await;
-    assert_eq!(status, 503, "/message while locked: {body}");
-    assert!(body["error"]["message"].is_string(), "{body}");
-    assert_eq!(status_of(http.get(&readyz)).await, 503, "readyz is red");
-    assert_eq!(
-        status_of(http.get(format!("{}/healthz", stage.base()))).await,
-        200,
-        "the process itself is fine"
-    );
-
-    // The lock goes away: readiness comes back without a restart, redeliveries go through.
-    release.send(()).unwrap();
-    holder.join().unwrap();
-    wait_until("readyz green again", 30, || async {
-        (status_of(http.get(&readyz)).await == 200).then_some(())
-    })
-    .await;
-    for text in &refused {
+        let (status, body) = stage
+            .send(alice, &format!("reply during a long lock, round {round}"))
+            .await;
+        assert_eq!(status, 503, "/message while locked: {body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
+        assert_eq!(status_of(http.get(&readyz)).await, 503, "readyz is red");
         assert_eq!(
-            stage.sim.push_inbound(alice, OUR_NUMBER, text).await,
-            Ok(200)
+            status_of(http.get(format!("{}/healthz", stage.base()))).await,
+            200,
+            "the process itself is fine"
         );
+
+        // The lock goes away: readiness comes back without a restart, redeliveries go through.
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        wait_until("readyz green again", 30, || async {
+            (status_of(http.get(&readyz)).await == 200).then_some(())
+        })
+        .await;
+        for text in &refused {
+            assert_eq!(
+                stage.sim.push_inbound(alice, OUR_NUMBER, text).await,
+                Ok(200)
+            );
+        }
+        let (status, body) = stage
+            .send(alice, &format!("reply after the lock, round {round}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let mid = body["mId"].as_str().unwrap().to_string();
+        want.push(format!("during a short lock, round {round}"));
+        want.extend(refused);
+        wait_until("everything at respond.io and the provider", 30, || async {
+            let got: Vec<String> = stage
+                .events_of_type("message")
+                .iter()
+                .map(text_of)
+                .collect();
+            let sent = accepted_mids(&stage.sim).contains(&mid);
+            (got == want && sent).then_some(())
+        })
+        .await;
     }
-    let (status, body) = stage.send(alice, "reply after the lock").await;
-    assert_eq!(status, 200, "{body}");
-    let mid = body["mId"].as_str().unwrap().to_string();
-    let mut want: Vec<String> = vec!["before".into(), "during a short lock".into()];
-    want.extend(refused);
-    wait_until("everything at respond.io and the provider", 30, || async {
-        let got: Vec<String> = stage
-            .events_of_type("message")
-            .iter()
-            .map(text_of)
-            .collect();
-        let sent = accepted_mids(&stage.sim).contains(&mid);
-        (got == want && sent).then_some(())
-    })
-    .await;
     gw.shutdown().await;
 }
 
@@ -479,7 +491,7 @@ async fn a_client_that_trickles_its_body_is_cut_off() {
         format!("/channels/sms/inbound?secret={SECRET}"),
         "/channels/sms/message".to_string(),
     ];
-    let slow_clients: Vec<_> = (0..8)
+    let slow_clients: Vec<_> = (0..scaled(8, 64))
         .map(|i| {
             let path = paths[i % 2].clone();
             let port = stage.port;

@@ -42,7 +42,7 @@ async fn sigterm_stops_gracefully_and_loses_nothing() {
     let mut child = spawn(&stage, "run1.log", false);
     wait_ready(&stage.base()).await;
     let mut acked = Vec::new();
-    for n in 0..40 {
+    for n in 0..scaled(40, 400) {
         let text = format!("before term #{n}");
         if stage
             .sim
@@ -54,7 +54,7 @@ async fn sigterm_stops_gracefully_and_loses_nothing() {
         }
     }
     let mut mids = Vec::new();
-    for n in 0..20 {
+    for n in 0..scaled(20, 200) {
         let (s, b) = stage
             .send(&format!("+6140000090{}", n % 4), &format!("send #{n}"))
             .await;
@@ -79,16 +79,25 @@ async fn sigterm_stops_gracefully_and_loses_nothing() {
     // Restart: everything acknowledged arrives.
     let _child = spawn(&stage, "run2.log", false);
     wait_ready(&stage.base()).await;
-    wait_until("every acknowledged message at respond.io", 60, || async {
-        let seen: std::collections::HashSet<String> = stage.events().iter().map(text_of).collect();
-        acked.iter().all(|t| seen.contains(t)).then_some(())
-    })
+    wait_until(
+        "every acknowledged message at respond.io",
+        scaled(60, 300),
+        || async {
+            let seen: std::collections::HashSet<String> =
+                stage.events().iter().map(text_of).collect();
+            acked.iter().all(|t| seen.contains(t)).then_some(())
+        },
+    )
     .await;
-    wait_until("every acknowledged send at the provider", 60, || async {
-        let seen: std::collections::HashSet<String> =
-            accepted_mids(&stage.sim).into_iter().collect();
-        mids.iter().all(|m| seen.contains(m)).then_some(())
-    })
+    wait_until(
+        "every acknowledged send at the provider",
+        scaled(60, 300),
+        || async {
+            let seen: std::collections::HashSet<String> =
+                accepted_mids(&stage.sim).into_iter().collect();
+            mids.iter().all(|m| seen.contains(m)).then_some(())
+        },
+    )
     .await;
     let log = std::fs::read_to_string(stage.dir.path().join("run1.log")).unwrap();
     assert!(log.contains("shutting down"), "{log}");
@@ -210,64 +219,76 @@ async fn disk_full_answers_503_and_recovers_by_itself() {
                 .unwrap_or(0)
         }
     };
-    for n in 0..5 {
-        assert_eq!(push(n).await, 200);
-    }
-    wait_until("the first messages at respond.io", 20, || async {
-        (stage.events().len() >= 5).then_some(())
-    })
-    .await;
+    // Each round: a few messages go through, the disk fills up, everything is refused,
+    // space comes back and the refused messages are redelivered. One round in CI; more
+    // under RIO_LONG=1.
+    let rounds = scaled(1, 5);
+    let mut n = 0;
+    for round in 0..rounds {
+        for _ in 0..5 {
+            assert_eq!(push(n).await, 200, "round {round}: disk #{n}");
+            n += 1;
+        }
+        let want = n;
+        wait_until("the first messages at respond.io", 20, || async {
+            (stage.events().len() >= want).then_some(())
+        })
+        .await;
 
-    // The disk is full: no file may grow by a byte.
-    set_fsize_limit(&child, Some(1));
-    let mut refused = Vec::new();
-    for n in 5..15 {
-        let status = push(n).await;
-        assert_ne!(
-            status, 200,
-            "message {n} was acknowledged while nothing could be written"
-        );
-        refused.push((n, status));
-    }
-    if !refused.iter().all(|&(_, s)| s == 503) {
-        let log =
-            std::fs::read_to_string(stage.dir.path().join("diskfull.log")).unwrap_or_default();
-        let tail: Vec<&str> = log
-            .lines()
-            .filter(|l| !l.contains("DEBUG"))
-            .rev()
-            .take(15)
-            .collect();
-        panic!("{refused:?}\n{}", tail.join("\n"));
-    }
-    let ready = reqwest::get(format!("{}/readyz", stage.base()))
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503, "readiness stays green on a full disk");
-    let (s, b) = stage.send("+61400000075", "during the outage").await;
-    assert_eq!(s, 503, "{b}");
-
-    // Space is back: the gateway recovers without a restart.
-    set_fsize_limit(&child, None);
-    wait_until("readiness back", 30, || async {
-        let r = reqwest::get(format!("{}/readyz", stage.base()))
+        // The disk is full: no file may grow by a byte.
+        set_fsize_limit(&child, Some(1));
+        let mut refused = Vec::new();
+        for _ in 0..10 {
+            let status = push(n).await;
+            assert_ne!(
+                status, 200,
+                "message {n} was acknowledged while nothing could be written"
+            );
+            refused.push((n, status));
+            n += 1;
+        }
+        if !refused.iter().all(|&(_, s)| s == 503) {
+            let log =
+                std::fs::read_to_string(stage.dir.path().join("diskfull.log")).unwrap_or_default();
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("DEBUG"))
+                .rev()
+                .take(15)
+                .collect();
+            panic!("{refused:?}\n{}", tail.join("\n"));
+        }
+        let ready = reqwest::get(format!("{}/readyz", stage.base()))
             .await
-            .ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
-    // The provider redelivers what was refused.
-    for (n, _) in &refused {
-        assert_eq!(push(*n).await, 200);
+            .unwrap();
+        assert_eq!(ready.status(), 503, "readiness stays green on a full disk");
+        let (s, b) = stage.send("+61400000075", "during the outage").await;
+        assert_eq!(s, 503, "{b}");
+
+        // Space is back: the gateway recovers without a restart.
+        set_fsize_limit(&child, None);
+        wait_until("readiness back", 30, || async {
+            let r = reqwest::get(format!("{}/readyz", stage.base()))
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+        // The provider redelivers what was refused.
+        for (m, _) in &refused {
+            assert_eq!(push(*m).await, 200);
+        }
+        let want = n;
+        wait_until("every message so far at respond.io", 30, || async {
+            (stage.events().len() >= want).then_some(())
+        })
+        .await;
     }
-    wait_until("all 15 messages at respond.io", 30, || async {
-        (stage.events().len() >= 15).then_some(())
-    })
-    .await;
     let texts: std::collections::HashSet<String> = stage.events().iter().map(text_of).collect();
-    for n in 0..15 {
-        assert!(texts.contains(&format!("disk #{n}")), "disk #{n} missing");
+    for m in 0..n {
+        assert!(texts.contains(&format!("disk #{m}")), "disk #{m} missing");
     }
-    assert_eq!(stage.events().len(), 15, "no doubles");
+    assert_eq!(stage.events().len(), n, "no doubles");
+    eprintln!("disk full: {rounds} rounds, {n} messages, each refused one redelivered");
     child.start_kill().ok();
 }
