@@ -556,3 +556,122 @@ async fn a_client_that_trickles_its_body_is_cut_off() {
     .await;
     gw.shutdown().await;
 }
+
+/// The database is locked by another process for longer than `busy_timeout_ms` while
+/// traffic flows and attempts are in flight: webhooks refused meanwhile get 503 and are
+/// redelivered, attempts whose outcome cannot be recorded yet are recorded once the lock
+/// goes, and afterwards everything acknowledged has arrived, in order, repeats only for
+/// ambiguous attempts.
+#[tokio::test]
+async fn a_lock_during_traffic_loses_nothing() {
+    let stage = Stage::new(Opts {
+        max_events_per_call: 1,
+        ..Opts::default()
+    })
+    .await;
+    std::fs::write(
+        stage.config_path(),
+        std::fs::read_to_string(stage.config_path())
+            .unwrap()
+            .replace("[store]\n", "[store]\nbusy_timeout_ms = 500\n"),
+    )
+    .unwrap();
+    // Slow answers keep attempts in flight when the lock comes.
+    stage.emulator.set_fault_rates(
+        CHANNEL_ID,
+        FaultRates {
+            slow: 0.5,
+            slow_ms: 300,
+            ..FaultRates::default()
+        },
+    );
+    let gw = InProcess::start(&stage).await;
+    let per_contact = scaled(20, 150);
+    let who = contacts("+614000006", 5);
+    let refusals = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Each contact's messages in order, one every 50 ms so that the locks fall amid them,
+    // each redelivered until it is acknowledged, as a provider does.
+    let traffic: Vec<_> = who
+        .iter()
+        .map(|c| {
+            let (sim, c) = (stage.sim.clone(), c.clone());
+            let (refusals, acked) = (refusals.clone(), acked.clone());
+            tokio::spawn(async move {
+                for n in 0..per_contact {
+                    let text = format!("{c} #{n}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    loop {
+                        match sim.push_inbound(&c, OUR_NUMBER, &text).await {
+                            Ok(200) => {
+                                acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                break;
+                            }
+                            Ok(503) | Err(_) => {
+                                refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            }
+                            Ok(other) => panic!("{text}: answered {other}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let rounds = scaled(2, 6);
+    let total = who.len() * per_contact;
+    for round in 0..rounds {
+        let want = (round + 1) * total / (rounds + 2);
+        wait_until("traffic under way", 60, || async {
+            (acked.load(std::sync::atomic::Ordering::Relaxed) >= want).then_some(())
+        })
+        .await;
+        let (locked_tx, locked) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let holder = hold_write_lock(stage.db_path(), locked_tx, release_rx);
+        locked.await.unwrap();
+        // Held for three busy timeouts: writes fail meanwhile.
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        release.send(()).unwrap();
+        holder.join().unwrap();
+    }
+    for t in traffic {
+        t.await.unwrap();
+    }
+    wait_until("every message at respond.io", scaled(60, 300), || async {
+        let seen: HashSet<String> = stage.events().iter().map(text_of).collect();
+        (seen.len() >= total).then_some(())
+    })
+    .await;
+    gw.shutdown().await;
+    let refused = refusals.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(refused > 0, "some webhooks met the lock");
+    let ambiguous = ambiguous_mids(&stage.db_path());
+    let mut first_seen: HashMap<String, Vec<String>> = HashMap::new();
+    let mut seen = HashSet::new();
+    let mut repeats = 0;
+    for e in stage.events() {
+        let text = text_of(&e);
+        if seen.insert(text.clone()) {
+            first_seen
+                .entry(e.contact_id.clone())
+                .or_default()
+                .push(text);
+        } else {
+            let mid = e.event["mId"].as_str().unwrap();
+            assert!(ambiguous.contains(mid), "{text}: repeated, never ambiguous");
+            repeats += 1;
+        }
+    }
+    for (contact, texts) in &first_seen {
+        let want: Vec<String> = (0..per_contact)
+            .map(|n| format!("{contact} #{n}"))
+            .collect();
+        assert_eq!(texts, &want, "order for {contact}");
+    }
+    assert_eq!(dead_items(&stage.db_path()), 0, "nothing dead-lettered");
+    eprintln!(
+        "lock during traffic: {rounds} locks of 1.5 s (busy_timeout 0.5 s); {total} messages, \
+         {refused} refusals redelivered, {repeats} repeats"
+    );
+}
