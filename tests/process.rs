@@ -292,3 +292,106 @@ async fn disk_full_answers_503_and_recovers_by_itself() {
     eprintln!("disk full: {rounds} rounds, {n} messages, each refused one redelivered");
     child.start_kill().ok();
 }
+
+/// Overwrites page `page` (1-based) of the SQLite file with garbage, as a failing disk or a
+/// stray write would.
+fn corrupt_page(db: &std::path::Path, page: u64) {
+    use std::io::{Seek, SeekFrom, Write};
+    const PAGE_SIZE: u64 = 4096;
+    let mut f = std::fs::OpenOptions::new().write(true).open(db).unwrap();
+    f.seek(SeekFrom::Start((page - 1) * PAGE_SIZE)).unwrap();
+    let garbage: Vec<u8> = (0..PAGE_SIZE).map(|i| (i * 7 + 13) as u8).collect();
+    f.write_all(&garbage).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Stops the gateway gracefully, moves every page into the main file (or the WAL's page
+/// images would mask the damage) and returns the root page of `table`.
+async fn stop_and_checkpoint(stage: &Stage, mut child: tokio::process::Child, table: &str) -> u64 {
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exited")
+        .unwrap();
+    assert!(status.success());
+    let conn = rusqlite::Connection::open(stage.db_path()).unwrap();
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    conn.query_row(
+        "SELECT rootpage FROM sqlite_schema WHERE name = ?1",
+        [table],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// A corrupted database file: the gateway never acknowledges a message it cannot store.
+/// Damage on the first page (header and schema): it refuses to start and says why. Damage
+/// in the table of messages: every webhook and `/message` is answered 503, and readiness
+/// turns red with the reason and stays red (corruption does not heal by itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_database_never_acknowledges_and_says_so() {
+    for table in [None, Some("items")] {
+        let what = table.unwrap_or("the first page");
+        let stage = Stage::new(Opts::default()).await;
+        let child = spawn(&stage, "before.log", false);
+        wait_ready(&stage.base()).await;
+        for n in 0..30 {
+            let status = stage
+                .sim
+                .push_inbound("+61400000601", OUR_NUMBER, &format!("before #{n}"))
+                .await;
+            assert_eq!(status, Ok(200));
+        }
+        wait_until("the messages at respond.io", 30, || async {
+            (stage.events().len() >= 30).then_some(())
+        })
+        .await;
+        let root = stop_and_checkpoint(&stage, child, "items").await;
+        corrupt_page(&stage.db_path(), if table.is_some() { root } else { 1 });
+
+        let mut after = spawn(&stage, "after.log", false);
+        let log = || std::fs::read_to_string(stage.dir.path().join("after.log")).unwrap();
+        if table.is_none() {
+            let status = tokio::time::timeout(Duration::from_secs(30), after.wait())
+                .await
+                .expect("refused to start")
+                .unwrap();
+            assert!(!status.success(), "{what}: exit status {status:?}");
+            let log = log();
+            assert!(
+                log.contains("store unavailable"),
+                "{what}: says why:\n{log}"
+            );
+            eprintln!("{what} damaged: {}", log.lines().last().unwrap_or(""));
+            continue;
+        }
+        wait_until("the gateway answering", 30, || async {
+            reqwest::get(format!("{}/healthz", stage.base())).await.ok()
+        })
+        .await;
+        for n in 0..3 {
+            let status = stage
+                .sim
+                .push_inbound("+61400000601", OUR_NUMBER, &format!("after #{n}"))
+                .await;
+            assert_eq!(status, Ok(503), "{what}: webhook on a damaged file");
+        }
+        let (status, body) = stage.send("+61400000601", "reply on a damaged file").await;
+        assert_eq!(status, 503, "{what}: /message on a damaged file: {body}");
+        for _ in 0..2 {
+            let ready = reqwest::get(format!("{}/readyz", stage.base()))
+                .await
+                .unwrap();
+            assert_eq!(ready.status(), 503, "{what}: readiness");
+            let body: serde_json::Value = ready.json().await.unwrap();
+            let why = body["store"].as_str().unwrap_or_default().to_string();
+            assert!(
+                why.contains("damaged"),
+                "{what}: readiness says why: {body}"
+            );
+            eprintln!("{what} damaged: readyz 503, store: {why}");
+        }
+        after.start_kill().ok();
+    }
+}
