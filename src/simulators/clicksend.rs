@@ -111,6 +111,24 @@ enum RandomSimFault {
 }
 
 impl SimFaultRates {
+    fn probabilities(&self) -> [f64; 7] {
+        [
+            self.server_error,
+            self.throttle,
+            self.throttle_bare,
+            self.reset,
+            self.hang,
+            self.late,
+            self.slow_body,
+        ]
+    }
+
+    /// Each a probability, and together at most 1 (at most one fault per call).
+    pub fn is_valid(&self) -> bool {
+        let p = self.probabilities();
+        p.iter().all(|p| (0.0..=1.0).contains(p)) && p.iter().sum::<f64>() <= 1.0
+    }
+
     fn draw(&self) -> Option<RandomSimFault> {
         let mut r: f64 = rand::random();
         for (p, fault) in [
@@ -842,6 +860,9 @@ async fn ctl_recipient_faults(State(sim): State<ClickSendSim>, body: Bytes) -> R
 
 async fn ctl_fault_rates(State(sim): State<ClickSendSim>, body: Bytes) -> Response {
     match serde_json::from_slice::<SimFaultRates>(&body) {
+        Ok(rates) if !rates.is_valid() => {
+            bad_request("rates: each must be in 0..=1 and together at most 1")
+        }
         Ok(rates) => {
             sim.set_fault_rates(rates);
             axum::Json(json!({ "ok": true })).into_response()
@@ -1216,6 +1237,14 @@ mod tests {
             .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(send().await.0, Some(503));
+        let resp = r
+            .http
+            .post(format!("{}/_sim/fault-rates", r.base))
+            .json(&json!({"server_error": 0.8, "hang": 0.8}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "impossible rates are refused");
     }
 
     #[tokio::test]

@@ -327,6 +327,7 @@ impl Emulator {
             )
             .route("/_emulator/calls", get(control::list_calls))
             .route("/_emulator/faults", post(control::faults))
+            .route("/_emulator/fault-rates", post(control::fault_rates))
             .route(
                 "/_emulator/channels",
                 get(control::list_channels).post(control::add_channel),

@@ -1470,6 +1470,22 @@ async fn random_faults_cover_every_kind_and_store_only_where_documented() {
     assert!(took >= Duration::from_millis(200), "trickled over {took:?}");
     set(|_| {});
     assert_eq!(post("m-ok").await.0, Some(200));
+    // The control API sets the same switches, and refuses impossible rates.
+    let bad = h
+        .control(
+            "/_emulator/fault-rates",
+            &json!({"channel": "CH1", "rates": {"server_error": 0.7, "reset": 0.7}}),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.reason());
+    let ok = h
+        .control(
+            "/_emulator/fault-rates",
+            &json!({"channel": "CH1", "rates": {"server_error": 1.0}}),
+        )
+        .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(post("m-after-control").await.0, Some(500));
     let stored: Vec<String> = h
         .emu
         .events("CH1")
