@@ -675,3 +675,50 @@ async fn a_lock_during_traffic_loses_nothing() {
          {refused} refusals redelivered, {repeats} repeats"
     );
 }
+
+/// A chunked body (no Content-Length to refuse up front) that grows past `max_body_bytes`
+/// is answered 413 as soon as the limit is passed, not buffered to its end.
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_gets_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stage = Stage::new(Opts::default()).await;
+    let gw = InProcess::start(&stage).await;
+    let sock = tokio::net::TcpStream::connect(("127.0.0.1", stage.port))
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = sock.into_split();
+    let head = format!(
+        "POST /channels/sms/inbound?secret={SECRET} HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    // 64 chunks of 64 KiB: 4 MiB against the 1 MiB default limit.
+    let writer = tokio::spawn(async move {
+        wr.write_all(head.as_bytes()).await?;
+        let chunk = vec![b' '; 64 * 1024];
+        for _ in 0..64 {
+            wr.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .await?;
+            wr.write_all(&chunk).await?;
+            wr.write_all(b"\r\n").await?;
+        }
+        wr.write_all(b"0\r\n\r\n").await
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the connection was closed");
+    let _ = writer.await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "answer: {answer:?}");
+    assert!(answer.contains("larger than 1048576 bytes"), "{answer:?}");
+    gw.shutdown().await;
+    assert!(stage.events().is_empty());
+}
