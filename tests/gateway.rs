@@ -138,6 +138,8 @@ async fn auth_and_validation_errors_are_clear() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let accepted: serde_json::Value = r.json().await.unwrap();
+    let accepted_mid = accepted["mId"].as_str().unwrap().to_string();
     // Provider webhooks: secret wrong or missing → 403, nothing stored.
     for path in [
         "/channels/sms/inbound",
@@ -168,9 +170,16 @@ async fn auth_and_validation_errors_are_clear() {
         .unwrap();
     assert_eq!(r.status(), 413);
     gw.shutdown().await;
+    // The accepted send's delivery receipt may come back before the shutdown; nothing else
+    // may reach respond.io.
+    let others: Vec<_> = stage
+        .events()
+        .into_iter()
+        .filter(|e| e.event["mId"] != accepted_mid.as_str())
+        .collect();
     assert!(
-        stage.events().is_empty(),
-        "nothing from a rejected webhook reached respond.io"
+        others.is_empty(),
+        "nothing from a rejected webhook reached respond.io: {others:?}"
     );
 }
 

@@ -34,8 +34,11 @@ pub async fn read_body_in_time(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // The 413 and 400 answers leave the connection to hyper, as the body limit layer did:
+    // closing it ourselves while the client is still writing could reset the connection
+    // before the client reads the answer.
     if declared.is_some_and(|n| n > limits.max_bytes as u64) {
-        return closing(too_large(limits.max_bytes));
+        return too_large(limits.max_bytes);
     }
     match tokio::time::timeout(limits.timeout, axum::body::to_bytes(body, limits.max_bytes)).await {
         Ok(Ok(bytes)) => {
@@ -48,13 +51,10 @@ pub async fn read_body_in_time(
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some();
             if over_limit {
-                closing(too_large(limits.max_bytes))
+                too_large(limits.max_bytes)
             } else {
                 // The client went away or sent a broken chunked body.
-                closing(json_error(
-                    StatusCode::BAD_REQUEST,
-                    "could not read the request body",
-                ))
+                json_error(StatusCode::BAD_REQUEST, "could not read the request body")
             }
         }
         Err(_) => {
@@ -81,7 +81,8 @@ fn too_large(max: usize) -> Response {
     )
 }
 
-/// The rest of the body is never read, so the connection cannot carry another request.
+/// A client this slow is not worth keeping: the rest of its body is never read, and the
+/// connection is closed after the answer.
 fn closing(mut resp: Response) -> Response {
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
