@@ -79,6 +79,9 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// A client must send its request headers within this (slow-header clients are cut off).
     pub header_read_timeout_ms: u64,
+    /// A client must send its whole request body within this after the headers (408 and
+    /// the connection closed otherwise).
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +93,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             shutdown_grace_ms: 10_000,
             header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
         }
     }
 }
@@ -116,6 +120,9 @@ pub struct StoreConfig {
     pub group_commit_max: usize,
     /// Delivered items, attempts and history older than this are pruned.
     pub retention_secs: u64,
+    /// How long a write waits for a lock another process holds on the database before the
+    /// request is answered 503.
+    pub busy_timeout_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -127,6 +134,7 @@ impl Default for StoreConfig {
             parked_receipt_ttl_secs: 86_400,
             group_commit_max: 256,
             retention_secs: 7 * 86_400,
+            busy_timeout_ms: 5000,
         }
     }
 }
@@ -348,6 +356,18 @@ impl Config {
         }
         if !(1000..=600_000).contains(&self.media.fetch_timeout_ms) {
             out.push(problem("media.fetch_timeout_ms", "must be 1000..=600000"));
+        }
+        // Well under the 30 s request timeout, so a slow body gets its own clear answer and
+        // the handler still has time after it.
+        if !(100..=20_000).contains(&self.server.body_read_timeout_ms) {
+            out.push(problem(
+                "server.body_read_timeout_ms",
+                "must be 100..=20000",
+            ));
+        }
+        // Under the 30 s request timeout, so a lock shows up as 503, not 408.
+        if !(10..=20_000).contains(&self.store.busy_timeout_ms) {
+            out.push(problem("store.busy_timeout_ms", "must be 10..=20000"));
         }
         if self.store.group_commit_max == 0 {
             out.push(problem("store.group_commit_max", "must be at least 1"));
@@ -611,6 +631,20 @@ rate_limit = 10
         assert!(keys.contains(&"server.public_url"), "{keys:?}");
         assert!(keys.contains(&"channel[0].name"), "{keys:?}");
         assert!(keys.contains(&"channel[0].webhook_secret"), "{keys:?}");
+    }
+
+    #[test]
+    fn body_and_lock_timeouts_have_defaults_and_bounds() {
+        let cfg = Config::from_toml(SAMPLE, &env).unwrap();
+        assert_eq!(cfg.server.body_read_timeout_ms, 10_000);
+        assert_eq!(cfg.store.busy_timeout_ms, 5000);
+        let text = SAMPLE
+            .replace("[server]", "[server]\nbody_read_timeout_ms = 50")
+            .replace("[store]", "[store]\nbusy_timeout_ms = 60000");
+        let err = Config::from_toml(&text, &env).unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"server.body_read_timeout_ms"), "{keys:?}");
+        assert!(keys.contains(&"store.busy_timeout_ms"), "{keys:?}");
     }
 
     #[test]

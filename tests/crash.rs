@@ -3,7 +3,7 @@
 //! message arrived, repeats carry the same mId and come only from attempts the gateway
 //! marked ambiguous, statuses never went backwards, and no rate window was exceeded
 //! across the restarts. `RIO_CRASH_KILLS` sets how many kills the loop test makes
-//! (default 3; RELIABILITY.md has the long runs).
+//! (default 3, or 20 under `RIO_LONG=1`; RELIABILITY.md has the long runs).
 
 mod common;
 
@@ -72,7 +72,7 @@ async fn sigkill_loop_loses_nothing_acknowledged() {
     let kills = std::env::var("RIO_CRASH_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(scaled(3, 20));
     crash_run(kills, false).await;
 }
 

@@ -42,7 +42,7 @@ async fn sigterm_stops_gracefully_and_loses_nothing() {
     let mut child = spawn(&stage, "run1.log", false);
     wait_ready(&stage.base()).await;
     let mut acked = Vec::new();
-    for n in 0..40 {
+    for n in 0..scaled(40, 400) {
         let text = format!("before term #{n}");
         if stage
             .sim
@@ -54,7 +54,7 @@ async fn sigterm_stops_gracefully_and_loses_nothing() {
         }
     }
     let mut mids = Vec::new();
-    for n in 0..20 {
+    for n in 0..scaled(20, 200) {
         let (s, b) = stage
             .send(&format!("+6140000090{}", n % 4), &format!("send #{n}"))
             .await;
@@ -79,16 +79,25 @@ async fn sigterm_stops_gracefully_and_loses_nothing() {
     // Restart: everything acknowledged arrives.
     let _child = spawn(&stage, "run2.log", false);
     wait_ready(&stage.base()).await;
-    wait_until("every acknowledged message at respond.io", 60, || async {
-        let seen: std::collections::HashSet<String> = stage.events().iter().map(text_of).collect();
-        acked.iter().all(|t| seen.contains(t)).then_some(())
-    })
+    wait_until(
+        "every acknowledged message at respond.io",
+        scaled(60, 300),
+        || async {
+            let seen: std::collections::HashSet<String> =
+                stage.events().iter().map(text_of).collect();
+            acked.iter().all(|t| seen.contains(t)).then_some(())
+        },
+    )
     .await;
-    wait_until("every acknowledged send at the provider", 60, || async {
-        let seen: std::collections::HashSet<String> =
-            accepted_mids(&stage.sim).into_iter().collect();
-        mids.iter().all(|m| seen.contains(m)).then_some(())
-    })
+    wait_until(
+        "every acknowledged send at the provider",
+        scaled(60, 300),
+        || async {
+            let seen: std::collections::HashSet<String> =
+                accepted_mids(&stage.sim).into_iter().collect();
+            mids.iter().all(|m| seen.contains(m)).then_some(())
+        },
+    )
     .await;
     let log = std::fs::read_to_string(stage.dir.path().join("run1.log")).unwrap();
     assert!(log.contains("shutting down"), "{log}");
@@ -210,65 +219,77 @@ async fn disk_full_answers_503_and_recovers_by_itself() {
                 .unwrap_or(0)
         }
     };
-    for n in 0..5 {
-        assert_eq!(push(n).await, 200);
-    }
-    wait_until("the first messages at respond.io", 20, || async {
-        (stage.events().len() >= 5).then_some(())
-    })
-    .await;
+    // Each round: a few messages go through, the disk fills up, everything is refused,
+    // space comes back and the refused messages are redelivered. One round in CI; more
+    // under RIO_LONG=1.
+    let rounds = scaled(1, 5);
+    let mut n = 0;
+    for round in 0..rounds {
+        for _ in 0..5 {
+            assert_eq!(push(n).await, 200, "round {round}: disk #{n}");
+            n += 1;
+        }
+        let want = n;
+        wait_until("the first messages at respond.io", 20, || async {
+            (stage.events().len() >= want).then_some(())
+        })
+        .await;
 
-    // The disk is full: no file may grow by a byte.
-    set_fsize_limit(&child, Some(1));
-    let mut refused = Vec::new();
-    for n in 5..15 {
-        let status = push(n).await;
-        assert_ne!(
-            status, 200,
-            "message {n} was acknowledged while nothing could be written"
-        );
-        refused.push((n, status));
-    }
-    if !refused.iter().all(|&(_, s)| s == 503) {
-        let log =
-            std::fs::read_to_string(stage.dir.path().join("diskfull.log")).unwrap_or_default();
-        let tail: Vec<&str> = log
-            .lines()
-            .filter(|l| !l.contains("DEBUG"))
-            .rev()
-            .take(15)
-            .collect();
-        panic!("{refused:?}\n{}", tail.join("\n"));
-    }
-    let ready = reqwest::get(format!("{}/readyz", stage.base()))
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503, "readiness stays green on a full disk");
-    let (s, b) = stage.send("+61400000075", "during the outage").await;
-    assert_eq!(s, 503, "{b}");
-
-    // Space is back: the gateway recovers without a restart.
-    set_fsize_limit(&child, None);
-    wait_until("readiness back", 30, || async {
-        let r = reqwest::get(format!("{}/readyz", stage.base()))
+        // The disk is full: no file may grow by a byte.
+        set_fsize_limit(&child, Some(1));
+        let mut refused = Vec::new();
+        for _ in 0..10 {
+            let status = push(n).await;
+            assert_ne!(
+                status, 200,
+                "message {n} was acknowledged while nothing could be written"
+            );
+            refused.push((n, status));
+            n += 1;
+        }
+        if !refused.iter().all(|&(_, s)| s == 503) {
+            let log =
+                std::fs::read_to_string(stage.dir.path().join("diskfull.log")).unwrap_or_default();
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("DEBUG"))
+                .rev()
+                .take(15)
+                .collect();
+            panic!("{refused:?}\n{}", tail.join("\n"));
+        }
+        let ready = reqwest::get(format!("{}/readyz", stage.base()))
             .await
-            .ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
-    // The provider redelivers what was refused.
-    for (n, _) in &refused {
-        assert_eq!(push(*n).await, 200);
+            .unwrap();
+        assert_eq!(ready.status(), 503, "readiness stays green on a full disk");
+        let (s, b) = stage.send("+61400000075", "during the outage").await;
+        assert_eq!(s, 503, "{b}");
+
+        // Space is back: the gateway recovers without a restart.
+        set_fsize_limit(&child, None);
+        wait_until("readiness back", 30, || async {
+            let r = reqwest::get(format!("{}/readyz", stage.base()))
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+        // The provider redelivers what was refused.
+        for (m, _) in &refused {
+            assert_eq!(push(*m).await, 200);
+        }
+        let want = n;
+        wait_until("every message so far at respond.io", 30, || async {
+            (stage.events().len() >= want).then_some(())
+        })
+        .await;
     }
-    wait_until("all 15 messages at respond.io", 30, || async {
-        (stage.events().len() >= 15).then_some(())
-    })
-    .await;
     let texts: std::collections::HashSet<String> = stage.events().iter().map(text_of).collect();
-    for n in 0..15 {
-        assert!(texts.contains(&format!("disk #{n}")), "disk #{n} missing");
+    for m in 0..n {
+        assert!(texts.contains(&format!("disk #{m}")), "disk #{m} missing");
     }
-    assert_eq!(stage.events().len(), 15, "no doubles");
+    assert_eq!(stage.events().len(), n, "no doubles");
+    eprintln!("disk full: {rounds} rounds, {n} messages, each refused one redelivered");
     child.start_kill().ok();
 }
 
@@ -405,4 +426,107 @@ async fn sighup_reloads_channel_settings_without_dropping_requests() {
     assert!(!contacts.iter().any(|t| t == "old secret again"));
     sigterm(&child);
     let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+}
+
+/// Overwrites page `page` (1-based) of the SQLite file with garbage, as a failing disk or a
+/// stray write would.
+fn corrupt_page(db: &std::path::Path, page: u64) {
+    use std::io::{Seek, SeekFrom, Write};
+    const PAGE_SIZE: u64 = 4096;
+    let mut f = std::fs::OpenOptions::new().write(true).open(db).unwrap();
+    f.seek(SeekFrom::Start((page - 1) * PAGE_SIZE)).unwrap();
+    let garbage: Vec<u8> = (0..PAGE_SIZE).map(|i| (i * 7 + 13) as u8).collect();
+    f.write_all(&garbage).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Stops the gateway gracefully, moves every page into the main file (or the WAL's page
+/// images would mask the damage) and returns the root page of `table`.
+async fn stop_and_checkpoint(stage: &Stage, mut child: tokio::process::Child, table: &str) -> u64 {
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exited")
+        .unwrap();
+    assert!(status.success());
+    let conn = rusqlite::Connection::open(stage.db_path()).unwrap();
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    conn.query_row(
+        "SELECT rootpage FROM sqlite_schema WHERE name = ?1",
+        [table],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// A corrupted database file: the gateway never acknowledges a message it cannot store.
+/// Damage on the first page (header and schema): it refuses to start and says why. Damage
+/// in the table of messages: every webhook and `/message` is answered 503, and readiness
+/// turns red with the reason and stays red (corruption does not heal by itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_database_never_acknowledges_and_says_so() {
+    for table in [None, Some("items")] {
+        let what = table.unwrap_or("the first page");
+        let stage = Stage::new(Opts::default()).await;
+        let child = spawn(&stage, "before.log", false);
+        wait_ready(&stage.base()).await;
+        for n in 0..30 {
+            let status = stage
+                .sim
+                .push_inbound("+61400000601", OUR_NUMBER, &format!("before #{n}"))
+                .await;
+            assert_eq!(status, Ok(200));
+        }
+        wait_until("the messages at respond.io", 30, || async {
+            (stage.events().len() >= 30).then_some(())
+        })
+        .await;
+        let root = stop_and_checkpoint(&stage, child, "items").await;
+        corrupt_page(&stage.db_path(), if table.is_some() { root } else { 1 });
+
+        let mut after = spawn(&stage, "after.log", false);
+        let log = || std::fs::read_to_string(stage.dir.path().join("after.log")).unwrap();
+        if table.is_none() {
+            let status = tokio::time::timeout(Duration::from_secs(30), after.wait())
+                .await
+                .expect("refused to start")
+                .unwrap();
+            assert!(!status.success(), "{what}: exit status {status:?}");
+            let log = log();
+            assert!(
+                log.contains("store unavailable"),
+                "{what}: says why:\n{log}"
+            );
+            eprintln!("{what} damaged: {}", log.lines().last().unwrap_or(""));
+            continue;
+        }
+        wait_until("the gateway answering", 30, || async {
+            reqwest::get(format!("{}/healthz", stage.base())).await.ok()
+        })
+        .await;
+        for n in 0..3 {
+            let status = stage
+                .sim
+                .push_inbound("+61400000601", OUR_NUMBER, &format!("after #{n}"))
+                .await;
+            assert_eq!(status, Ok(503), "{what}: webhook on a damaged file");
+        }
+        let (status, body) = stage.send("+61400000601", "reply on a damaged file").await;
+        assert_eq!(status, 503, "{what}: /message on a damaged file: {body}");
+        for _ in 0..2 {
+            let ready = reqwest::get(format!("{}/readyz", stage.base()))
+                .await
+                .unwrap();
+            assert_eq!(ready.status(), 503, "{what}: readiness");
+            let body: serde_json::Value = ready.json().await.unwrap();
+            let why = body["store"].as_str().unwrap_or_default().to_string();
+            assert!(
+                why.contains("damaged"),
+                "{what}: readiness says why: {body}"
+            );
+            eprintln!("{what} damaged: readyz 503, store: {why}");
+        }
+        after.start_kill().ok();
+    }
 }

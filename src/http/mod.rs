@@ -1,5 +1,6 @@
 //! The HTTP surface: respond.io's `/message`, the providers' webhooks, health and metrics.
 
+pub mod body_deadline;
 pub mod health;
 pub mod media;
 pub mod message;
@@ -22,6 +23,10 @@ use crate::respondio::wire::error_body;
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.cfg.server.max_body_bytes;
+    let deadline = body_deadline::BodyDeadline {
+        timeout: Duration::from_millis(state.cfg.server.body_read_timeout_ms),
+        max_bytes: limit,
+    };
     Router::new()
         .route("/channels/{name}/message", post(message::by_name))
         .route("/channels/{name}//message", post(message::by_name))
@@ -42,6 +47,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
+        .layer(middleware::from_fn_with_state(
+            deadline,
+            body_deadline::read_body_in_time,
+        ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(30),

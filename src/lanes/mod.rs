@@ -544,10 +544,10 @@ impl LaneRunner {
                 self.ready[c.class as usize].push_back(c.qkey);
             }
             Next::Released | Next::Paused { .. } | Next::Fault(_) => {
+                // The attempt already paused the lane (see `decide`); persist the latest pause.
                 if let Next::Paused { until } = c.next
-                    && until > self.paused_until()
+                    && until >= self.paused_until()
                 {
-                    ctx.paused_until.store(until, Ordering::Release);
                     tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), pause_ms = until - now, "throttled: lane paused");
                     let ctx2 = ctx.clone();
                     tokio::spawn(async move {
@@ -845,6 +845,9 @@ fn decide(
             metrics::counter!("rio_throttled_total", &labels).increment(1);
             ctx.waiters.resolve(&head.mid, FirstOutcome::Pending);
             let until = now + retry::throttle_pause_ms(retry_after);
+            // The pause holds from this moment: attempts of other contacts waiting for a
+            // slot must not go out while this outcome is still being recorded.
+            ctx.paused_until.fetch_max(until, Ordering::AcqRel);
             let fin = Finish::Retry {
                 next_ms: until,
                 error: reason,
@@ -901,5 +904,77 @@ fn decide(
                 false,
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ItemKind, sqlite::SqliteStore};
+    use async_trait::async_trait;
+
+    struct NeverCalled;
+
+    #[async_trait]
+    impl Deliverer for NeverCalled {
+        fn batch_limit(&self, _qkey: &str) -> usize {
+            1
+        }
+        async fn deliver(&self, _items: &[Item]) -> Result<Option<String>, SendError> {
+            unreachable!("no attempt goes out while the lane is paused")
+        }
+    }
+
+    fn item(created_ms: i64) -> Item {
+        Item {
+            id: 1,
+            channel: "sms".into(),
+            lane: Lane::RespondIo,
+            qkey: "c:+61400000001".into(),
+            contact: "+61400000001".into(),
+            kind: ItemKind::Message,
+            mid: "m1".into(),
+            payload: "{}".into(),
+            contact_json: None,
+            state: 1,
+            attempts: 0,
+            ambiguous: 0,
+            created_ms,
+            provider_id: None,
+            status: 0,
+            last_error: None,
+        }
+    }
+
+    /// A 429 pauses the lane the moment it is read, not once its outcome is recorded:
+    /// attempts of other contacts that are waiting for a rate slot meanwhile must not send.
+    #[tokio::test]
+    async fn a_429_pauses_the_lane_before_its_outcome_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&crate::config::StoreConfig {
+            path: dir.path().join("t.db"),
+            ..Default::default()
+        })
+        .unwrap();
+        let ctx = LaneCtx::new(
+            "sms".into(),
+            Lane::RespondIo,
+            Arc::new(store),
+            Arc::new(NeverCalled),
+            DeliveryConfig::default(),
+            20,
+            Arc::new(Waiters::default()),
+        );
+        assert!(ctx.take_slot(false).await.is_ok(), "not paused before");
+        let throttled = Err(SendError::Throttled {
+            retry_after: Some(Duration::from_secs(2)),
+            reason: "respond.io answered 429".into(),
+        });
+        let (_, next, _) = decide(&ctx, &[item(now_ms())], throttled, Duration::ZERO);
+        let Some(Next::Paused { until }) = next else {
+            panic!("a 429 pauses the lane");
+        };
+        assert_eq!(ctx.take_slot(false).await, Err(until), "paused at once");
+        assert!(until >= now_ms() + 1000, "for the Retry-After");
     }
 }

@@ -14,6 +14,8 @@
 //!   "drop_connection"]`
 //! - `POST /_sim/recipient-faults` `{"to","status"}` (see `set_fault_for_recipient`)
 //! - `POST /_sim/receipts` `{"message_id","status_code","error_text"?}` (see `push_receipt`)
+//! - `POST /_sim/fault-rates` a `SimFaultRates` (see `set_fault_rates`), e.g.
+//!   `{"server_error":0.1,"late":0.05,"late_ms":800}`
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +28,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -71,6 +74,92 @@ pub enum SimFault {
     DropConnection,
 }
 
+/// Misbehaviour at random, per send call, for fault suites (see
+/// [`ClickSendSim::set_fault_rates`]). Each field is a probability in 0..=1; they are drawn
+/// in this order and at most one applies. A queued [`SimFault`] takes precedence.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SimFaultRates {
+    /// 503 with ClickSend's error body; nothing is sent.
+    pub server_error: f64,
+    /// 429 with `Retry-After: 1`.
+    pub throttle: f64,
+    /// 429 without `Retry-After`.
+    pub throttle_bare: f64,
+    /// Close the connection without an answer; nothing is sent.
+    pub reset: f64,
+    /// Never answer: hold the connection for [`HANG_MS`], then close it; nothing is sent.
+    pub hang: f64,
+    /// Send the messages (they get ids and receipts), but answer only after `late_ms`.
+    pub late: f64,
+    /// Send the messages and answer at once, but trickle the body over `late_ms`.
+    pub slow_body: f64,
+    pub late_ms: u64,
+}
+
+/// How long a `hang` holds the connection: longer than any client timeout worth testing.
+pub const HANG_MS: u64 = 30_000;
+
+/// What one random draw decided.
+#[derive(Debug, Clone, PartialEq)]
+enum RandomSimFault {
+    /// Handled like the queued fault.
+    As(SimFault),
+    Hang,
+    Late(u64),
+    SlowBody(u64),
+}
+
+impl SimFaultRates {
+    fn probabilities(&self) -> [f64; 7] {
+        [
+            self.server_error,
+            self.throttle,
+            self.throttle_bare,
+            self.reset,
+            self.hang,
+            self.late,
+            self.slow_body,
+        ]
+    }
+
+    /// Each a probability, and together at most 1 (at most one fault per call).
+    pub fn is_valid(&self) -> bool {
+        let p = self.probabilities();
+        p.iter().all(|p| (0.0..=1.0).contains(p)) && p.iter().sum::<f64>() <= 1.0
+    }
+
+    fn draw(&self) -> Option<RandomSimFault> {
+        let mut r: f64 = rand::random();
+        for (p, fault) in [
+            (
+                self.server_error,
+                RandomSimFault::As(SimFault::Http5xx(503)),
+            ),
+            (
+                self.throttle,
+                RandomSimFault::As(SimFault::Throttle {
+                    retry_after: Some(1),
+                }),
+            ),
+            (
+                self.throttle_bare,
+                RandomSimFault::As(SimFault::Throttle { retry_after: None }),
+            ),
+            (self.reset, RandomSimFault::As(SimFault::DropConnection)),
+            (self.hang, RandomSimFault::Hang),
+            (self.late, RandomSimFault::Late(self.late_ms)),
+            (self.slow_body, RandomSimFault::SlowBody(self.late_ms)),
+        ] {
+            if r < p {
+                return Some(fault);
+            }
+            r -= p;
+        }
+        None
+    }
+}
+
 /// One send call as it arrived.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SimArrival {
@@ -98,6 +187,7 @@ struct Inner {
 struct SimState {
     sent: Vec<SimArrival>,
     faults: VecDeque<SimFault>,
+    fault_rates: SimFaultRates,
     recipient_faults: HashMap<String, String>,
 }
 
@@ -182,6 +272,7 @@ impl ClickSendSim {
             .route("/_sim/faults", post(ctl_faults))
             .route("/_sim/recipient-faults", post(ctl_recipient_faults))
             .route("/_sim/receipts", post(ctl_receipts))
+            .route("/_sim/fault-rates", post(ctl_fault_rates))
             .with_state(self.clone())
     }
 
@@ -210,6 +301,11 @@ impl ClickSendSim {
 
     pub fn push_fault(&self, f: SimFault) {
         self.state().faults.push_back(f);
+    }
+
+    /// Makes send calls misbehave at random from now on (all zeros: behave).
+    pub fn set_fault_rates(&self, rates: SimFaultRates) {
+        self.state().fault_rates = rates;
     }
 
     /// From now on, every message to `to` gets per-message status `status`.
@@ -285,7 +381,17 @@ impl ClickSendSim {
         let recorded = parsed
             .clone()
             .unwrap_or_else(|| Value::String(String::from_utf8_lossy(raw).into_owned()));
-        let (index, fault) = self.arrive(recorded);
+        let (index, fault, random) = self.arrive(recorded);
+        let (fault, late) = match random {
+            None => (fault, None),
+            Some(RandomSimFault::As(f)) => (Some(f), None),
+            Some(RandomSimFault::Hang) => {
+                tokio::time::sleep(Duration::from_millis(HANG_MS)).await;
+                drop_connection()
+            }
+            Some(RandomSimFault::Late(ms)) => (None, Some(Late::Answer(ms))),
+            Some(RandomSimFault::SlowBody(ms)) => (None, Some(Late::Body(ms))),
+        };
         let fault = match fault {
             Some(SimFault::Delay(ms)) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -299,12 +405,20 @@ impl ClickSendSim {
         if !answer.queued.is_empty() {
             self.spawn_receipts(answer.queued.clone());
         }
-        answer.into_response()
+        match late {
+            None => answer.into_response(),
+            Some(Late::Answer(ms)) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                answer.into_response()
+            }
+            Some(Late::Body(ms)) => trickled(answer, ms),
+        }
     }
 
-    /// Records the arrival (status 0 until answered) and takes the next fault, atomically, so
-    /// arrival order and fault order agree even for concurrent calls.
-    fn arrive(&self, body: Value) -> (usize, Option<SimFault>) {
+    /// Records the arrival (status 0 until answered) and takes the next queued fault or, with
+    /// none queued, draws a random one, atomically, so arrival order and fault order agree
+    /// even for concurrent calls.
+    fn arrive(&self, body: Value) -> (usize, Option<SimFault>, Option<RandomSimFault>) {
         let mut st = self.state();
         st.sent.push(SimArrival {
             arrival_ms: now_ms(),
@@ -312,7 +426,12 @@ impl ClickSendSim {
             status: 0,
             message_ids: Vec::new(),
         });
-        (st.sent.len() - 1, st.faults.pop_front())
+        let queued = st.faults.pop_front();
+        let random = match queued {
+            Some(_) => None,
+            None => st.fault_rates.draw(),
+        };
+        (st.sent.len() - 1, queued, random)
     }
 
     fn settle(&self, index: usize, answer: &Answer) {
@@ -525,6 +644,36 @@ impl ClickSendSim {
     }
 }
 
+/// A random fault that still sends the messages but answers slowly.
+enum Late {
+    /// The whole answer waits this many ms.
+    Answer(u64),
+    /// Status and headers at once, the body trickled over this many ms.
+    Body(u64),
+}
+
+/// `answer` with its body sent in small pieces spread over `ms`.
+fn trickled(answer: Answer, ms: u64) -> Response {
+    const PIECES: u64 = 8;
+    let mut resp = answer.into_response();
+    let body = std::mem::take(resp.body_mut());
+    let stream = futures::stream::once(axum::body::to_bytes(body, usize::MAX))
+        .map(move |whole| {
+            let whole = whole.unwrap_or_default();
+            let size = whole.len().div_ceil(PIECES as usize).max(1);
+            let pieces: Vec<Bytes> = whole.chunks(size).map(Bytes::copy_from_slice).collect();
+            futures::stream::iter(pieces).then(move |piece| async move {
+                tokio::time::sleep(Duration::from_millis(ms / PIECES)).await;
+                Ok::<_, std::convert::Infallible>(piece)
+            })
+        })
+        .flatten();
+    *resp.body_mut() = axum::body::Body::from_stream(stream);
+    // The length is no longer known up front.
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    resp
+}
+
 /// Ends the connection without an answer. Unwinding out of the handler drops hyper's
 /// connection task (axum::serve runs one task per connection; tokio contains the unwind),
 /// which closes the socket. `resume_unwind` skips the panic hook, so nothing is printed.
@@ -715,6 +864,19 @@ async fn ctl_recipient_faults(State(sim): State<ClickSendSim>, body: Bytes) -> R
     match serde_json::from_slice::<RecipientFaultReq>(&body) {
         Ok(r) => {
             sim.set_fault_for_recipient(&r.to, &r.status);
+            axum::Json(json!({ "ok": true })).into_response()
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn ctl_fault_rates(State(sim): State<ClickSendSim>, body: Bytes) -> Response {
+    match serde_json::from_slice::<SimFaultRates>(&body) {
+        Ok(rates) if !rates.is_valid() => {
+            bad_request("rates: each must be in 0..=1 and together at most 1")
+        }
+        Ok(rates) => {
+            sim.set_fault_rates(rates);
             axum::Json(json!({ "ok": true })).into_response()
         }
         Err(e) => bad_request(e),
@@ -1006,6 +1168,95 @@ mod tests {
         assert_eq!(statuses[4].2.as_deref(), Some("SUCCESS"));
         assert_eq!(statuses[5].2.as_deref(), Some("SUCCESS"));
         assert_eq!(r.sim.sent().len(), 6, "every call recorded");
+    }
+
+    #[tokio::test]
+    async fn random_faults_follow_their_rates() {
+        let r = start(None, None).await;
+        let send = || async {
+            let started = Instant::now();
+            let resp = r
+                .send("/v3/sms/send", one("+61422222222", "hi"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            match resp {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let retry_after = resp.headers().get("retry-after").cloned();
+                    let body = resp.text().await.map_err(|e| e.to_string());
+                    (Some(status), retry_after, body, started.elapsed())
+                }
+                Err(e) => (None, None, Err(e.to_string()), started.elapsed()),
+            }
+        };
+        let rates = |f: fn(&mut SimFaultRates)| {
+            let mut rates = SimFaultRates {
+                late_ms: 300,
+                ..SimFaultRates::default()
+            };
+            f(&mut rates);
+            r.sim.set_fault_rates(rates);
+        };
+        rates(|r| r.server_error = 1.0);
+        assert_eq!(send().await.0, Some(503));
+        rates(|r| r.throttle = 1.0);
+        let (status, retry_after, ..) = send().await;
+        assert_eq!(
+            (status, retry_after.unwrap()),
+            (Some(429), "1".parse().unwrap())
+        );
+        rates(|r| r.throttle_bare = 1.0);
+        let (status, retry_after, ..) = send().await;
+        assert_eq!((status, retry_after), (Some(429), None));
+        rates(|r| r.reset = 1.0);
+        assert_eq!(send().await.0, None, "reset: no answer");
+        rates(|r| r.hang = 1.0);
+        let (status, _, body, _) = send().await;
+        assert!(status.is_none() && body.is_err(), "hang: no answer in 2 s");
+        rates(|r| r.late = 1.0);
+        let (status, _, body, took) = send().await;
+        assert_eq!(status, Some(200));
+        assert!(body.unwrap().contains("SUCCESS"));
+        assert!(
+            took >= Duration::from_millis(300),
+            "late answer after {took:?}"
+        );
+        rates(|r| r.slow_body = 1.0);
+        let (status, _, body, took) = send().await;
+        assert_eq!(status, Some(200));
+        let body: Value = serde_json::from_str(&body.unwrap()).unwrap();
+        assert_eq!(body["data"]["messages"][0]["status"], "SUCCESS");
+        assert!(took >= Duration::from_millis(200), "trickled over {took:?}");
+        // A queued fault goes before the random draw; all zeros behave.
+        r.sim.push_fault(SimFault::Http5xx(502));
+        assert_eq!(send().await.0, Some(502));
+        rates(|_| {});
+        assert_eq!(send().await.0, Some(200));
+        // Only the calls that sent something carry ids: late, slow body, the last one.
+        let sent = r.sim.sent();
+        let statuses: Vec<u16> = sent.iter().map(|a| a.status).collect();
+        assert_eq!(statuses, [503, 429, 429, 0, 0, 200, 200, 502, 200]);
+        let with_ids = sent.iter().filter(|a| !a.message_ids.is_empty()).count();
+        assert_eq!(with_ids, 3);
+        // The control endpoint takes the same switches.
+        let resp = r
+            .http
+            .post(format!("{}/_sim/fault-rates", r.base))
+            .json(&json!({"server_error": 1.0}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(send().await.0, Some(503));
+        let resp = r
+            .http
+            .post(format!("{}/_sim/fault-rates", r.base))
+            .json(&json!({"server_error": 0.8, "hang": 0.8}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "impossible rates are refused");
     }
 
     #[tokio::test]

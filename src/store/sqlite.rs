@@ -34,15 +34,44 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
     dedupe_ttl_ms: i64,
     parked_ttl_ms: i64,
+    /// The first sign of a damaged file. Corruption does not heal by itself: once seen,
+    /// readiness stays red (with this reason) until the file is repaired and the process
+    /// restarted, even while writes that avoid the damaged pages still succeed.
+    damaged: Arc<Mutex<Option<String>>>,
+}
+
+/// SQLite found the file damaged (a bad page, or not a database at all).
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// Remembers the first corruption error in `damaged`.
+fn note_corruption(damaged: &Mutex<Option<String>>, e: &rusqlite::Error) {
+    if is_corruption(e) {
+        let mut d = damaged.lock().unwrap_or_else(|p| p.into_inner());
+        if d.is_none() {
+            tracing::error!(error = %e, "the database file is damaged; restore it from a backup");
+            *d = Some(e.to_string());
+        }
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn open_connection(path: &Path, sync: Synchronous) -> rusqlite::Result<Connection> {
+fn open_connection(
+    path: &Path,
+    sync: Synchronous,
+    busy_timeout_ms: u64,
+) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Another process holding a lock (a backup, an operator's sqlite3 shell) is waited for
+    // this long; past it the write fails and the request is answered 503.
+    conn.busy_timeout(std::time::Duration::from_millis(busy_timeout_ms))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(
         None,
@@ -75,7 +104,8 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let writer = open_connection(&cfg.path, cfg.synchronous).map_err(unavailable)?;
+        let writer = open_connection(&cfg.path, cfg.synchronous, cfg.busy_timeout_ms)
+            .map_err(unavailable)?;
         // The background checkpointer copies most pages; the writer checkpoints the short
         // tail itself once the WAL passes 16 MB. Without this, a WAL under steady writes
         // never gets back to its start (each PASSIVE checkpoint is overtaken by new
@@ -84,8 +114,10 @@ impl SqliteStore {
             .pragma_update(None, "wal_autocheckpoint", 4096)
             .map_err(unavailable)?;
         migrate(&writer).map_err(unavailable)?;
-        let reader = open_connection(&cfg.path, cfg.synchronous).map_err(unavailable)?;
-        let checkpointer = open_connection(&cfg.path, cfg.synchronous).map_err(unavailable)?;
+        let reader = open_connection(&cfg.path, cfg.synchronous, cfg.busy_timeout_ms)
+            .map_err(unavailable)?;
+        let checkpointer = open_connection(&cfg.path, cfg.synchronous, cfg.busy_timeout_ms)
+            .map_err(unavailable)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let batch_max = cfg.group_commit_max.max(1);
         std::thread::Builder::new()
@@ -104,7 +136,16 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             dedupe_ttl_ms: (cfg.dedupe_ttl_secs as i64).saturating_mul(1000),
             parked_ttl_ms: (cfg.parked_receipt_ttl_secs as i64).saturating_mul(1000),
+            damaged: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// Why the file is known to be damaged, if it is.
+    fn damage(&self) -> Option<String> {
+        self.damaged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Runs `f` inside the writer's next transaction; resolves after the COMMIT.
@@ -113,11 +154,15 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> Result<R> {
         let (tx, rx) = oneshot::channel();
+        let damaged = self.damaged.clone();
         let job: Job = Box::new(move |conn| {
             let res = match conn {
                 Some(conn) => in_savepoint(conn, f),
                 None => Err(rusqlite::Error::InvalidQuery),
             };
+            if let Err(e) = &res {
+                note_corruption(&damaged, e);
+            }
             Box::new(move |commit| {
                 let out = match (commit, res) {
                     (Ok(()), Ok(v)) => Ok(v),
@@ -140,12 +185,15 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> Result<R> {
-        let reader = self.reader.clone();
+        let (reader, damaged) = (self.reader.clone(), self.damaged.clone());
         tokio::task::spawn_blocking(move || {
             let conn = reader
                 .lock()
                 .map_err(|_| unavailable("reader lock poisoned"))?;
-            f(&conn).map_err(unavailable)
+            f(&conn).map_err(|e| {
+                note_corruption(&damaged, &e);
+                unavailable(e)
+            })
         })
         .await
         .map_err(unavailable)?
@@ -996,6 +1044,9 @@ impl Store for SqliteStore {
     }
 
     async fn probe_write(&self) -> Result<()> {
+        if let Some(why) = self.damage() {
+            return Err(unavailable(format!("the database file is damaged: {why}")));
+        }
         self.write(|conn| {
             conn.prepare_cached("INSERT INTO meta(k, v) VALUES ('ready_probe', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v")?
                 .execute(params![now_ms().to_string()])?;

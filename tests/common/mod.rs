@@ -324,3 +324,152 @@ pub fn text_of(e: &RecordedEvent) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// `RIO_LONG=1` runs every fault suite in its long form (more messages, longer fault runs,
+/// more kills); CI runs the short form.
+pub fn long_mode() -> bool {
+    std::env::var("RIO_LONG").is_ok_and(|v| v == "1")
+}
+
+/// `short` normally, `long` under `RIO_LONG=1`.
+pub fn scaled<T>(short: T, long: T) -> T {
+    if long_mode() { long } else { short }
+}
+
+/// One attempt from the gateway's attempt log.
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    pub item_id: i64,
+    pub at_ms: i64,
+    pub outcome: String,
+    pub duration_ms: i64,
+}
+
+/// Every finished attempt of `lane`, in start order.
+pub fn attempt_rows(db: &std::path::Path, lane: i64) -> Vec<AttemptRow> {
+    let conn = rusqlite::Connection::open(db).expect("open db");
+    let mut stmt = conn
+        .prepare(
+            "SELECT item_id, at_ms, outcome, COALESCE(duration_ms, 0) FROM attempts
+             WHERE lane = ?1 AND outcome != 'attempting' ORDER BY at_ms, id",
+        )
+        .unwrap();
+    stmt.query_map([lane], |r| {
+        Ok(AttemptRow {
+            item_id: r.get(0)?,
+            at_ms: r.get(1)?,
+            outcome: r.get(2)?,
+            duration_ms: r.get(3)?,
+        })
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+/// What [`check_retry_schedule`] looked at.
+#[derive(Debug, Default)]
+pub struct ScheduleReport {
+    /// Gaps after a counted failure (retry/ambiguous) that were checked against the backoff.
+    pub backoff_gaps: usize,
+    /// Gaps after a 429 checked against the pause.
+    pub throttle_gaps: usize,
+    /// The largest gap beyond the schedule's upper bound explained by scheduling alone
+    /// (rate slots, wake-ups), in ms.
+    pub max_slack_ms: i64,
+}
+
+/// Checks the lane's retries against the schedule of `src/lanes/retry.rs`, from the
+/// gateway's attempt log:
+/// - after the k-th counted failure of an item (a retry or an ambiguous attempt), its next
+///   attempt starts no sooner than base·2^(k−1)/2 (capped at `max_ms`) after the failure
+///   was known, and no later than the full delay plus lane pauses plus `slack_ms`;
+/// - after a 429 answered with `Retry-After: 1` or none (both mean a 1 s pause), no attempt
+///   of the lane starts until the pause is over.
+///
+/// An attempt's end is `at_ms + duration_ms` (the slot time plus the request's duration).
+pub fn check_retry_schedule(
+    db: &std::path::Path,
+    lane: i64,
+    base_ms: i64,
+    max_ms: i64,
+    slack_ms: i64,
+) -> ScheduleReport {
+    const PAUSE_MS: i64 = 1000;
+    let rows = attempt_rows(db, lane);
+    let pauses: Vec<(i64, i64)> = rows
+        .iter()
+        .filter(|r| r.outcome == "throttled")
+        .map(|r| (r.at_ms + r.duration_ms, r.at_ms + r.duration_ms + PAUSE_MS))
+        .collect();
+    let mut report = ScheduleReport::default();
+    // Lane-wide: nothing starts inside a pause (1 ms either side for rounding to ms).
+    for &(from, until) in &pauses {
+        if let Some(r) = rows
+            .iter()
+            .find(|r| r.at_ms > from + 1 && r.at_ms < until - 1)
+        {
+            panic!(
+                "attempt of item {} started at {} inside the 429 pause {from}..{until}",
+                r.item_id, r.at_ms
+            );
+        }
+    }
+    let paused_within = |from: i64, to: i64| -> i64 {
+        pauses
+            .iter()
+            .map(|&(a, b)| (b.min(to) - a.max(from)).max(0))
+            .sum()
+    };
+    let mut by_item: std::collections::BTreeMap<i64, Vec<&AttemptRow>> = Default::default();
+    for r in &rows {
+        by_item.entry(r.item_id).or_default().push(r);
+    }
+    for attempts in by_item.values() {
+        let mut counted = 0u32;
+        for pair in attempts.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            let end = a.at_ms + a.duration_ms;
+            let gap = b.at_ms - end;
+            match a.outcome.as_str() {
+                "retry" | "ambiguous" => {
+                    counted += 1;
+                    let full = (base_ms << (counted - 1).min(30)).min(max_ms);
+                    assert!(
+                        gap >= full / 2 - 1,
+                        "item {}: retry {counted} came {gap} ms after the failure, before the \
+                         backoff's lower bound {} ms",
+                        a.item_id,
+                        full / 2
+                    );
+                    let excess = gap - full - paused_within(end, b.at_ms);
+                    report.max_slack_ms = report.max_slack_ms.max(excess);
+                    assert!(
+                        excess <= slack_ms,
+                        "item {}: retry {counted} came {gap} ms after the failure, {excess} ms \
+                         past the backoff's upper bound {full} ms and any pauses",
+                        a.item_id
+                    );
+                    report.backoff_gaps += 1;
+                }
+                "throttled" => {
+                    assert!(
+                        gap >= PAUSE_MS - 1,
+                        "item {}: retried {gap} ms after a 429 (Retry-After 1 s)",
+                        a.item_id
+                    );
+                    report.throttle_gaps += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    report
+}
+
+/// Requests per sliding second at most, from arrival times in ms.
+pub fn busiest_second(times: &[i64]) -> usize {
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    rio_bridge::respondio::emulator::max_in_window(&sorted, 1000)
+}

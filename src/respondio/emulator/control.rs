@@ -7,6 +7,7 @@
 //! | `DELETE /_emulator/events` | forgets recorded events, calls and the dedupe memory |
 //! | `GET /_emulator/calls?channel=&status=` | calls, accepted and rejected (filters optional) |
 //! | `POST /_emulator/faults` | `{"channel","responses":[{status,retry_after?,delay_ms?}],"clear"?}` |
+//! | `POST /_emulator/fault-rates` | `{"channel","rates":{server_error?,throttle?,throttle_bare?,reset?,hang?,slow?,slow_body?,slow_ms?}}` |
 //! | `GET/POST /_emulator/channels` | list (tokens omitted) / register `{"channelId","token","id_type"?,"rate_limit"?}` |
 //! | `GET/POST /_emulator/config` | the switches `dedupe_by_mid`, `max_events_per_call`, `retry_after` |
 //! | `POST /_emulator/send` | `{"channelId","contactId","message","url"}` → `{"status","body"}` |
@@ -22,8 +23,8 @@ use serde_json::{Map, Value, json};
 
 use super::webhook::error_response;
 use super::{
-    DEFAULT_RATE_LIMIT, EmulatedChannel, EmulatedIdType, Emulator, FaultResponse, RecordedCall,
-    RecordedEvent, RetryAfterForm,
+    DEFAULT_RATE_LIMIT, EmulatedChannel, EmulatedIdType, Emulator, FaultRates, FaultResponse,
+    RecordedCall, RecordedEvent, RetryAfterForm,
 };
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +107,36 @@ pub(super) async fn faults(State(emu): State<Emulator>, body: Bytes) -> Response
         .get(&body.channel)
         .map_or(0, |queue| queue.len());
     Json(json!({ "channel": body.channel, "pending": pending })).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultRatesBody {
+    channel: String,
+    rates: FaultRates,
+}
+
+/// Random misbehaviour from now on (all zeros: behave). Each rate is a probability.
+pub(super) async fn fault_rates(State(emu): State<Emulator>, body: Bytes) -> Response {
+    let body: FaultRatesBody = match parse(&body) {
+        Ok(body) => body,
+        Err(reason) => return bad_request(&reason),
+    };
+    let r = &body.rates;
+    let rates = [
+        r.server_error,
+        r.throttle,
+        r.throttle_bare,
+        r.reset,
+        r.hang,
+        r.slow,
+        r.slow_body,
+    ];
+    if rates.iter().any(|p| !(0.0..=1.0).contains(p)) || rates.iter().sum::<f64>() > 1.0 {
+        return bad_request("rates: each must be in 0..=1 and together at most 1");
+    }
+    emu.set_fault_rates(&body.channel, body.rates);
+    Json(json!({ "channel": body.channel })).into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -201,7 +201,19 @@ pub struct FaultRates {
     pub slow: f64,
     #[serde(default)]
     pub slow_ms: u64,
+    /// Answer 429 without `Retry-After`.
+    #[serde(default)]
+    pub throttle_bare: f64,
+    /// Never answer: hold the connection for [`HANG_MS`], then close it, storing nothing.
+    #[serde(default)]
+    pub hang: f64,
+    /// Store the events and answer 200 at once, but trickle the body over `slow_ms`.
+    #[serde(default)]
+    pub slow_body: f64,
 }
+
+/// How long a `hang` holds the connection: longer than any client timeout worth testing.
+pub const HANG_MS: u64 = 30_000;
 
 /// What a random draw decided for one call.
 #[derive(Debug, Clone, PartialEq)]
@@ -209,6 +221,8 @@ pub(crate) enum RandomFault {
     Answer(FaultResponse),
     Reset,
     Slow(u64),
+    Hang,
+    SlowBody(u64),
 }
 
 /// An injected answer for a future webhook call (see [`Emulator::inject`]).
@@ -313,6 +327,7 @@ impl Emulator {
             )
             .route("/_emulator/calls", get(control::list_calls))
             .route("/_emulator/faults", post(control::faults))
+            .route("/_emulator/fault-rates", post(control::fault_rates))
             .route(
                 "/_emulator/channels",
                 get(control::list_channels).post(control::add_channel),
@@ -410,6 +425,16 @@ impl Emulator {
             ),
             (rates.reset, RandomFault::Reset),
             (rates.slow, RandomFault::Slow(rates.slow_ms)),
+            (
+                rates.throttle_bare,
+                RandomFault::Answer(FaultResponse {
+                    status: 429,
+                    retry_after: None,
+                    delay_ms: None,
+                }),
+            ),
+            (rates.hang, RandomFault::Hang),
+            (rates.slow_body, RandomFault::SlowBody(rates.slow_ms)),
         ] {
             if r < p {
                 return Some(fault);

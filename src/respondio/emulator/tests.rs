@@ -1402,3 +1402,95 @@ fn recorded_types_serialize_with_spec_field_names() {
     let back: RecordedEvent = serde_json::from_value(v).expect("deserialize");
     assert_eq!(back, event);
 }
+
+#[tokio::test]
+async fn random_faults_cover_every_kind_and_store_only_where_documented() {
+    let h = start(unlimited_cfg()).await;
+    let post = |mid: &'static str| {
+        let h = &h;
+        async move {
+            let started = Instant::now();
+            let resp = h
+                .http
+                .post(format!("{}{WEBHOOK_PATH}", h.base))
+                .bearer_auth(TOK1)
+                .timeout(Duration::from_secs(2))
+                .json(&envelope("CH1", PHONE, vec![text_event(mid)]))
+                .send()
+                .await;
+            match resp {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let retry_after = r.headers().get("retry-after").cloned();
+                    let body = r.text().await.ok();
+                    (Some(status), retry_after, body, started.elapsed())
+                }
+                Err(_) => (None, None, None, started.elapsed()),
+            }
+        }
+    };
+    let set = |f: fn(&mut FaultRates)| {
+        let mut rates = FaultRates {
+            slow_ms: 300,
+            ..FaultRates::default()
+        };
+        f(&mut rates);
+        h.emu.set_fault_rates("CH1", rates);
+    };
+    set(|r| r.server_error = 1.0);
+    assert_eq!(post("m-500").await.0, Some(500));
+    set(|r| r.throttle = 1.0);
+    let (status, retry_after, ..) = post("m-429").await;
+    assert_eq!(
+        (status, retry_after),
+        (Some(429), Some("1".parse().unwrap()))
+    );
+    set(|r| r.throttle_bare = 1.0);
+    let (status, retry_after, ..) = post("m-429-bare").await;
+    assert_eq!((status, retry_after), (Some(429), None));
+    set(|r| r.reset = 1.0);
+    assert_eq!(post("m-reset").await.0, None);
+    set(|r| r.hang = 1.0);
+    assert_eq!(
+        post("m-hang").await.0,
+        None,
+        "no answer within the client's 2 s"
+    );
+    set(|r| r.slow = 1.0);
+    let (status, _, _, took) = post("m-late").await;
+    assert_eq!(status, Some(200));
+    assert!(
+        took >= Duration::from_millis(300),
+        "answered after {took:?}"
+    );
+    set(|r| r.slow_body = 1.0);
+    let (status, _, body, took) = post("m-slow-body").await;
+    assert_eq!(status, Some(200));
+    assert_eq!(body.as_deref().map(str::trim), Some("{}"));
+    assert!(took >= Duration::from_millis(200), "trickled over {took:?}");
+    set(|_| {});
+    assert_eq!(post("m-ok").await.0, Some(200));
+    // The control API sets the same switches, and refuses impossible rates.
+    let bad = h
+        .control(
+            "/_emulator/fault-rates",
+            &json!({"channel": "CH1", "rates": {"server_error": 0.7, "reset": 0.7}}),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.reason());
+    let ok = h
+        .control(
+            "/_emulator/fault-rates",
+            &json!({"channel": "CH1", "rates": {"server_error": 1.0}}),
+        )
+        .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(post("m-after-control").await.0, Some(500));
+    let stored: Vec<String> = h
+        .emu
+        .events("CH1")
+        .iter()
+        .map(|e| e.event["mId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stored, ["m-late", "m-slow-body", "m-ok"]);
+}

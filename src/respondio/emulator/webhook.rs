@@ -135,7 +135,19 @@ pub(super) async fn handle(
             );
             drop_connection();
         }
-        Some(super::RandomFault::Slow(ms)) => slow = Some(ms),
+        Some(super::RandomFault::Hang) => {
+            let reason = Some("injected hang (no answer)".to_string());
+            emu.record_call(
+                &summary,
+                Some(rules.token_channel.clone()),
+                StatusCode::GATEWAY_TIMEOUT,
+                reason,
+            );
+            tokio::time::sleep(Duration::from_millis(super::HANG_MS)).await;
+            drop_connection();
+        }
+        Some(super::RandomFault::Slow(ms)) => slow = Some(Slowness::Answer(ms)),
+        Some(super::RandomFault::SlowBody(ms)) => slow = Some(Slowness::Body(ms)),
         None => {}
     }
 
@@ -151,13 +163,46 @@ pub(super) async fn handle(
                 contact_id: envelope.contact_id.to_owned(),
                 events: envelope.events.len(),
             });
-            if let Some(ms) = slow {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+            match slow {
+                None => (StatusCode::OK, Json(json!({}))).into_response(),
+                Some(Slowness::Answer(ms)) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    (StatusCode::OK, Json(json!({}))).into_response()
+                }
+                Some(Slowness::Body(ms)) => trickled_ok(ms),
             }
-            (StatusCode::OK, Json(json!({}))).into_response()
         }
         Err(rejection) => emu.reject(&summary, Some(rules.token_channel.clone()), rejection, None),
     }
+}
+
+/// How a call that stores its events answers slowly.
+enum Slowness {
+    /// The whole answer waits this many ms.
+    Answer(u64),
+    /// Status and headers at once, the `{}` body trickled over this many ms.
+    Body(u64),
+}
+
+/// `200 {}` whose body arrives a byte at a time (after leading whitespace) over `ms`.
+fn trickled_ok(ms: u64) -> Response {
+    const PIECES: u64 = 8;
+    let body = format!("{}{{}}", " ".repeat(PIECES as usize - 2));
+    let pieces: Vec<Bytes> = body
+        .into_bytes()
+        .into_iter()
+        .map(|b| Bytes::copy_from_slice(&[b]))
+        .collect();
+    let stream = futures::stream::iter(pieces).then(move |piece| async move {
+        tokio::time::sleep(Duration::from_millis(ms / PIECES)).await;
+        Ok::<_, std::convert::Infallible>(piece)
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 impl Emulator {
