@@ -99,6 +99,16 @@ impl SqliteStore {
         })
     }
 
+    /// Applies pending schema migrations to the store's file and returns their versions,
+    /// without starting the writer (`rio-bridge migrate`).
+    pub fn migrate_only(cfg: &StoreConfig) -> anyhow::Result<Vec<i64>> {
+        if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut conn = open_connection(&cfg.path, cfg.synchronous)?;
+        Ok(super::migrate::migrate(&mut conn)?)
+    }
+
     /// Runs `f` inside the writer's next transaction; resolves after the COMMIT.
     pub(crate) async fn write<R: Send + 'static>(
         &self,
