@@ -3,10 +3,12 @@
 
 use std::io::Write;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
-#[derive(Debug, Args)]
+/// `Parser` (not just `Args`) so tests and scripts can parse an argument list directly.
+#[derive(Debug, Parser)]
+#[command(name = "admin")]
 pub struct AdminArgs {
     /// The server's admin address (the internal listener if `server.admin_listen` is set).
     #[arg(long, env = "RIO_ADMIN_URL", default_value = "http://127.0.0.1:3030")]

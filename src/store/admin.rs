@@ -150,6 +150,8 @@ pub struct LaneActivity {
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct PurgeReport {
+    /// Messages of the contact being attempted right now: when not 0, nothing was purged.
+    pub in_flight: u64,
     pub items: u64,
     pub history: u64,
     pub attempts: u64,

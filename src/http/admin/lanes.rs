@@ -158,6 +158,10 @@ pub async fn purge(State(state): State<Arc<AppState>>, Extension(actor): Extensi
         return bad_request("contact is required");
     }
     match state.admin_store.purge_contact(&b.channel, &b.contact, &actor.0).await {
+        Ok(report) if report.in_flight > 0 => crate::http::json_error(
+            axum::http::StatusCode::CONFLICT,
+            "a message of this contact is being sent right now; purge again in a moment",
+        ),
         Ok(report) => {
             tracing::warn!(channel = %b.channel, actor = %actor.0, items = report.items, "contact purged");
             ok_json(json!({"purged": report}))
