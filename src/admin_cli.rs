@@ -221,7 +221,8 @@ pub async fn run(args: AdminArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             let t = message_table(&v);
             (v, t)
         }
-        AdminCommand::Replay { ids, filter, limit } | AdminCommand::Discard { ids, filter, limit } => {
+        AdminCommand::Replay { ids, filter, limit }
+        | AdminCommand::Discard { ids, filter, limit } => {
             let action = if matches!(args.command, AdminCommand::Replay { .. }) {
                 "replay"
             } else {
@@ -235,25 +236,41 @@ pub async fn run(args: AdminArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             (v, t)
         }
         AdminCommand::Raw { channel, page } => {
-            let mut q: Vec<(&str, String)> = channel.clone().map(|c| ("channel", c)).into_iter().collect();
+            let mut q: Vec<(&str, String)> = channel
+                .clone()
+                .map(|c| ("channel", c))
+                .into_iter()
+                .collect();
             q.extend(page.pairs());
             let v = client.get("/admin/raw-webhooks", &q).await?;
             let t = table(
                 &["ID", "CHANNEL", "ROUTE", "RECEIVED", "REASON"],
                 items(&v)
                     .iter()
-                    .map(|r| vec![s(&r["id"]), s(&r["channel"]), s(&r["route"]), time(&r["received_ms"]), s(&r["reason"])])
+                    .map(|r| {
+                        vec![
+                            s(&r["id"]),
+                            s(&r["channel"]),
+                            s(&r["route"]),
+                            time(&r["received_ms"]),
+                            s(&r["reason"]),
+                        ]
+                    })
                     .collect(),
             );
             (v, t)
         }
         AdminCommand::ReplayRaw { id } => {
-            let v = client.post(&format!("/admin/raw-webhooks/{id}/replay"), json!({})).await?;
+            let v = client
+                .post(&format!("/admin/raw-webhooks/{id}/replay"), json!({}))
+                .await?;
             let t = summary_table(&v);
             (v, t)
         }
         AdminCommand::DiscardRaw { id } => {
-            let v = client.post(&format!("/admin/raw-webhooks/{id}/discard"), json!({})).await?;
+            let v = client
+                .post(&format!("/admin/raw-webhooks/{id}/discard"), json!({}))
+                .await?;
             let t = summary_table(&v);
             (v, t)
         }
@@ -261,14 +278,26 @@ pub async fn run(args: AdminArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             let v = client.get("/admin/lanes", &[]).await?;
             let rows = v["lanes"].as_array().cloned().unwrap_or_default();
             let t = table(
-                &["CHANNEL", "DIRECTION", "DEPTH", "OLDEST", "DEAD", "PAUSED", "CIRCUIT", "REQ/S", "LIMIT/S"],
+                &[
+                    "CHANNEL",
+                    "DIRECTION",
+                    "DEPTH",
+                    "OLDEST",
+                    "DEAD",
+                    "PAUSED",
+                    "CIRCUIT",
+                    "REQ/S",
+                    "LIMIT/S",
+                ],
                 rows.iter()
                     .map(|l| {
                         vec![
                             s(&l["channel"]),
                             s(&l["direction"]),
                             s(&l["depth"]),
-                            l["oldest_pending_age_ms"].as_i64().map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
+                            l["oldest_pending_age_ms"]
+                                .as_i64()
+                                .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
                             s(&l["dead"]),
                             if l["paused_indefinitely"] == true {
                                 "until resumed".into()
@@ -277,7 +306,11 @@ pub async fn run(args: AdminArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                             } else {
                                 "no".into()
                             },
-                            if l["circuit_open"] == true { "open".into() } else { "closed".into() },
+                            if l["circuit_open"] == true {
+                                "open".into()
+                            } else {
+                                "closed".into()
+                            },
                             format!("{:.2}", l["requests_per_sec"].as_f64().unwrap_or(0.0)),
                             s(&l["rate_limit_per_sec"]),
                         ]
@@ -286,40 +319,71 @@ pub async fn run(args: AdminArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             );
             (v, t)
         }
-        AdminCommand::Pause { channel, direction, for_secs } => {
+        AdminCommand::Pause {
+            channel,
+            direction,
+            for_secs,
+        } => {
             let body = match for_secs {
                 Some(n) => json!({"for_secs": n}),
                 None => json!({}),
             };
             let v = client
-                .post(&format!("/admin/lanes/{}/{}/pause", encode(channel), encode(direction)), body)
+                .post(
+                    &format!(
+                        "/admin/lanes/{}/{}/pause",
+                        encode(channel),
+                        encode(direction)
+                    ),
+                    body,
+                )
                 .await?;
             let t = summary_table(&v);
             (v, t)
         }
         AdminCommand::Resume { channel, direction } => {
             let v = client
-                .post(&format!("/admin/lanes/{}/{}/resume", encode(channel), encode(direction)), json!({}))
+                .post(
+                    &format!(
+                        "/admin/lanes/{}/{}/resume",
+                        encode(channel),
+                        encode(direction)
+                    ),
+                    json!({}),
+                )
                 .await?;
             let t = summary_table(&v);
             (v, t)
         }
         AdminCommand::Purge { channel, contact } => {
             let v = client
-                .post("/admin/contacts/purge", json!({"channel": channel, "contact": contact}))
+                .post(
+                    "/admin/contacts/purge",
+                    json!({"channel": channel, "contact": contact}),
+                )
                 .await?;
             let t = summary_table(&v["purged"]);
             (v, t)
         }
         AdminCommand::Audit { actor, page } => {
-            let mut q: Vec<(&str, String)> = actor.clone().map(|a| ("actor", a)).into_iter().collect();
+            let mut q: Vec<(&str, String)> =
+                actor.clone().map(|a| ("actor", a)).into_iter().collect();
             q.extend(page.pairs());
             let v = client.get("/admin/audit", &q).await?;
             let t = table(
                 &["ID", "WHEN", "WHO", "ACTION", "TARGET", "DETAIL"],
                 items(&v)
                     .iter()
-                    .map(|a| vec![s(&a["id"]), time(&a["at_ms"]), s(&a["actor"]), s(&a["action"]), s(&a["target"]), s(&a["detail"])])
+                    .map(|a| {
+                        vec![
+                            s(&a["id"]),
+                            time(&a["at_ms"]),
+                            s(&a["actor"]),
+                            s(&a["action"]),
+                            s(&a["target"]),
+                            s(&a["detail"]),
+                        ]
+                    })
                     .collect(),
             );
             (v, t)
@@ -356,7 +420,9 @@ fn selection(ids: &[i64], filter: &FilterArgs, limit: Option<usize>) -> anyhow::
             Ok(v)
         }
         (false, false) => anyhow::bail!("give --id or filters, not both"),
-        (true, true) => anyhow::bail!("give --id N (repeatable) or filters (--channel, --contact, ...)"),
+        (true, true) => {
+            anyhow::bail!("give --id N (repeatable) or filters (--channel, --contact, ...)")
+        }
     }
 }
 
@@ -391,7 +457,9 @@ impl Client {
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            let msg = body["error"]["message"].as_str().unwrap_or("no error message");
+            let msg = body["error"]["message"]
+                .as_str()
+                .unwrap_or("no error message");
             anyhow::bail!("{} answered {}: {msg}", self.base, status.as_u16());
         }
         Ok(body)
@@ -419,7 +487,9 @@ fn s(v: &Value) -> String {
 
 /// Epoch ms as UTC `YYYY-MM-DD HH:MM:SS`.
 fn time(v: &Value) -> String {
-    let Some(ms) = v.as_i64() else { return "-".into() };
+    let Some(ms) = v.as_i64() else {
+        return "-".into();
+    };
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
@@ -432,7 +502,12 @@ fn time(v: &Value) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Columns padded to their widest cell; long cells cut at 60 characters.
@@ -444,7 +519,10 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
             c.to_string()
         }
     };
-    let rows: Vec<Vec<String>> = rows.into_iter().map(|r| r.iter().map(|c| cut(c)).collect()).collect();
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|r| r.iter().map(|c| cut(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -473,7 +551,19 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
 
 fn message_table(v: &Value) -> String {
     table(
-        &["ID", "CHANNEL", "DIRECTION", "KIND", "MID", "CONTACT", "STATE", "STATUS", "TRIES", "CREATED", "LAST ERROR"],
+        &[
+            "ID",
+            "CHANNEL",
+            "DIRECTION",
+            "KIND",
+            "MID",
+            "CONTACT",
+            "STATE",
+            "STATUS",
+            "TRIES",
+            "CREATED",
+            "LAST ERROR",
+        ],
         items(v)
             .iter()
             .map(|m| {
@@ -484,7 +574,11 @@ fn message_table(v: &Value) -> String {
                     s(&m["kind"]),
                     s(&m["mid"]),
                     s(&m["contact"]),
-                    if m["discarded"] == true { "discarded".into() } else { s(&m["state"]) },
+                    if m["discarded"] == true {
+                        "discarded".into()
+                    } else {
+                        s(&m["state"])
+                    },
                     s(&m["status"]),
                     s(&m["attempts"]),
                     time(&m["created_ms"]),
@@ -497,7 +591,9 @@ fn message_table(v: &Value) -> String {
 
 fn log_table(rows: &[Value]) -> String {
     table(
-        &["WHEN", "MID", "DIR", "KIND", "METHOD", "URL", "STATUS", "MS", "ERROR"],
+        &[
+            "WHEN", "MID", "DIR", "KIND", "METHOD", "URL", "STATUS", "MS", "ERROR",
+        ],
         rows.iter()
             .map(|l| {
                 vec![
@@ -526,7 +622,14 @@ fn show_table(v: &Value) -> String {
             .map(Vec::as_slice)
             .unwrap_or(&[])
             .iter()
-            .map(|e| vec![time(&e["at_ms"]), s(&e["source"]), s(&e["event"]), s(&e["detail"])])
+            .map(|e| {
+                vec![
+                    time(&e["at_ms"]),
+                    s(&e["source"]),
+                    s(&e["event"]),
+                    s(&e["detail"]),
+                ]
+            })
             .collect(),
     ));
     if let Some(logs) = v["channel_logs"].as_array().filter(|l| !l.is_empty()) {

@@ -168,7 +168,10 @@ fn migrate(path: PathBuf) -> anyhow::Result<()> {
             rio_bridge::store::migrate::latest()
         );
     } else {
-        println!("{}: applied migrations {applied:?}", cfg.store.path.display());
+        println!(
+            "{}: applied migrations {applied:?}",
+            cfg.store.path.display()
+        );
     }
     Ok(())
 }

@@ -91,7 +91,11 @@ impl Admin {
 
 async fn push(stage: &Stage, from: &str, text: &str) {
     assert_eq!(
-        stage.sim.push_inbound(from, OUR_NUMBER, text).await.unwrap(),
+        stage
+            .sim
+            .push_inbound(from, OUR_NUMBER, text)
+            .await
+            .unwrap(),
         200
     );
 }
@@ -125,7 +129,10 @@ fn enc(s: &str) -> String {
 }
 
 fn accepted_for(stage: &Stage, mid: &str) -> usize {
-    accepted_mids(&stage.sim).iter().filter(|m| *m == mid).count()
+    accepted_mids(&stage.sim)
+        .iter()
+        .filter(|m| *m == mid)
+        .count()
 }
 
 /// Send calls that reached the provider stand-in for this mId, whatever it answered.
@@ -292,12 +299,21 @@ async fn filters_and_stable_cursor_pagination() {
     assert_eq!(admin.mids("channel=sms").await.len(), 4);
     assert_eq!(admin.mids("channel=other").await.len(), 0);
     assert_eq!(admin.mids("direction=to_respondio").await.len(), 3);
-    assert_eq!(admin.mids("direction=to_provider").await, vec![out_bob.clone()]);
-    assert_eq!(admin.mids(&format!("contact={}", enc(ALICE))).await.len(), 2);
+    assert_eq!(
+        admin.mids("direction=to_provider").await,
+        vec![out_bob.clone()]
+    );
+    assert_eq!(
+        admin.mids(&format!("contact={}", enc(ALICE))).await.len(),
+        2
+    );
     assert_eq!(admin.mids(&format!("contact={}", enc(BOB))).await.len(), 2);
     assert_eq!(admin.mids("kind=send").await, vec![out_bob.clone()]);
     assert_eq!(admin.mids("kind=message").await.len(), 3);
-    assert_eq!(admin.mids(&format!("mid={out_bob}")).await, vec![out_bob.clone()]);
+    assert_eq!(
+        admin.mids(&format!("mid={out_bob}")).await,
+        vec![out_bob.clone()]
+    );
     assert_eq!(admin.mids("state=pending").await.len(), 0);
     assert_eq!(admin.mids("state=dead").await.len(), 0);
     assert_eq!(admin.mids(&format!("since={t0}&until={t1}")).await.len(), 4);
@@ -324,7 +340,9 @@ async fn filters_and_stable_cursor_pagination() {
     push(&stage, CAROL, "c1").await;
     push(&stage, CAROL, "c2").await;
     let page2 = admin
-        .ok(&format!("/admin/messages?kind=message&limit=2&cursor={cursor}"))
+        .ok(&format!(
+            "/admin/messages?kind=message&limit=2&cursor={cursor}"
+        ))
         .await;
     let mut seen: Vec<String> = Vec::new();
     for p in [&page1, &page2] {
@@ -370,12 +388,21 @@ async fn message_detail_has_history_timeline_and_redacted_channel_logs() {
         .iter()
         .map(|h| h["event"].as_str().unwrap())
         .collect();
-    assert!(history.contains(&"accepted") && history.contains(&"status delivered"), "{history:?}");
+    assert!(
+        history.contains(&"accepted") && history.contains(&"status delivered"),
+        "{history:?}"
+    );
     assert_eq!(detail["attempts"][0]["outcome"], "ok");
     assert_eq!(detail["status_events"][0]["kind"], "status");
     let timeline = detail["timeline"].as_array().unwrap();
-    let times: Vec<i64> = timeline.iter().map(|e| e["at_ms"].as_i64().unwrap()).collect();
-    assert!(times.windows(2).all(|w| w[0] <= w[1]), "timeline in time order");
+    let times: Vec<i64> = timeline
+        .iter()
+        .map(|e| e["at_ms"].as_i64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "timeline in time order"
+    );
     assert!(timeline.len() >= 6, "{timeline:?}");
 
     let logs = detail["channel_logs"].as_array().unwrap();
@@ -384,14 +411,26 @@ async fn message_detail_has_history_timeline_and_redacted_channel_logs() {
     assert_eq!(provider["method"], "POST");
     assert_eq!(provider["status"], 200);
     assert!(provider["url"].as_str().unwrap().ends_with("/v3/sms/send"));
-    assert!(provider["request_body"].as_str().unwrap().contains("hello alice"));
-    assert!(provider["request_headers"]
-        .as_str()
-        .unwrap()
-        .contains("authorization: Basic [redacted]"));
+    assert!(
+        provider["request_body"]
+            .as_str()
+            .unwrap()
+            .contains("hello alice")
+    );
+    assert!(
+        provider["request_headers"]
+            .as_str()
+            .unwrap()
+            .contains("authorization: Basic [redacted]")
+    );
     let inbound_msg = logs.iter().find(|l| l["kind"] == "message").unwrap();
     assert_eq!(inbound_msg["direction"], "in");
-    assert!(inbound_msg["response_body"].as_str().unwrap().contains(&mid));
+    assert!(
+        inbound_msg["response_body"]
+            .as_str()
+            .unwrap()
+            .contains(&mid)
+    );
     let receipt = logs.iter().find(|l| l["kind"] == "webhook_status").unwrap();
     assert!(!receipt["url"].as_str().unwrap().contains(SECRET));
 
@@ -415,18 +454,28 @@ async fn message_detail_has_history_timeline_and_redacted_channel_logs() {
         .iter()
         .map(|l| l["kind"].as_str().unwrap())
         .collect();
-    assert!(kinds.contains(&"webhook_inbound") && kinds.contains(&"respondio"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"webhook_inbound") && kinds.contains(&"respondio"),
+        "{kinds:?}"
+    );
     let rio = d["channel_logs"]
         .as_array()
         .unwrap()
         .iter()
         .find(|l| l["kind"] == "respondio")
         .unwrap();
-    assert!(rio["request_headers"]
-        .as_str()
-        .unwrap()
-        .contains("authorization: Bearer [redacted]"));
-    assert!(rio["request_body"].as_str().unwrap().contains("hi from bob"));
+    assert!(
+        rio["request_headers"]
+            .as_str()
+            .unwrap()
+            .contains("authorization: Bearer [redacted]")
+    );
+    assert!(
+        rio["request_body"]
+            .as_str()
+            .unwrap()
+            .contains("hi from bob")
+    );
 
     // No secret anywhere in what was stored: the channel token, the webhook secret, the
     // provider key, and the Basic credentials they make.
@@ -478,11 +527,13 @@ async fn replay_is_idempotent_even_when_concurrent() {
     })
     .await;
     assert_eq!(d["message"]["attempts"], 1, "the attempt count restarted");
-    assert!(d["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|h| h["event"] == "replayed" && h["detail"] == "by ops"));
+    assert!(
+        d["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["event"] == "replayed" && h["detail"] == "by ops")
+    );
     // Settled: nothing can send it again. Two calls: the rejected one and one replay.
     assert_eq!(calls_for(&stage, &mid), 2);
     let audit = admin.ok("/admin/audit?actor=ops").await;
@@ -536,7 +587,12 @@ async fn replay_by_filter_and_discard() {
     assert_eq!(dead["items"], json!([]));
     let d = admin.ok(&format!("/admin/messages/{b1_mid}")).await;
     assert_eq!(d["message"]["discarded"], true);
-    assert!(d["message"]["last_error"].as_str().unwrap().contains("discarded by ops"));
+    assert!(
+        d["message"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("discarded by ops")
+    );
     // A discarded item is not dead any more: replaying it does nothing.
     let v = admin
         .ok_post("/admin/dead-letters/replay", json!({"ids": [b1]}))
@@ -554,7 +610,10 @@ async fn unparseable_webhooks_are_listed_replayed_and_discarded() {
     let body = std::fs::read_to_string("tests/fixtures/clicksend/inbound_missing_message_id.form")
         .unwrap();
     let r = reqwest::Client::new()
-        .post(format!("{}/channels/sms/inbound?secret={SECRET}", stage.base()))
+        .post(format!(
+            "{}/channels/sms/inbound?secret={SECRET}",
+            stage.base()
+        ))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(body.trim().to_string())
         .send()
@@ -570,7 +629,13 @@ async fn unparseable_webhooks_are_listed_replayed_and_discarded() {
         .ok_post(&format!("/admin/raw-webhooks/{id}/replay"), json!({}))
         .await;
     assert_eq!(v["outcome"], "still_unparseable");
-    assert_eq!(admin.ok("/admin/raw-webhooks").await["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        admin.ok("/admin/raw-webhooks").await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     // The exchange is in the channel log without a message, its secret redacted.
     let logs = admin.ok("/admin/channel-logs?channel=sms").await;
     let l = &logs["items"][0];
@@ -587,7 +652,12 @@ async fn unparseable_webhooks_are_listed_replayed_and_discarded() {
     assert_eq!(s, 404);
     let audit = admin.ok("/admin/audit").await;
     assert_eq!(audit["items"][0]["action"], "discard");
-    assert!(audit["items"][0]["target"].as_str().unwrap().contains("raw webhook"));
+    assert!(
+        audit["items"][0]["target"]
+            .as_str()
+            .unwrap()
+            .contains("raw webhook")
+    );
     gw.shutdown().await;
 }
 
@@ -640,11 +710,13 @@ async fn pause_holds_sends_across_a_restart_and_resume_wakes_the_lane() {
         "the pause did not survive a restart"
     );
     let lanes = admin.ok("/admin/lanes").await;
-    assert!(lanes["lanes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|l| l["direction"] == "to_provider" && l["paused"] == true));
+    assert!(
+        lanes["lanes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["direction"] == "to_provider" && l["paused"] == true)
+    );
 
     admin
         .ok_post("/admin/lanes/sms/to_provider/resume", json!({}))
@@ -655,14 +727,23 @@ async fn pause_holds_sends_across_a_restart_and_resume_wakes_the_lane() {
     .await;
     // A timed pause, and bad input.
     let v = admin
-        .ok_post("/admin/lanes/sms/to_respondio/pause", json!({"for_secs": 60}))
+        .ok_post(
+            "/admin/lanes/sms/to_respondio/pause",
+            json!({"for_secs": 60}),
+        )
         .await;
     let until = v["paused_until_ms"].as_i64().unwrap();
     assert!(until > rio_bridge::clock::now_ms() && until < rio_bridge::clock::now_ms() + 61_000);
-    admin.ok_post("/admin/lanes/sms/to_respondio/resume", json!({})).await;
-    let (s, _) = admin.post("/admin/lanes/sms/sideways/pause", json!({})).await;
+    admin
+        .ok_post("/admin/lanes/sms/to_respondio/resume", json!({}))
+        .await;
+    let (s, _) = admin
+        .post("/admin/lanes/sms/sideways/pause", json!({}))
+        .await;
     assert_eq!(s, 400);
-    let (s, _) = admin.post("/admin/lanes/nosuch/to_provider/pause", json!({})).await;
+    let (s, _) = admin
+        .post("/admin/lanes/nosuch/to_provider/pause", json!({}))
+        .await;
     assert_eq!(s, 404);
     let (s, _) = admin
         .post("/admin/lanes/sms/to_provider/pause", json!({"for_secs": 0}))
@@ -677,7 +758,13 @@ async fn pause_holds_sends_across_a_restart_and_resume_wakes_the_lane() {
         .map(|e| e["action"].as_str().unwrap())
         .collect();
     assert_eq!(actions, ["resume", "pause", "resume", "pause"]);
-    assert!(audit["items"].as_array().unwrap().iter().all(|e| e["actor"] == "ops"));
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["actor"] == "ops")
+    );
     gw.shutdown().await;
 }
 
@@ -702,7 +789,10 @@ async fn purge_deletes_one_contact_and_keeps_the_others() {
     .await;
 
     let v = admin
-        .ok_post("/admin/contacts/purge", json!({"channel": "sms", "contact": ALICE}))
+        .ok_post(
+            "/admin/contacts/purge",
+            json!({"channel": "sms", "contact": ALICE}),
+        )
         .await;
     let p = &v["purged"];
     assert!(p["items"].as_u64().unwrap() >= 2, "{p}");
@@ -712,7 +802,12 @@ async fn purge_deletes_one_contact_and_keeps_the_others() {
     assert!(p["dedupe_keys"].as_u64().unwrap() >= 1, "{p}");
     assert_eq!(p["contact_profiles"], 1, "{p}");
 
-    assert!(admin.mids(&format!("contact={}", enc(ALICE))).await.is_empty());
+    assert!(
+        admin
+            .mids(&format!("contact={}", enc(ALICE)))
+            .await
+            .is_empty()
+    );
     let (s, _) = admin.get(&format!("/admin/messages/{alice_out}")).await;
     assert_eq!(s, 404);
     assert_eq!(admin.mids(&format!("contact={}", enc(BOB))).await.len(), 2);
@@ -722,7 +817,10 @@ async fn purge_deletes_one_contact_and_keeps_the_others() {
     for (table, col) in [
         ("items", "contact || payload || COALESCE(contact_json,'')"),
         ("contacts", "contact"),
-        ("channel_logs", "url || COALESCE(request_body,'') || COALESCE(response_body,'')"),
+        (
+            "channel_logs",
+            "url || COALESCE(request_body,'') || COALESCE(response_body,'')",
+        ),
     ] {
         let n: i64 = conn
             .query_row(
@@ -745,9 +843,15 @@ async fn purge_deletes_one_contact_and_keeps_the_others() {
     let e = &audit["items"][0];
     assert_eq!(e["action"], "purge");
     assert_eq!(e["actor"], "ops");
-    assert!(!e["target"].as_str().unwrap().contains(bare), "the audit keeps no contact id");
+    assert!(
+        !e["target"].as_str().unwrap().contains(bare),
+        "the audit keeps no contact id"
+    );
     let (s, _) = admin
-        .post("/admin/contacts/purge", json!({"channel": "nosuch", "contact": ALICE}))
+        .post(
+            "/admin/contacts/purge",
+            json!({"channel": "nosuch", "contact": ALICE}),
+        )
         .await;
     assert_eq!(s, 404);
     gw.shutdown().await;
@@ -802,7 +906,8 @@ async fn a_first_release_database_is_migrated_and_its_data_survives() {
     // a send still pending, a dead send, a dedupe key, history and attempts.
     {
         let conn = rusqlite::Connection::open(stage.db_path()).unwrap();
-        conn.execute_batch(include_str!("fixtures/schema/v1.sql")).unwrap();
+        conn.execute_batch(include_str!("fixtures/schema/v1.sql"))
+            .unwrap();
         conn.pragma_update(None, "user_version", 1).unwrap();
         let now = rio_bridge::clock::now_ms();
         conn.execute_batch(&format!(
@@ -824,7 +929,9 @@ async fn a_first_release_database_is_migrated_and_its_data_survives() {
     let gw = InProcess::start(&stage).await;
     let admin = Admin::new(&stage.base());
     let conn = rusqlite::Connection::open(stage.db_path()).unwrap();
-    let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(v, rio_bridge::store::migrate::latest());
 
     // Old data through the new API.
@@ -852,10 +959,15 @@ async fn a_first_release_database_is_migrated_and_its_data_survives() {
     })
     .await;
     let dup: i64 = conn
-        .query_row("SELECT COUNT(*) FROM dedupe WHERE key = 'P1'", [], |r| r.get(0))
+        .query_row("SELECT COUNT(*) FROM dedupe WHERE key = 'P1'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(dup, 1);
-    assert_eq!(admin.ok("/admin/audit").await["items"][0]["action"], "replay");
+    assert_eq!(
+        admin.ok("/admin/audit").await["items"][0]["action"],
+        "replay"
+    );
     gw.shutdown().await;
 }
 
@@ -883,23 +995,42 @@ async fn cli_against_a_running_server() {
     assert_eq!(json_out["items"][0]["id"], id);
 
     let out = cli(&stage, &["replay", "--id", &id.to_string()]).await;
-    assert!(out.contains("replayed") && out.contains(&id.to_string()), "{out}");
+    assert!(
+        out.contains("replayed") && out.contains(&id.to_string()),
+        "{out}"
+    );
     wait_until("replayed send sent", 20, || async {
         (calls_for(&stage, &mid) == 2).then_some(())
     })
     .await;
     let show = cli(&stage, &["show", &mid]).await;
-    assert!(show.contains("replayed") && show.contains("SOURCE"), "{show}");
+    assert!(
+        show.contains("replayed") && show.contains("SOURCE"),
+        "{show}"
+    );
     let msgs = cli(&stage, &["messages", "--contact", ALICE, "--limit", "5"]).await;
     assert!(msgs.contains(&mid), "{msgs}");
 
-    let out = cli(&stage, &["pause", "sms", "to_provider", "--for-secs", "300"]).await;
+    let out = cli(
+        &stage,
+        &["pause", "sms", "to_provider", "--for-secs", "300"],
+    )
+    .await;
     assert!(out.contains("paused_until_ms"), "{out}");
     let lanes = cli(&stage, &["lanes"]).await;
-    assert!(lanes.contains("to_provider") && lanes.contains("until 2"), "{lanes}");
+    assert!(
+        lanes.contains("to_provider") && lanes.contains("until 2"),
+        "{lanes}"
+    );
     cli(&stage, &["resume", "sms", "to_provider"]).await;
     let lanes: Value = serde_json::from_str(&cli(&stage, &["--json", "lanes"]).await).unwrap();
-    assert!(lanes["lanes"].as_array().unwrap().iter().all(|l| l["paused"] == false));
+    assert!(
+        lanes["lanes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["paused"] == false)
+    );
 
     let out = cli(&stage, &["purge", "sms", BOB]).await;
     assert!(out.contains("items"), "{out}");
@@ -912,11 +1043,22 @@ async fn cli_against_a_running_server() {
 
     // Errors come back as the server's message.
     let parsed = AdminArgs::try_parse_from([
-        "admin", "--url", &stage.base(), "--token", "wrong-token", "lanes",
+        "admin",
+        "--url",
+        &stage.base(),
+        "--token",
+        "wrong-token",
+        "lanes",
     ])
     .unwrap();
-    let err = run_cli(parsed, &mut Vec::new()).await.unwrap_err().to_string();
-    assert!(err.contains("401") && err.contains("invalid admin token"), "{err}");
+    let err = run_cli(parsed, &mut Vec::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("401") && err.contains("invalid admin token"),
+        "{err}"
+    );
     gw.shutdown().await;
 }
 
@@ -949,7 +1091,10 @@ async fn channel_logs_are_pruned_after_their_retention() {
     assert_eq!(store.prune_channel_logs(5000, 2).await.unwrap(), 2);
     assert_eq!(store.prune_channel_logs(5000, 2).await.unwrap(), 1);
     assert_eq!(store.prune_channel_logs(5000, 2).await.unwrap(), 0);
-    let left = store.list_channel_logs(Some("sms".into()), None, None, 10).await.unwrap();
+    let left = store
+        .list_channel_logs(Some("sms".into()), None, None, 10)
+        .await
+        .unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].at_ms, 10_000);
 }

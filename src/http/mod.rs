@@ -46,7 +46,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/channels/{name}/status",
             post(webhooks::status).get(webhooks::status),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), logged::record));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            logged::record,
+        ));
     r.merge(logged)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

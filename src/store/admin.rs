@@ -206,8 +206,7 @@ pub trait AdminStore: Send + Sync + 'static {
     -> Result<()>;
 
     /// Lifts a lane's pause; queues that the pause pushed back are due at `now_ms`.
-    async fn resume_lane(&self, channel: &str, lane: Lane, now_ms: i64, actor: &str)
-    -> Result<()>;
+    async fn resume_lane(&self, channel: &str, lane: Lane, now_ms: i64, actor: &str) -> Result<()>;
 
     /// Requests and deliveries per lane since `since_ms`.
     async fn lane_activity(&self, since_ms: i64) -> Result<Vec<LaneActivity>>;

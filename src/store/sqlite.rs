@@ -20,7 +20,6 @@ use crate::config::{StoreConfig, Synchronous};
 use crate::respondio::wire::{Event, EventType, Status};
 use crate::status::{self, Transition};
 
-
 type Reply = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
 /// A job runs inside the batch's transaction, or gets `None` when the batch was already
 /// lost (then it only answers with the error).

@@ -322,9 +322,18 @@ impl AdminStore for SqliteStore {
                 .prepare_cached("SELECT channel FROM raw_webhooks WHERE id = ?1")?
                 .query_row(params![id], |r| r.get(0))
                 .optional()?;
-            let Some(channel) = channel else { return Ok(false) };
-            conn.prepare_cached("DELETE FROM raw_webhooks WHERE id = ?1")?.execute(params![id])?;
-            audit(conn, &actor, &action, &format!("raw webhook {id} ({channel})"), detail.as_deref())?;
+            let Some(channel) = channel else {
+                return Ok(false);
+            };
+            conn.prepare_cached("DELETE FROM raw_webhooks WHERE id = ?1")?
+                .execute(params![id])?;
+            audit(
+                conn,
+                &actor,
+                &action,
+                &format!("raw webhook {id} ({channel})"),
+                detail.as_deref(),
+            )?;
             Ok(true)
         })
         .await
@@ -340,7 +349,13 @@ impl AdminStore for SqliteStore {
         .await
     }
 
-    async fn pause_lane(&self, channel: &str, lane: Lane, until_ms: i64, actor: &str) -> Result<()> {
+    async fn pause_lane(
+        &self,
+        channel: &str,
+        lane: Lane,
+        until_ms: i64,
+        actor: &str,
+    ) -> Result<()> {
         let (channel, actor) = (channel.to_string(), actor.to_string());
         self.write(move |conn| {
             conn.prepare_cached(
@@ -395,15 +410,21 @@ impl AdminStore for SqliteStore {
         .await
     }
 
-    async fn purge_contact(&self, channel: &str, contact: &str, actor: &str) -> Result<PurgeReport> {
-        let (channel, contact, actor) = (channel.to_string(), contact.to_string(), actor.to_string());
+    async fn purge_contact(
+        &self,
+        channel: &str,
+        contact: &str,
+        actor: &str,
+    ) -> Result<PurgeReport> {
+        let (channel, contact, actor) =
+            (channel.to_string(), contact.to_string(), actor.to_string());
         self.write(move |conn| {
-            let mut report = PurgeReport::default();
             // A send in flight would have its outcome recorded against rows that are gone:
             // refuse, and let the operator try again once the attempt has finished.
-            report.in_flight = conn
+            let in_flight = conn
                 .prepare_cached("SELECT COUNT(*) FROM items WHERE channel = ?1 AND contact = ?2 AND state = 1")?
                 .query_row(params![channel, contact], |r| r.get::<_, i64>(0))? as u64;
+            let mut report = PurgeReport { in_flight, ..Default::default() };
             if report.in_flight > 0 {
                 return Ok(report);
             }
@@ -481,7 +502,12 @@ impl AdminStore for SqliteStore {
         .await
     }
 
-    async fn list_audit(&self, actor: Option<String>, before_id: Option<i64>, limit: usize) -> Result<Vec<AuditRow>> {
+    async fn list_audit(
+        &self,
+        actor: Option<String>,
+        before_id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>> {
         self.read(move |conn| {
             conn.prepare_cached(
                 "SELECT id, at_ms, actor, action, target, detail FROM audit_log
