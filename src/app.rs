@@ -82,6 +82,11 @@ impl App {
         let store: Arc<dyn Store> = sqlite.clone();
         let admin_store: Arc<dyn AdminStore> = sqlite;
         let (channel_log, channel_log_rx) = ChannelLog::new();
+        let channel_log = if cfg.store.channel_logs {
+            channel_log
+        } else {
+            channel_log.disabled()
+        };
         let policy: HashMap<String, CrashPolicy> = cfg
             .channels
             .iter()
@@ -147,8 +152,10 @@ impl App {
             );
             to_provider.set_status_lane(&to_respondio);
             channel_log.add_secrets(&ch.name, channel_secrets(ch));
-            to_respondio.set_channel_log(channel_log.clone());
-            to_provider.set_channel_log(channel_log.clone());
+            if channel_log.is_enabled() {
+                to_respondio.set_channel_log(channel_log.clone());
+                to_provider.set_channel_log(channel_log.clone());
+            }
             lanes.push(LaneRunner::new(to_respondio.clone()).await?);
             lanes.push(LaneRunner::new(to_provider.clone()).await?);
             by_respondio_id.insert(ch.respondio_channel_id.clone(), ch.name.clone());

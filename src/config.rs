@@ -98,6 +98,8 @@ pub struct StoreConfig {
     pub retention_secs: u64,
     /// Channel logs (the HTTP exchanges of each message) older than this are pruned.
     pub channel_log_retention_secs: u64,
+    /// Record channel logs at all (off: a little more ingest, no exchanges to look at).
+    pub channel_logs: bool,
 }
 
 impl Default for StoreConfig {
@@ -110,6 +112,7 @@ impl Default for StoreConfig {
             group_commit_max: 256,
             retention_secs: 7 * 86_400,
             channel_log_retention_secs: 7 * 86_400,
+            channel_logs: true,
         }
     }
 }

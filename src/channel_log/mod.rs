@@ -97,6 +97,8 @@ impl Exchange {
 #[derive(Clone)]
 pub struct ChannelLog {
     tx: mpsc::Sender<ChannelLogRow>,
+    /// Off (`store.channel_logs = false`): `record` does nothing.
+    enabled: bool,
     /// Secret values per channel, replaced wherever they appear.
     secrets: Arc<RwLock<HashMap<String, Vec<String>>>>,
 }
@@ -108,10 +110,21 @@ impl ChannelLog {
         (
             ChannelLog {
                 tx,
+                enabled: true,
                 secrets: Arc::default(),
             },
             rx,
         )
+    }
+
+    /// A sink that records nothing.
+    pub fn disabled(mut self) -> ChannelLog {
+        self.enabled = false;
+        self
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
     }
 
     /// Registers a channel's secrets (tokens, keys, webhook secrets) for value redaction.
@@ -128,6 +141,9 @@ impl ChannelLog {
     /// Records an exchange for each of `mids` (one row with no mId when empty). Never
     /// waits: a full queue drops the rows.
     pub fn record(&self, channel: &str, mids: &[String], ex: &Exchange) {
+        if !self.enabled {
+            return;
+        }
         let secrets = self
             .secrets
             .read()
@@ -334,6 +350,19 @@ mod tests {
         let mut got = Vec::new();
         rx.recv_many(&mut got, QUEUE_MAX * 2).await;
         assert_eq!(got.len(), QUEUE_MAX);
+    }
+
+    #[tokio::test]
+    async fn a_disabled_sink_records_nothing() {
+        let (log, mut rx) = ChannelLog::new();
+        let log = log.disabled();
+        log.record(
+            "sms",
+            &[],
+            &Exchange::new(Direction::In, "message", "POST", "http://x"),
+        );
+        drop(log);
+        assert!(rx.recv().await.is_none());
     }
 
     #[tokio::test]

@@ -34,6 +34,9 @@ impl Tagged {
 const ANSWER_MAX: usize = 64 * 1024;
 
 pub async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if !state.channel_log.is_enabled() {
+        return next.run(req).await;
+    }
     let route = req
         .extensions()
         .get::<MatchedPath>()

@@ -544,11 +544,12 @@ impl AdminStore for SqliteStore {
 
     async fn prune_channel_logs(&self, cutoff_ms: i64, batch: usize) -> Result<u64> {
         self.write(move |conn| {
-            // SQLite-specific: LIMIT in a subquery of DELETE is portable, but PostgreSQL
-            // would rather use `ctid`/a CTE for the same bounded batch.
+            // Rows are written in about time order: walking ids from the lowest finds the old
+            // ones first and stops after `batch` (no index on at_ms needed). LIMIT in a
+            // DELETE's subquery is standard enough (PostgreSQL accepts it too).
             Ok(conn
                 .prepare_cached(
-                    "DELETE FROM channel_logs WHERE id IN (SELECT id FROM channel_logs WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)",
+                    "DELETE FROM channel_logs WHERE id IN (SELECT id FROM channel_logs WHERE at_ms < ?1 ORDER BY id LIMIT ?2)",
                 )?
                 .execute(params![cutoff_ms, batch as i64])? as u64)
         })
