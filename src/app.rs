@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::channel_log::ChannelLog;
 use crate::clock::now_ms;
 use crate::config::{ChannelConfig, Config};
 use crate::lanes::deliver::{ToProvider, ToRespondIo};
 use crate::lanes::{LaneCtx, LaneRunner, Waiters};
 use crate::providers::{Provider, ProviderEnv};
 use crate::respondio::client::RespondIoClient;
+use crate::secret::Secret;
+use crate::store::admin::AdminStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{CrashPolicy, Lane, Store};
 
@@ -38,6 +41,10 @@ pub struct AppState {
     /// read them from [`Channel::cfg`]; server, store and media settings need a restart.
     pub cfg: Config,
     pub store: Arc<dyn Store>,
+    /// The same store, seen through the admin API's queries.
+    pub admin_store: Arc<dyn AdminStore>,
+    /// Where HTTP exchanges are recorded (see `channel_log`).
+    pub channel_log: ChannelLog,
     channels: std::sync::RwLock<Arc<ChannelSet>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub media: Arc<crate::media::MediaProxy>,
@@ -84,6 +91,7 @@ fn http_client(timeout_ms: u64) -> anyhow::Result<reqwest::Client> {
 async fn build_channels(
     cfg: &Config,
     store: &Arc<dyn Store>,
+    channel_log: &ChannelLog,
     waiters: &HashMap<String, Arc<Waiters>>,
 ) -> anyhow::Result<(ChannelSet, Vec<LaneRunner>)> {
     let respondio_http = http_client(30_000)?;
@@ -124,6 +132,11 @@ async fn build_channels(
             waiters.clone(),
         );
         to_provider.set_status_lane(&to_respondio);
+        channel_log.add_secrets(&ch.name, channel_secrets(ch));
+        if channel_log.is_enabled() {
+            to_respondio.set_channel_log(channel_log.clone());
+            to_provider.set_channel_log(channel_log.clone());
+        }
         lanes.push(LaneRunner::new(to_respondio.clone()).await?);
         lanes.push(LaneRunner::new(to_provider.clone()).await?);
         set.by_respondio_id
@@ -153,16 +166,36 @@ fn build_provider(cfg: &Config, ch: &ChannelConfig) -> anyhow::Result<Arc<dyn Pr
     )
 }
 
+/// The secrets of a channel's config, for value redaction in channel logs. A provider's
+/// own credentials are listed here as each provider section is added.
+pub fn channel_secrets(ch: &ChannelConfig) -> Vec<&Secret> {
+    let mut out = vec![&ch.respondio_token, &ch.webhook_secret];
+    out.extend(ch.respondio_token_next.as_ref());
+    if let Some(cs) = &ch.clicksend {
+        out.push(&cs.api_key);
+    }
+    out
+}
+
 /// A running gateway: its state, and the lane tasks to stop on shutdown.
 pub struct App {
     pub state: Arc<AppState>,
     lanes: Vec<LaneRunner>,
+    channel_log_rx: tokio::sync::mpsc::Receiver<crate::store::admin::ChannelLogRow>,
 }
 
 impl App {
     /// Opens the store, recovers what a crash left in flight, and prepares every lane.
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.store)?);
+        let sqlite = Arc::new(SqliteStore::open(&cfg.store)?);
+        let store: Arc<dyn Store> = sqlite.clone();
+        let admin_store: Arc<dyn AdminStore> = sqlite;
+        let (channel_log, channel_log_rx) = ChannelLog::new();
+        let channel_log = if cfg.store.channel_logs {
+            channel_log
+        } else {
+            channel_log.disabled()
+        };
         let policy: HashMap<String, CrashPolicy> = cfg
             .channels
             .iter()
@@ -182,7 +215,7 @@ impl App {
                 "items were in flight when the gateway last stopped: their next attempt is marked ambiguous"
             );
         }
-        let (channels, lanes) = build_channels(&cfg, &store, &HashMap::new()).await?;
+        let (channels, lanes) = build_channels(&cfg, &store, &channel_log, &HashMap::new()).await?;
         let media = Arc::new(crate::media::MediaProxy::open(
             &cfg.media,
             &cfg.store.path,
@@ -193,9 +226,15 @@ impl App {
             cfg,
             store,
             channels: std::sync::RwLock::new(Arc::new(channels)),
+            admin_store,
+            channel_log,
             metrics: crate::http::metrics::handle(),
         });
-        Ok(App { state, lanes })
+        Ok(App {
+            state,
+            lanes,
+            channel_log_rx,
+        })
     }
 
     /// Serves on `listener` until `shutdown` fires, then stops accepting, lets lanes
@@ -216,7 +255,24 @@ impl App {
         shutdown: CancellationToken,
         mut reloads: Option<tokio::sync::mpsc::Receiver<Config>>,
     ) -> anyhow::Result<()> {
-        let App { state, lanes } = self;
+        let App {
+            state,
+            lanes,
+            channel_log_rx,
+        } = self;
+        // Bound before anything starts, so a taken port fails the start.
+        let admin_listener = match state.cfg.server.admin_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {addr} (server.admin_listen): {e}")
+            })?),
+            None => None,
+        };
+        let log_stop = CancellationToken::new();
+        let log_writer = tokio::spawn(ChannelLog::run_writer(
+            channel_log_rx,
+            state.admin_store.clone(),
+            log_stop.clone(),
+        ));
         let mut generation = Generation::start(lanes);
         let house_stop = CancellationToken::new();
         let house = tokio::spawn(housekeeping(state.clone(), house_stop.clone()));
@@ -230,6 +286,16 @@ impl App {
             shutdown.clone(),
             header_timeout,
         ));
+        // The internal listener: /admin and /metrics only, never on the public one.
+        let internal = admin_listener.map(|l| {
+            tracing::info!(listen = ?l.local_addr().ok(), "admin API and metrics on the internal listener");
+            tokio::spawn(crate::http::serve::serve(
+                l,
+                crate::http::internal_router(state.clone()),
+                shutdown.clone(),
+                header_timeout,
+            ))
+        });
         loop {
             let next = async {
                 match reloads.as_mut() {
@@ -267,6 +333,12 @@ impl App {
             );
         }
         let _ = house.await;
+        if let Some(internal) = internal {
+            internal.abort();
+        }
+        // The lanes' last exchanges are queued by now: write them (briefly) and stop.
+        log_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), log_writer).await;
         Ok(())
     }
 }
@@ -351,7 +423,7 @@ async fn reload(state: &Arc<AppState>, new: Config, old: Generation) -> Generati
             "config reload: some attempts were still in flight; they finish on their own"
         );
     }
-    match build_channels(&merged, &state.store, &waiters).await {
+    match build_channels(&merged, &state.store, &state.channel_log, &waiters).await {
         Ok((set, lanes)) => {
             let added: Vec<&String> = set
                 .by_name
@@ -383,7 +455,7 @@ async fn reload(state: &Arc<AppState>, new: Config, old: Generation) -> Generati
             tracing::error!(error = %e, "config reload failed; restarting the previous channels");
             let mut previous = state.cfg.clone();
             previous.channels = before.by_name.values().map(|c| c.cfg.clone()).collect();
-            match build_channels(&previous, &state.store, &waiters).await {
+            match build_channels(&previous, &state.store, &state.channel_log, &waiters).await {
                 Ok((set, lanes)) => {
                     state.replace_channels(set);
                     Generation::start(lanes)
@@ -425,6 +497,35 @@ async fn housekeeping(state: Arc<AppState>, stop: CancellationToken) {
                 Ok(n) if n > 0 => tracing::info!(files = n, "pruned expired media"),
                 _ => {}
             }
+            prune_channel_logs(&state, now).await;
         }
+    }
+}
+
+/// Deletes expired channel logs in small batches (each its own short write), so a large
+/// backlog of old rows never holds the writer for long; at most a bounded number of
+/// batches per housekeeping round.
+async fn prune_channel_logs(state: &AppState, now: i64) {
+    const BATCH: usize = 2000;
+    const ROUNDS: usize = 20;
+    let cutoff = now - (state.cfg.store.channel_log_retention_secs as i64).saturating_mul(1000);
+    let mut total = 0u64;
+    for _ in 0..ROUNDS {
+        match state.admin_store.prune_channel_logs(cutoff, BATCH).await {
+            Ok(n) => {
+                total += n;
+                if (n as usize) < BATCH {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "channel log prune failed");
+                break;
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+    if total > 0 {
+        tracing::info!(rows = total, "channel logs pruned");
     }
 }

@@ -4,8 +4,10 @@
 // size of axum's Response in the Err variant is fine on this path.
 #![allow(clippy::result_large_err)]
 
+pub mod admin_cli;
 pub mod app;
 pub mod bench;
+pub mod channel_log;
 pub mod clock;
 pub mod config;
 pub mod demo;

@@ -88,8 +88,10 @@ impl Default for Knobs {
 
 fn gateway_toml(addr: SocketAddr, dir: &Path, st: &Stage, channels: usize, k: Knobs) -> String {
     let mut t = format!(
-        "[server]\nlisten = \"{addr}\"\npublic_url = \"http://{addr}\"\n[store]\npath = \"{}\"\n",
-        dir.join("rio-bridge.db").display()
+        "[server]\nlisten = \"{addr}\"\npublic_url = \"http://{addr}\"\n[store]\npath = \"{}\"\n{}",
+        dir.join("rio-bridge.db").display(),
+        // Extra `[store]` lines for A/B runs, e.g. "channel_logs = false".
+        std::env::var("RIO_BENCH_STORE_EXTRA").unwrap_or_default()
     );
     for c in 0..channels {
         t.push_str(&format!(

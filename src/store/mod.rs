@@ -4,7 +4,11 @@
 //! 2xx only after that. Lanes read and update items through the same trait.
 
 pub mod backup;
+
+pub mod admin;
+pub mod migrate;
 pub mod sqlite;
+mod sqlite_admin;
 
 use async_trait::async_trait;
 
