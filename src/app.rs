@@ -13,6 +13,9 @@ use crate::lanes::{LaneCtx, LaneRunner, Waiters};
 use crate::providers::{Provider, ProviderEnv};
 use crate::respondio::client::RespondIoClient;
 use crate::store::sqlite::SqliteStore;
+use crate::channel_log::ChannelLog;
+use crate::secret::Secret;
+use crate::store::admin::AdminStore;
 use crate::store::{CrashPolicy, Lane, Store};
 
 /// One configured channel with its provider and its two lanes.
@@ -27,6 +30,10 @@ pub struct Channel {
 pub struct AppState {
     pub cfg: Config,
     pub store: Arc<dyn Store>,
+    /// The same store, seen through the admin API's queries.
+    pub admin_store: Arc<dyn AdminStore>,
+    /// Where HTTP exchanges are recorded (see `channel_log`).
+    pub channel_log: ChannelLog,
     pub channels: HashMap<String, Arc<Channel>>,
     /// respond.io channel id → our channel name, for `POST /message`.
     pub by_respondio_id: HashMap<String, String>,
@@ -51,16 +58,31 @@ fn http_client(timeout_ms: u64) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// The secrets of a channel's config, for value redaction in channel logs. A provider's
+/// own credentials are listed here as each provider section is added.
+pub fn channel_secrets(ch: &ChannelConfig) -> Vec<&Secret> {
+    let mut out = vec![&ch.respondio_token, &ch.webhook_secret];
+    out.extend(ch.respondio_token_next.as_ref());
+    if let Some(cs) = &ch.clicksend {
+        out.push(&cs.api_key);
+    }
+    out
+}
+
 /// A running gateway: its state, and the lane tasks to stop on shutdown.
 pub struct App {
     pub state: Arc<AppState>,
     lanes: Vec<LaneRunner>,
+    channel_log_rx: tokio::sync::mpsc::Receiver<crate::store::admin::ChannelLogRow>,
 }
 
 impl App {
     /// Opens the store, recovers what a crash left in flight, and prepares every lane.
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.store)?);
+        let sqlite = Arc::new(SqliteStore::open(&cfg.store)?);
+        let store: Arc<dyn Store> = sqlite.clone();
+        let admin_store: Arc<dyn AdminStore> = sqlite;
+        let (channel_log, channel_log_rx) = ChannelLog::new();
         let policy: HashMap<String, CrashPolicy> = cfg
             .channels
             .iter()
@@ -126,6 +148,9 @@ impl App {
                 waiters.clone(),
             );
             to_provider.set_status_lane(&to_respondio);
+            channel_log.add_secrets(&ch.name, channel_secrets(ch));
+            to_respondio.set_channel_log(channel_log.clone());
+            to_provider.set_channel_log(channel_log.clone());
             lanes.push(LaneRunner::new(to_respondio.clone()).await?);
             lanes.push(LaneRunner::new(to_provider.clone()).await?);
             by_respondio_id.insert(ch.respondio_channel_id.clone(), ch.name.clone());
@@ -149,11 +174,17 @@ impl App {
             media,
             cfg,
             store,
+            admin_store,
+            channel_log,
             channels,
             by_respondio_id,
             metrics: crate::http::metrics::handle(),
         });
-        Ok(App { state, lanes })
+        Ok(App {
+            state,
+            lanes,
+            channel_log_rx,
+        })
     }
 
     /// Serves on `listener` until `shutdown` fires, then stops accepting, lets lanes
@@ -163,7 +194,26 @@ impl App {
         listener: tokio::net::TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let App { state, lanes } = self;
+        let App {
+            state,
+            lanes,
+            channel_log_rx,
+        } = self;
+        // Bound before anything starts, so a taken port fails the start.
+        let admin_listener = match state.cfg.server.admin_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (server.admin_listen): {e}"))?,
+            ),
+            None => None,
+        };
+        let log_stop = CancellationToken::new();
+        let log_writer = tokio::spawn(ChannelLog::run_writer(
+            channel_log_rx,
+            state.admin_store.clone(),
+            log_stop.clone(),
+        ));
         let lane_stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
         for lane in lanes {
@@ -180,6 +230,16 @@ impl App {
             shutdown.clone(),
             header_timeout,
         ));
+        // The internal listener: /admin and /metrics only, never on the public one.
+        let internal = admin_listener.map(|l| {
+            tracing::info!(listen = ?l.local_addr().ok(), "admin API and metrics on the internal listener");
+            tokio::spawn(crate::http::serve::serve(
+                l,
+                crate::http::internal_router(state.clone()),
+                shutdown.clone(),
+                header_timeout,
+            ))
+        });
         shutdown.cancelled().await;
         tracing::info!(
             "shutting down: no new connections; finishing in-flight requests and attempts"
@@ -205,6 +265,12 @@ impl App {
                 "attempts still in flight at the end of the grace period; they will be ambiguous at the next start"
             );
         }
+        if let Some(internal) = internal {
+            internal.abort();
+        }
+        // The lanes' last exchanges are queued by now: write them (briefly) and stop.
+        log_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), log_writer).await;
         Ok(())
     }
 }
@@ -237,6 +303,35 @@ async fn housekeeping(state: Arc<AppState>, stop: CancellationToken) {
                 Ok(n) if n > 0 => tracing::info!(files = n, "pruned expired media"),
                 _ => {}
             }
+            prune_channel_logs(&state, now).await;
         }
+    }
+}
+
+/// Deletes expired channel logs in small batches (each its own short write), so a large
+/// backlog of old rows never holds the writer for long; at most a bounded number of
+/// batches per housekeeping round.
+async fn prune_channel_logs(state: &AppState, now: i64) {
+    const BATCH: usize = 2000;
+    const ROUNDS: usize = 20;
+    let cutoff = now - (state.cfg.store.channel_log_retention_secs as i64).saturating_mul(1000);
+    let mut total = 0u64;
+    for _ in 0..ROUNDS {
+        match state.admin_store.prune_channel_logs(cutoff, BATCH).await {
+            Ok(n) => {
+                total += n;
+                if (n as usize) < BATCH {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "channel log prune failed");
+                break;
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+    if total > 0 {
+        tracing::info!(rows = total, "channel logs pruned");
     }
 }

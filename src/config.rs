@@ -24,6 +24,24 @@ pub struct Config {
     pub media: MediaConfig,
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// The admin API (`/admin`): off unless at least one token is configured.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default, rename = "token")]
+    pub tokens: Vec<AdminToken>,
+}
+
+/// A named admin token; the name is what the audit log records as "who".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    pub name: String,
+    pub token: Secret,
 }
 
 /// The media proxy (see `crate::media`): attachments respond.io cannot fetch as the
@@ -74,6 +92,8 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// A client must send its request headers within this (slow-header clients are cut off).
     pub header_read_timeout_ms: u64,
+    /// When set, `/admin` and `/metrics` are served only on this (internal) address.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +105,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             shutdown_grace_ms: 10_000,
             header_read_timeout_ms: 10_000,
+            admin_listen: None,
         }
     }
 }
@@ -111,6 +132,8 @@ pub struct StoreConfig {
     pub group_commit_max: usize,
     /// Delivered items, attempts and history older than this are pruned.
     pub retention_secs: u64,
+    /// Channel logs (the HTTP exchanges of each message) older than this are pruned.
+    pub channel_log_retention_secs: u64,
 }
 
 impl Default for StoreConfig {
@@ -122,6 +145,7 @@ impl Default for StoreConfig {
             parked_receipt_ttl_secs: 86_400,
             group_commit_max: 256,
             retention_secs: 7 * 86_400,
+            channel_log_retention_secs: 7 * 86_400,
         }
     }
 }
@@ -334,6 +358,7 @@ impl Config {
         if self.store.group_commit_max == 0 {
             out.push(problem("store.group_commit_max", "must be at least 1"));
         }
+        out.extend(self.admin_problems());
         if self.channels.is_empty() {
             out.push(problem("channel", "at least one [[channel]] is required"));
         }
@@ -410,6 +435,31 @@ impl Config {
                     .into_iter()
                     .map(|(key, m)| problem(key, m)),
             );
+        }
+        out
+    }
+
+    fn admin_problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut names = HashSet::new();
+        for (i, t) in self.admin.tokens.iter().enumerate() {
+            let k = |f: &str| format!("admin.token[{i}].{f}");
+            if t.name.trim().is_empty() || t.name.len() > 64 {
+                out.push(problem(k("name"), "must be 1-64 characters (the audit log's \"who\")"));
+            }
+            if !names.insert(t.name.clone()) {
+                out.push(problem(k("name"), format!("duplicate admin token name {:?}", t.name)));
+            }
+            // Admin tokens open replays and purges: a short one is a guessable one.
+            if t.token.expose().len() < 16 {
+                out.push(problem(k("token"), "must be at least 16 characters"));
+            }
+        }
+        if self.server.admin_listen.is_some_and(|a| a == self.server.listen) {
+            out.push(problem("server.admin_listen", "must differ from server.listen"));
+        }
+        if self.store.channel_log_retention_secs < 60 {
+            out.push(problem("store.channel_log_retention_secs", "must be at least 60"));
         }
         out
     }

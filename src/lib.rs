@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod channel_log;
 pub mod clock;
 pub mod config;
 pub mod demo;

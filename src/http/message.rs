@@ -66,7 +66,14 @@ pub async fn by_channel_id(
     if let Err(r) = check_token(&channel, &headers) {
         return r;
     }
-    accept(&state, &channel, req).await
+    // The path names no channel here: say which one, so the exchange is logged under it
+    // even when it was refused before a message was made.
+    let resp = accept(&state, &channel, req).await;
+    if resp.extensions().get::<super::logged::Tagged>().is_some() {
+        resp
+    } else {
+        super::logged::Tagged::on(resp, &channel.cfg.name, Vec::new())
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -173,7 +180,7 @@ async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) 
         }
     };
     channel.waiters.forget(&mid);
-    match outcome {
+    let resp = match outcome {
         FirstOutcome::Rejected(reason) => {
             tracing::info!(channel = %cfg.name, mid = %mid, reason = %reason, "outbound rejected by the provider");
             json_error(StatusCode::BAD_REQUEST, &reason)
@@ -181,5 +188,6 @@ async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) 
         FirstOutcome::Accepted | FirstOutcome::Pending => {
             (StatusCode::OK, Json(serde_json::json!({ "mId": mid }))).into_response()
         }
-    }
+    };
+    super::logged::Tagged::on(resp, &cfg.name, vec![mid])
 }

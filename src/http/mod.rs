@@ -1,6 +1,8 @@
 //! The HTTP surface: respond.io's `/message`, the providers' webhooks, health and metrics.
 
+pub mod admin;
 pub mod health;
+pub mod logged;
 pub mod media;
 pub mod message;
 pub mod metrics;
@@ -20,9 +22,19 @@ use axum::routing::{get, post};
 use crate::app::AppState;
 use crate::respondio::wire::error_body;
 
+/// The public router. `/admin` and `/metrics` are on it only when no internal listener
+/// (`server.admin_listen`) is configured.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.cfg.server.max_body_bytes;
-    Router::new()
+    let mut r = Router::new();
+    if state.cfg.server.admin_listen.is_none() {
+        r = r.route("/metrics", get(metrics::render));
+        if let Some(admin) = admin::router(state.clone()) {
+            r = r.merge(admin);
+        }
+    }
+    // The routes whose exchanges go into the channel log.
+    let logged = Router::new()
         .route("/channels/{name}/message", post(message::by_name))
         .route("/channels/{name}//message", post(message::by_name))
         .route("/message", post(message::by_channel_id))
@@ -35,11 +47,36 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/channels/{name}/status",
             post(webhooks::status).get(webhooks::status),
         )
+        .route_layer(middleware::from_fn_with_state(state.clone(), logged::record));
+    r.merge(logged)
         .route("/media/{channel}/{src}", get(media::get))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::render))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such route") })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }))
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// The internal listener's router: `/admin`, `/metrics` and the health checks.
+pub fn internal_router(state: Arc<AppState>) -> Router {
+    let limit = state.cfg.server.max_body_bytes;
+    let mut r = Router::new()
+        .route("/metrics", get(metrics::render))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    if let Some(admin) = admin::router(state.clone()) {
+        r = r.merge(admin);
+    }
+    r.fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

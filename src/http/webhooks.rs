@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::json_error;
+use super::logged::Tagged;
 use crate::app::{AppState, Channel};
 use crate::clock::now_ms;
 use crate::providers::{InboundEvent, InboundKind, WebhookRequest, WebhookRoute};
@@ -186,13 +187,19 @@ pub async fn inbound(
                         .prefetch(ch.cfg.name.clone(), ch.provider.clone(), m.clone());
                 }
             }
-            reply(ch, WebhookRoute::Inbound)
+            let stored_mids = results
+                .iter()
+                .zip(mids)
+                .filter(|(r, _)| matches!(r, IngestResult::Stored { .. }))
+                .map(|(_, m)| m)
+                .collect();
+            Tagged::on(reply(ch, WebhookRoute::Inbound), &ch.cfg.name, stored_mids)
         }
         Err(e) => unavailable(&ch.cfg.name, e),
     }
 }
 
-fn to_new_inbound(
+pub(crate) fn to_new_inbound(
     e: &InboundEvent,
     state: &AppState,
     channel: &str,
@@ -302,7 +309,17 @@ pub async fn status(
                 ch.to_respondio.add_backlog(n);
                 ch.to_respondio.wake();
             }
-            reply(ch, WebhookRoute::Status)
+            // The receipt shows in the history of the sends it concerns.
+            let mids = results
+                .iter()
+                .filter_map(|r| match r {
+                    ReceiptResult::Forwarded { mid, .. } | ReceiptResult::Ignored { mid, .. } => {
+                        Some(mid.clone()).filter(|m| !m.is_empty())
+                    }
+                    _ => None,
+                })
+                .collect();
+            Tagged::on(reply(ch, WebhookRoute::Status), &ch.cfg.name, mids)
         }
         Err(e) => unavailable(&ch.cfg.name, e),
     }

@@ -89,6 +89,8 @@ pub struct LaneCtx {
     /// About how many items wait in this lane (counted from the store at start, then kept
     /// up by whoever adds or settles items). Tells `/message` when the lane is busy.
     backlog: AtomicI64,
+    /// Where attempts record their HTTP exchanges (unset: not recorded).
+    channel_log: OnceLock<crate::channel_log::ChannelLog>,
 }
 
 impl LaneCtx {
@@ -124,7 +126,30 @@ impl LaneCtx {
             status_lane: OnceLock::new(),
             backlog: AtomicI64::new(0),
             rate_limit,
+            channel_log: OnceLock::new(),
         })
+    }
+
+    /// Attempts record their HTTP exchanges here from now on.
+    pub fn set_channel_log(&self, log: crate::channel_log::ChannelLog) {
+        let _ = self.channel_log.set(log);
+    }
+
+    /// Until when the lane is paused (epoch ms; 0 or past: not paused).
+    pub fn paused_until(&self) -> i64 {
+        self.paused_until.load(Ordering::Acquire)
+    }
+
+    /// Pauses the lane until `until_ms` (an operator's pause; 0 resumes) and wakes it, so
+    /// a resume takes effect at once. The caller persists the pause.
+    pub fn set_paused_until(&self, until_ms: i64) {
+        self.paused_until.store(until_ms, Ordering::Release);
+        self.wake();
+    }
+
+    /// The circuit is open (a channel fault): only probes are sent.
+    pub fn circuit_is_open(&self) -> bool {
+        self.circuit_open.load(Ordering::Acquire)
     }
 
     /// `n` items were committed for this lane.
@@ -694,7 +719,10 @@ async fn attempt(
     };
     reservation.settle();
     let started = Instant::now();
-    let result = ctx.deliverer.deliver(&items).await;
+    let result = match ctx.channel_log.get() {
+        Some(log) => deliver_logged(&ctx, log, &items).await,
+        None => ctx.deliverer.deliver(&items).await,
+    };
     let dur = started.elapsed();
     metrics::histogram!("rio_delivery_duration_seconds", &ctx.labels()).record(dur.as_secs_f64());
     ctx.learn_guard(matches!(result, Err(SendError::Throttled { .. })));
@@ -713,6 +741,44 @@ async fn attempt(
         None => Next::Released,
     };
     done(next, split)
+}
+
+/// Delivers with the attempt's HTTP exchanges recorded under its items' mIds. A deliverer
+/// whose calls bypass `channel_log::send` still leaves one row saying what was sent and
+/// how it ended, without the HTTP details.
+async fn deliver_logged(
+    ctx: &LaneCtx,
+    log: &crate::channel_log::ChannelLog,
+    items: &[Item],
+) -> Result<Option<String>, SendError> {
+    use crate::channel_log::{Direction, Exchange};
+    let mids: Vec<String> = items.iter().map(|i| i.mid.clone()).collect();
+    let started = Instant::now();
+    let (result, recorded) = crate::channel_log::scope(
+        log.clone(),
+        &ctx.channel,
+        mids.clone(),
+        ctx.deliverer.deliver(items),
+    )
+    .await;
+    if recorded == 0 {
+        let kind = match ctx.lane {
+            Lane::RespondIo => "respondio",
+            Lane::Provider => "provider",
+        };
+        let mut ex = Exchange::new(Direction::Out, kind, "SEND", "(HTTP details not recorded)");
+        ex.duration = started.elapsed();
+        ex.request_body = items
+            .first()
+            .map(|i| i.payload.as_bytes().to_vec())
+            .unwrap_or_default();
+        match &result {
+            Ok(pid) => ex.response_body = format!("accepted, provider id {}", pid.as_deref().unwrap_or("-")).into_bytes(),
+            Err(e) => ex.error = Some(e.reason().to_string()),
+        }
+        log.record(&ctx.channel, &mids, &ex);
+    }
+    result
 }
 
 /// Records an attempt's outcome, retrying the write while the store fails: the request

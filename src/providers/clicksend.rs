@@ -238,12 +238,13 @@ impl Provider for ClickSend {
     async fn send(&self, req: SendRequest<'_>) -> Result<Accepted, SendError> {
         let (path, body) = self.build_send(&req)?;
         // Basic auth via reqwest marks the header sensitive; neither it nor the key is logged.
-        let resp = self
+        let request = self
             .client
             .post(self.endpoint(path))
             .basic_auth(&self.cfg.username, Some(self.cfg.api_key.expose()))
-            .json(&body)
-            .send()
+            .json(&body);
+        // `channel_log::send` records the exchange (credentials redacted) for the message.
+        let resp = crate::channel_log::send(request, "provider")
             .await
             .map_err(|e| classify_transport_error(&e))?;
         let status = resp.status().as_u16();

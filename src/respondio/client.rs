@@ -89,14 +89,15 @@ impl RespondIoClient {
             events,
             contact,
         };
-        let resp = self
+        let req = self
             .http
             .post(&self.url)
             .bearer_auth(self.tokens[which].expose())
             .header("Cache-Control", "no-cache")
             .timeout(self.timeout)
-            .json(&envelope)
-            .send()
+            .json(&envelope);
+        // Recorded in the channel log under the events' mIds (the lane's scope).
+        let resp = crate::channel_log::send(req, "respondio")
             .await
             .map_err(|e| classify_transport_error(&e))?;
         let status = resp.status();

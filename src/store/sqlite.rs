@@ -20,8 +20,6 @@ use crate::config::{StoreConfig, Synchronous};
 use crate::respondio::wire::{Event, EventType, Status};
 use crate::status::{self, Transition};
 
-const SCHEMA: &str = include_str!("schema.sql");
-const SCHEMA_VERSION: i64 = 1;
 
 type Reply = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
 /// A job runs inside the batch's transaction, or gets `None` when the batch was already
@@ -60,22 +58,13 @@ fn open_connection(path: &Path, sync: Synchronous) -> rusqlite::Result<Connectio
     Ok(conn)
 }
 
-fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version < SCHEMA_VERSION {
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-    }
-    Ok(())
-}
-
 impl SqliteStore {
     pub fn open(cfg: &StoreConfig) -> Result<SqliteStore> {
         if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let writer = open_connection(&cfg.path, cfg.synchronous).map_err(unavailable)?;
+        let mut writer = open_connection(&cfg.path, cfg.synchronous).map_err(unavailable)?;
         // The background checkpointer copies most pages; the writer checkpoints the short
         // tail itself once the WAL passes 16 MB. Without this, a WAL under steady writes
         // never gets back to its start (each PASSIVE checkpoint is overtaken by new
@@ -83,7 +72,10 @@ impl SqliteStore {
         writer
             .pragma_update(None, "wal_autocheckpoint", 4096)
             .map_err(unavailable)?;
-        migrate(&writer).map_err(unavailable)?;
+        let applied = super::migrate::migrate(&mut writer).map_err(unavailable)?;
+        if !applied.is_empty() {
+            tracing::info!(versions = ?applied, path = %cfg.path.display(), "store schema migrated");
+        }
         let reader = open_connection(&cfg.path, cfg.synchronous).map_err(unavailable)?;
         let checkpointer = open_connection(&cfg.path, cfg.synchronous).map_err(unavailable)?;
         let (tx, rx) = mpsc::channel::<Job>();
@@ -108,7 +100,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` inside the writer's next transaction; resolves after the COMMIT.
-    async fn write<R: Send + 'static>(
+    pub(crate) async fn write<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> Result<R> {
@@ -136,7 +128,7 @@ impl SqliteStore {
             .map_err(|_| unavailable("the store writer dropped the request"))?
     }
 
-    async fn read<R: Send + 'static>(
+    pub(crate) async fn read<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> Result<R> {
