@@ -39,6 +39,8 @@ pub struct AppState {
     pub by_respondio_id: HashMap<String, String>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub media: Arc<crate::media::MediaProxy>,
+    /// The last hour of every lane, for the console's plots.
+    pub lane_history: Arc<crate::lane_history::LaneHistory>,
 }
 
 impl AppState {
@@ -81,7 +83,12 @@ impl App {
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
         let sqlite = Arc::new(SqliteStore::open(&cfg.store)?);
         let store: Arc<dyn Store> = sqlite.clone();
-        let admin_store: Arc<dyn AdminStore> = sqlite;
+        let admin_store: Arc<dyn AdminStore> = sqlite.clone();
+        let lane_history = Arc::new(crate::lane_history::LaneHistory::new(
+            cfg.channels.iter().map(|c| c.name.clone()),
+            store.clone(),
+            sqlite,
+        ));
         let (channel_log, channel_log_rx) = ChannelLog::new();
         let policy: HashMap<String, CrashPolicy> = cfg
             .channels
@@ -176,6 +183,7 @@ impl App {
             store,
             admin_store,
             channel_log,
+            lane_history,
             channels,
             by_respondio_id,
             metrics: crate::http::metrics::handle(),
@@ -220,6 +228,7 @@ impl App {
             tasks.spawn(lane.run(lane_stop.clone()));
         }
         tasks.spawn(housekeeping(state.clone(), lane_stop.clone()));
+        tasks.spawn(state.lane_history.clone().run(lane_stop.clone()));
         let router = crate::http::router(state.clone());
         tracing::info!(listen = %listener.local_addr()?, channels = state.channels.len(), "rio-bridge serving");
         let grace = Duration::from_millis(state.cfg.server.shutdown_grace_ms);

@@ -8,6 +8,7 @@
 //! OpenAPI document (`/admin/openapi.json`) by a test.
 
 mod dead;
+mod history;
 mod lanes;
 mod messages;
 mod views;
@@ -57,6 +58,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>)> {
         (Method::POST, "/admin/raw-webhooks/{id}/replay", post(dead::replay_raw)),
         (Method::POST, "/admin/raw-webhooks/{id}/discard", post(dead::discard_raw)),
         (Method::GET, "/admin/lanes", get(lanes::list)),
+        (Method::GET, "/admin/lanes/history", get(history::lanes)),
         (Method::POST, "/admin/lanes/{channel}/{direction}/pause", post(lanes::pause)),
         (Method::POST, "/admin/lanes/{channel}/{direction}/resume", post(lanes::resume)),
         (Method::POST, "/admin/contacts/purge", post(lanes::purge)),
