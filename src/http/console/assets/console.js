@@ -44,6 +44,12 @@
     }
   }
 
+  // Replaces the children of `target` (arrays are flattened, null and false skipped).
+  function fill(target, ...kids) {
+    target.replaceChildren();
+    append(target, kids);
+  }
+
   function append(e, kids) {
     for (const k of kids.flat(Infinity)) {
       if (k === undefined || k === null || k === false) continue;
@@ -162,7 +168,7 @@
     const b = $('banner');
     clearTimeout(bannerTimer);
     b.className = `banner ${kind}`;
-    b.replaceChildren(el('span', {}, text), el('button', { type: 'button', class: 'quiet', onclick: () => { b.hidden = true; } }, 'dismiss'));
+    fill(b, el('span', {}, text), el('button', { type: 'button', class: 'quiet', onclick: () => { b.hidden = true; } }, 'dismiss'));
     b.hidden = false;
     if (kind === 'ok') bannerTimer = setTimeout(() => { b.hidden = true; }, 8000);
   }
@@ -280,7 +286,7 @@
       else if (path.startsWith('/message/')) await messageDetail(view, decodeURIComponent(path.slice(9)), seq);
       else if (path === '/dead') await deadLetters(view, params, live);
       else if (path === '/audit') await auditLog(view, live);
-      else view.replaceChildren(el('p', {}, 'No such page. '), el('a', { href: '#/' }, 'Overview'));
+      else fill(view, el('p', {}, 'No such page. '), el('a', { href: '#/' }, 'Overview'));
     } catch (e) {
       if (live()) showError(e);
     }
@@ -296,7 +302,7 @@
       ]);
       if (seq !== routeSeq) return;
       const channels = [...new Set(lanes.lanes.map((l) => l.channel))];
-      view.replaceChildren(
+      fill(view,
         el('h1', {}, 'Channels'),
         channels.length ? null : el('p', {}, 'No channel is configured.'),
         channels.map((ch) => channelCard(
@@ -379,8 +385,8 @@
         el('tbody', {}, rows),
       ),
       el('div', { class: 'plots' },
-        lineChart('Waiting, last hour', depthSeries, now, (v) => String(Math.round(v))),
-        lineChart('Requests per second, last hour', rateSeries, now, (v) => fmtRate(v)),
+        lineChart('Waiting, last hour', depthSeries, now, 4, (v) => String(Math.round(v))),
+        lineChart('Requests per second, last hour', rateSeries, now, 1, (v) => fmtRate(v)),
       ),
     );
   }
@@ -406,14 +412,15 @@
   }
 
   // A line chart over the last hour as SVG: one polyline per series, broken where
-  // samples are missing (the gateway was down), y from 0 to a round maximum.
-  function lineChart(title, series, now, fmt) {
+  // samples are missing (the gateway was down), y from 0 to a round maximum (at least
+  // `minTop`, so a quiet lane's flat line does not fill the plot).
+  function lineChart(title, series, now, minTop, fmt) {
     const W = 560, H = 170, L = 44, R = 12, T = 12, B = 24;
     const t0 = now - HOUR_MS;
     const x = (t) => L + ((t - t0) / HOUR_MS) * (W - L - R);
     let max = 0;
     for (const s of series) for (const [, v] of s.points) max = Math.max(max, v);
-    const top = niceCeil(max);
+    const top = niceCeil(Math.max(max, minTop));
     const y = (v) => T + (1 - v / top) * (H - T - B);
     const g = [];
     for (const f of [0, 0.5, 1]) {
@@ -515,7 +522,7 @@
       else location.hash = next;
     });
     const results = el('div', { id: 'results' }, el('p', { class: 'muted' }, 'Searching…'));
-    view.replaceChildren(el('h1', {}, 'Messages'), form, results);
+    fill(view, el('h1', {}, 'Messages'), form, results);
     form.elements.q.focus();
 
     const base = new URLSearchParams();
@@ -543,7 +550,7 @@
   function renderResults(box, found, live) {
     const { query, what, page } = found;
     if (!page.items.length) {
-      box.replaceChildren(el('p', { class: 'empty' }, `No messages for ${what}.`));
+      fill(box, el('p', { class: 'empty' }, `No messages for ${what}.`));
       return;
     }
     const tbody = el('tbody', {});
@@ -562,7 +569,7 @@
         }, 'Load more'));
       }
     };
-    box.replaceChildren(
+    fill(box,
       el('p', { class: 'muted' }, `Showing ${what}, newest first.`),
       el('table', { class: 'list', id: 'results-table' },
         el('thead', {}, el('tr', {},
@@ -623,7 +630,7 @@
       if (seq !== routeSeq) return;
       // Keep open exchanges open across refreshes.
       const open = new Set([...view.querySelectorAll('details[open][data-log]')].map((x) => x.dataset.log));
-      view.replaceChildren(renderDetail(d, open));
+      fill(view, renderDetail(d, open));
       // Watch it while it is on its way (after a replay, say), and for a while after the
       // provider took it, for the delivery receipt; stop once it is settled.
       const m = d.message;
@@ -765,7 +772,7 @@
       el('button', { type: 'button', class: 'danger', onclick: async () => { const ids = selected(); if (ids.length) await discard(ids, true); } }, 'Discard selected'),
     );
     const scope = filter.toString() ? ` (${[params.get('channel'), params.get('direction') && laneName(params.get('direction'))].filter(Boolean).join(', ')})` : '';
-    view.replaceChildren(
+    fill(view,
       el('h1', {}, `Dead letters${scope}`),
       el('p', { class: 'muted' }, 'Items that gave up: the attempts ran out, they aged out, or the other side refused them for good. ' +
         'Replay sends again (once, even if clicked twice); discard settles them without sending.'),
@@ -839,12 +846,12 @@
           el('td', {}, a.detail || ''),
         ));
       }
-      more.replaceChildren(page.next_cursor
+      fill(more, page.next_cursor
         ? el('button', { type: 'button', class: 'quiet', onclick: () => load(page.next_cursor).catch(showError) }, 'Load more')
         : '');
-      if (!tbody.children.length) more.replaceChildren(el('p', { class: 'empty' }, 'Nothing has been changed through the admin API yet.'));
+      if (!tbody.children.length) fill(more, el('p', { class: 'empty' }, 'Nothing has been changed through the admin API yet.'));
     };
-    view.replaceChildren(
+    fill(view,
       el('h1', {}, 'Audit log'),
       el('p', { class: 'muted' }, 'Who replayed, discarded, paused, resumed or purged what, newest first (by admin token name).'),
       el('table', { class: 'list' },
