@@ -6,16 +6,16 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::channel_log::ChannelLog;
 use crate::clock::now_ms;
 use crate::config::{ChannelConfig, Config};
 use crate::lanes::deliver::{ToProvider, ToRespondIo};
 use crate::lanes::{LaneCtx, LaneRunner, Waiters};
 use crate::providers::{Provider, ProviderEnv};
 use crate::respondio::client::RespondIoClient;
-use crate::store::sqlite::SqliteStore;
-use crate::channel_log::ChannelLog;
 use crate::secret::Secret;
 use crate::store::admin::AdminStore;
+use crate::store::sqlite::SqliteStore;
 use crate::store::{CrashPolicy, Lane, Store};
 
 /// One configured channel with its provider and its two lanes.
@@ -209,11 +209,9 @@ impl App {
         } = self;
         // Bound before anything starts, so a taken port fails the start.
         let admin_listener = match state.cfg.server.admin_listen {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (server.admin_listen): {e}"))?,
-            ),
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {addr} (server.admin_listen): {e}")
+            })?),
             None => None,
         };
         let log_stop = CancellationToken::new();

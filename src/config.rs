@@ -445,21 +445,37 @@ impl Config {
         for (i, t) in self.admin.tokens.iter().enumerate() {
             let k = |f: &str| format!("admin.token[{i}].{f}");
             if t.name.trim().is_empty() || t.name.len() > 64 {
-                out.push(problem(k("name"), "must be 1-64 characters (the audit log's \"who\")"));
+                out.push(problem(
+                    k("name"),
+                    "must be 1-64 characters (the audit log's \"who\")",
+                ));
             }
             if !names.insert(t.name.clone()) {
-                out.push(problem(k("name"), format!("duplicate admin token name {:?}", t.name)));
+                out.push(problem(
+                    k("name"),
+                    format!("duplicate admin token name {:?}", t.name),
+                ));
             }
             // Admin tokens open replays and purges: a short one is a guessable one.
             if t.token.expose().len() < 16 {
                 out.push(problem(k("token"), "must be at least 16 characters"));
             }
         }
-        if self.server.admin_listen.is_some_and(|a| a == self.server.listen) {
-            out.push(problem("server.admin_listen", "must differ from server.listen"));
+        if self
+            .server
+            .admin_listen
+            .is_some_and(|a| a == self.server.listen)
+        {
+            out.push(problem(
+                "server.admin_listen",
+                "must differ from server.listen",
+            ));
         }
         if self.store.channel_log_retention_secs < 60 {
-            out.push(problem("store.channel_log_retention_secs", "must be at least 60"));
+            out.push(problem(
+                "store.channel_log_retention_secs",
+                "must be at least 60",
+            ));
         }
         out
     }

@@ -4,6 +4,7 @@
 // size of axum's Response in the Err variant is fine on this path.
 #![allow(clippy::result_large_err)]
 
+pub mod admin_cli;
 pub mod app;
 pub mod bench;
 pub mod channel_log;

@@ -32,6 +32,13 @@ enum Command {
         #[arg(long, env = "RIO_BRIDGE_CONFIG", default_value = "rio-bridge.toml")]
         config: PathBuf,
     },
+    /// Apply the store's schema migrations and exit (without serving).
+    Migrate {
+        #[arg(long, env = "RIO_BRIDGE_CONFIG", default_value = "rio-bridge.toml")]
+        config: PathBuf,
+    },
+    /// The admin API from a shell, against a running server (see `admin --help`).
+    Admin(rio_bridge::admin_cli::AdminArgs),
     /// Load and validate a config; print every problem with its key; exit 1 on any.
     CheckConfig {
         #[arg(long, env = "RIO_BRIDGE_CONFIG", default_value = "rio-bridge.toml")]
@@ -107,6 +114,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config } => serve(config).await,
             Command::CheckConfig { config } => return Ok(check_config(config)),
+            Command::Migrate { config } => migrate(config),
+            Command::Admin(args) => rio_bridge::admin_cli::run(args, &mut std::io::stdout()).await,
             Command::Emulate {
                 what:
                     Emulate::Respondio {
@@ -155,6 +164,25 @@ fn check_config(path: PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn migrate(path: PathBuf) -> anyhow::Result<()> {
+    let cfg = Config::load(&path)
+        .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
+    let applied = rio_bridge::store::sqlite::SqliteStore::migrate_only(&cfg.store)?;
+    if applied.is_empty() {
+        println!(
+            "{}: up to date (schema version {})",
+            cfg.store.path.display(),
+            rio_bridge::store::migrate::latest()
+        );
+    } else {
+        println!(
+            "{}: applied migrations {applied:?}",
+            cfg.store.path.display()
+        );
+    }
+    Ok(())
 }
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {

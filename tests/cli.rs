@@ -81,6 +81,9 @@ fn every_command_has_help() {
         vec!["check-config", "--help"],
         vec!["emulate", "respondio", "--help"],
         vec!["demo", "--help"],
+        vec!["migrate", "--help"],
+        vec!["admin", "--help"],
+        vec!["admin", "replay", "--help"],
     ] {
         let out = bin().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -147,4 +150,72 @@ api_key = "k"
     let out = run();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing"));
+}
+
+#[test]
+fn migrate_upgrades_a_first_release_file_without_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(include_str!("fixtures/schema/v1.sql"))
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO dedupe(channel, key, expires_ms) VALUES ('sms', 'k1', 1)",
+            [],
+        )
+        .unwrap();
+    }
+    let cfg = dir.path().join("rio-bridge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[store]
+path = "{}"
+[[channel]]
+name = "sms"
+respondio_channel_id = "CH1"
+respondio_token = "token"
+provider = "clicksend"
+webhook_secret = "secret"
+[channel.clicksend]
+username = "u"
+api_key = "k"
+"#,
+            db.display()
+        ),
+    )
+    .unwrap();
+    let run = || {
+        let out = bin()
+            .args(["migrate", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = run();
+    assert!(first.contains("applied migrations [2]"), "{first}");
+    let second = run();
+    assert!(second.contains("up to date"), "{second}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 2);
+    let kept: i64 = conn
+        .query_row("SELECT COUNT(*) FROM dedupe", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 1);
+    let logs: i64 = conn
+        .query_row("SELECT COUNT(*) FROM channel_logs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(logs, 0);
 }

@@ -263,7 +263,12 @@ pub async fn send(
 ) -> Result<reqwest::Response, reqwest::Error> {
     let (client, req) = builder.build_split();
     let req = req?;
-    let mut ex = Exchange::new(Direction::Out, kind, req.method().as_str(), req.url().as_str());
+    let mut ex = Exchange::new(
+        Direction::Out,
+        kind,
+        req.method().as_str(),
+        req.url().as_str(),
+    );
     ex.request_headers = req
         .headers()
         .iter()
@@ -347,6 +352,12 @@ mod tests {
         rx.recv_many(&mut rows, 10).await;
         let mids: Vec<_> = rows.iter().map(|r| r.mid.clone().unwrap()).collect();
         assert_eq!(mids, ["M1", "M2"]);
-        assert!(!rows[0].request_body.as_ref().unwrap().contains("tok-abcdef"));
+        assert!(
+            !rows[0]
+                .request_body
+                .as_ref()
+                .unwrap()
+                .contains("tok-abcdef")
+        );
     }
 }

@@ -88,10 +88,7 @@ pub fn url(raw: &str, secrets: &[String]) -> String {
 }
 
 /// Request headers as `Name: value` lines, credentials replaced.
-pub fn headers<'a>(
-    pairs: impl Iterator<Item = (&'a str, &'a [u8])>,
-    secrets: &[String],
-) -> String {
+pub fn headers<'a>(pairs: impl Iterator<Item = (&'a str, &'a [u8])>, secrets: &[String]) -> String {
     let mut out = String::new();
     for (name, value) in pairs {
         let value = String::from_utf8_lossy(value);
@@ -256,7 +253,10 @@ mod tests {
         let b = url("https://user:pa55word@h/x", &[]);
         assert!(!b.contains("pa55word"), "{b}");
         let v = url("https://h/x?api_key=k1&token=t1&sig=z", &[]);
-        assert!(!v.contains("k1") && !v.contains("t1") && !v.contains("=z"), "{v}");
+        assert!(
+            !v.contains("k1") && !v.contains("t1") && !v.contains("=z"),
+            "{v}"
+        );
     }
 
     #[test]
@@ -277,8 +277,15 @@ mod tests {
 
     #[test]
     fn json_form_and_text_bodies() {
-        let j = body(br#"{"api_key":"k-1","nested":{"Token":"t-2"},"text":"hi"}"#, &[]).unwrap();
-        assert!(!j.contains("k-1") && !j.contains("t-2") && j.contains("hi"), "{j}");
+        let j = body(
+            br#"{"api_key":"k-1","nested":{"Token":"t-2"},"text":"hi"}"#,
+            &[],
+        )
+        .unwrap();
+        assert!(
+            !j.contains("k-1") && !j.contains("t-2") && j.contains("hi"),
+            "{j}"
+        );
         let f = body(b"from=%2B614&api_secret=zz9&text=hello", &[]).unwrap();
         assert!(!f.contains("zz9") && f.contains("hello"), "{f}");
         let cut = body(br#"{"password": "pw-123", "text": "unterminated"#, &[]).unwrap();
@@ -297,7 +304,15 @@ mod tests {
 
     #[test]
     fn sensitive_names() {
-        for n in ["Authorization", "X-Api-Key", "api_secret", "auth_token", "signature", "key", "apikey"] {
+        for n in [
+            "Authorization",
+            "X-Api-Key",
+            "api_secret",
+            "auth_token",
+            "signature",
+            "key",
+            "apikey",
+        ] {
             assert!(sensitive_name(n), "{n}");
         }
         for n in ["to", "from", "body", "message_id", "content-type"] {

@@ -79,7 +79,9 @@ pub async fn record(State(state): State<Arc<AppState>>, req: Request, next: Next
     };
     ex.request_body = bytes.to_vec();
     let started = Instant::now();
-    let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    let resp = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
     ex.duration = started.elapsed();
     ex.status = Some(resp.status().as_u16());
     let tag = resp.extensions().get::<Tagged>().cloned();

@@ -48,7 +48,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/channels/{name}/status",
             post(webhooks::status).get(webhooks::status),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), logged::record));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            logged::record,
+        ));
     r.merge(logged)
         .route("/media/{channel}/{src}", get(media::get))
         .route("/healthz", get(health::healthz))

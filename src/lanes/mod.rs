@@ -773,7 +773,10 @@ async fn deliver_logged(
             .map(|i| i.payload.as_bytes().to_vec())
             .unwrap_or_default();
         match &result {
-            Ok(pid) => ex.response_body = format!("accepted, provider id {}", pid.as_deref().unwrap_or("-")).into_bytes(),
+            Ok(pid) => {
+                ex.response_body =
+                    format!("accepted, provider id {}", pid.as_deref().unwrap_or("-")).into_bytes()
+            }
             Err(e) => ex.error = Some(e.reason().to_string()),
         }
         log.record(&ctx.channel, &mids, &ex);

@@ -150,6 +150,8 @@ pub struct LaneActivity {
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct PurgeReport {
+    /// Messages of the contact being attempted right now: when not 0, nothing was purged.
+    pub in_flight: u64,
     pub items: u64,
     pub history: u64,
     pub attempts: u64,
@@ -204,8 +206,7 @@ pub trait AdminStore: Send + Sync + 'static {
     -> Result<()>;
 
     /// Lifts a lane's pause; queues that the pause pushed back are due at `now_ms`.
-    async fn resume_lane(&self, channel: &str, lane: Lane, now_ms: i64, actor: &str)
-    -> Result<()>;
+    async fn resume_lane(&self, channel: &str, lane: Lane, now_ms: i64, actor: &str) -> Result<()>;
 
     /// Requests and deliveries per lane since `since_ms`.
     async fn lane_activity(&self, since_ms: i64) -> Result<Vec<LaneActivity>>;

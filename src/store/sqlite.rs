@@ -20,7 +20,6 @@ use crate::config::{StoreConfig, Synchronous};
 use crate::respondio::wire::{Event, EventType, Status};
 use crate::status::{self, Transition};
 
-
 type Reply = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
 /// A job runs inside the batch's transaction, or gets `None` when the batch was already
 /// lost (then it only answers with the error).
@@ -97,6 +96,16 @@ impl SqliteStore {
             dedupe_ttl_ms: (cfg.dedupe_ttl_secs as i64).saturating_mul(1000),
             parked_ttl_ms: (cfg.parked_receipt_ttl_secs as i64).saturating_mul(1000),
         })
+    }
+
+    /// Applies pending schema migrations to the store's file and returns their versions,
+    /// without starting the writer (`rio-bridge migrate`).
+    pub fn migrate_only(cfg: &StoreConfig) -> anyhow::Result<Vec<i64>> {
+        if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut conn = open_connection(&cfg.path, cfg.synchronous)?;
+        Ok(super::migrate::migrate(&mut conn)?)
     }
 
     /// Runs `f` inside the writer's next transaction; resolves after the COMMIT.

@@ -322,9 +322,18 @@ impl AdminStore for SqliteStore {
                 .prepare_cached("SELECT channel FROM raw_webhooks WHERE id = ?1")?
                 .query_row(params![id], |r| r.get(0))
                 .optional()?;
-            let Some(channel) = channel else { return Ok(false) };
-            conn.prepare_cached("DELETE FROM raw_webhooks WHERE id = ?1")?.execute(params![id])?;
-            audit(conn, &actor, &action, &format!("raw webhook {id} ({channel})"), detail.as_deref())?;
+            let Some(channel) = channel else {
+                return Ok(false);
+            };
+            conn.prepare_cached("DELETE FROM raw_webhooks WHERE id = ?1")?
+                .execute(params![id])?;
+            audit(
+                conn,
+                &actor,
+                &action,
+                &format!("raw webhook {id} ({channel})"),
+                detail.as_deref(),
+            )?;
             Ok(true)
         })
         .await
@@ -340,7 +349,13 @@ impl AdminStore for SqliteStore {
         .await
     }
 
-    async fn pause_lane(&self, channel: &str, lane: Lane, until_ms: i64, actor: &str) -> Result<()> {
+    async fn pause_lane(
+        &self,
+        channel: &str,
+        lane: Lane,
+        until_ms: i64,
+        actor: &str,
+    ) -> Result<()> {
         let (channel, actor) = (channel.to_string(), actor.to_string());
         self.write(move |conn| {
             conn.prepare_cached(
@@ -395,10 +410,24 @@ impl AdminStore for SqliteStore {
         .await
     }
 
-    async fn purge_contact(&self, channel: &str, contact: &str, actor: &str) -> Result<PurgeReport> {
-        let (channel, contact, actor) = (channel.to_string(), contact.to_string(), actor.to_string());
+    async fn purge_contact(
+        &self,
+        channel: &str,
+        contact: &str,
+        actor: &str,
+    ) -> Result<PurgeReport> {
+        let (channel, contact, actor) =
+            (channel.to_string(), contact.to_string(), actor.to_string());
         self.write(move |conn| {
-            let mut report = PurgeReport::default();
+            // A send in flight would have its outcome recorded against rows that are gone:
+            // refuse, and let the operator try again once the attempt has finished.
+            let in_flight = conn
+                .prepare_cached("SELECT COUNT(*) FROM items WHERE channel = ?1 AND contact = ?2 AND state = 1")?
+                .query_row(params![channel, contact], |r| r.get::<_, i64>(0))? as u64;
+            let mut report = PurgeReport { in_flight, ..Default::default() };
+            if report.in_flight > 0 {
+                return Ok(report);
+            }
             let items: Vec<(i64, String, Option<String>, i64, String)> = conn
                 .prepare_cached("SELECT id, mid, provider_id, lane, qkey FROM items WHERE channel = ?1 AND contact = ?2")?
                 .query_map(params![channel, contact], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
@@ -473,7 +502,12 @@ impl AdminStore for SqliteStore {
         .await
     }
 
-    async fn list_audit(&self, actor: Option<String>, before_id: Option<i64>, limit: usize) -> Result<Vec<AuditRow>> {
+    async fn list_audit(
+        &self,
+        actor: Option<String>,
+        before_id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>> {
         self.read(move |conn| {
             conn.prepare_cached(
                 "SELECT id, at_ms, actor, action, target, detail FROM audit_log
@@ -489,10 +523,13 @@ impl AdminStore for SqliteStore {
 
     async fn insert_channel_logs(&self, rows: Vec<ChannelLogRow>) -> Result<()> {
         self.write(move |conn| {
+            // A row is queued only after its message was committed, so a message that is
+            // gone by the time the row is written was purged meanwhile: its row is dropped.
             let mut stmt = conn.prepare_cached(
                 "INSERT INTO channel_logs(channel, mid, at_ms, direction, kind, method, url, status, duration_ms,
                                           request_headers, request_body, response_body, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13
+                 WHERE ?2 IS NULL OR EXISTS (SELECT 1 FROM items WHERE channel = ?1 AND mid = ?2)",
             )?;
             for r in rows {
                 stmt.execute(params![

@@ -17,7 +17,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::views::{self, FilterQuery};
-use super::{Actor, BULK_MAX, bad_request, cursor, json_body, next_cursor, not_found, ok_json, page_size, query, store_failed};
+use super::{
+    Actor, BULK_MAX, bad_request, cursor, json_body, next_cursor, not_found, ok_json, page_size,
+    query, store_failed,
+};
 use crate::app::AppState;
 use crate::http::json_error;
 use crate::providers::WebhookRequest;
@@ -72,12 +75,18 @@ async fn select(state: &AppState, body: &Bytes) -> Result<Vec<i64>, Response> {
         }
         (None, Some(f)) => {
             if f.state.is_some() || f.cursor.is_some() || f.limit.is_some() {
-                return Err(bad_request("filter: state, cursor and limit do not apply (use the top-level limit)"));
+                return Err(bad_request(
+                    "filter: state, cursor and limit do not apply (use the top-level limit)",
+                ));
             }
             let limit = sel.limit.unwrap_or(BULK_MAX).clamp(1, BULK_MAX);
             let mut filter = f.to_filter(limit).map_err(bad_request)?;
             filter.state = Some(STATE_DEAD);
-            let rows = state.admin_store.list_messages(filter).await.map_err(store_failed)?;
+            let rows = state
+                .admin_store
+                .list_messages(filter)
+                .await
+                .map_err(store_failed)?;
             Ok(rows.into_iter().map(|r| r.id).collect())
         }
         _ => Err(bad_request("give either ids or filter")),
@@ -85,7 +94,11 @@ async fn select(state: &AppState, body: &Bytes) -> Result<Vec<i64>, Response> {
 }
 
 /// `POST /admin/dead-letters/replay`.
-pub async fn replay(State(state): State<Arc<AppState>>, Extension(actor): Extension<Actor>, body: Bytes) -> Response {
+pub async fn replay(
+    State(state): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    body: Bytes,
+) -> Response {
     let ids = match select(&state, &body).await {
         Ok(ids) => ids,
         Err(r) => return r,
@@ -95,7 +108,13 @@ pub async fn replay(State(state): State<Arc<AppState>>, Extension(actor): Extens
         Err(e) => return store_failed(e),
     };
     wake_lanes(&state, &results);
-    let pick = |o: ReplayOutcome| results.iter().filter(|r| r.outcome == o).map(|r| r.id).collect::<Vec<_>>();
+    let pick = |o: ReplayOutcome| {
+        results
+            .iter()
+            .filter(|r| r.outcome == o)
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+    };
     let replayed = pick(ReplayOutcome::Replayed);
     tracing::info!(actor = %actor.0, replayed = replayed.len(), "dead letters replayed");
     ok_json(json!({
@@ -107,10 +126,19 @@ pub async fn replay(State(state): State<Arc<AppState>>, Extension(actor): Extens
 
 /// Replayed items are pending again: their lanes count and look for them now.
 fn wake_lanes(state: &AppState, results: &[ReplayResult]) {
-    for r in results.iter().filter(|r| r.outcome == ReplayOutcome::Replayed) {
-        let (Some(channel), Some(lane)) = (&r.channel, r.lane) else { continue };
+    for r in results
+        .iter()
+        .filter(|r| r.outcome == ReplayOutcome::Replayed)
+    {
+        let (Some(channel), Some(lane)) = (&r.channel, r.lane) else {
+            continue;
+        };
         if let Some(ch) = state.channel(channel) {
-            let ctx = if Lane::from_code(lane) == Lane::RespondIo { &ch.to_respondio } else { &ch.to_provider };
+            let ctx = if Lane::from_code(lane) == Lane::RespondIo {
+                &ch.to_respondio
+            } else {
+                &ch.to_provider
+            };
             ctx.add_backlog(1);
             ctx.wake();
         }
@@ -118,7 +146,11 @@ fn wake_lanes(state: &AppState, results: &[ReplayResult]) {
 }
 
 /// `POST /admin/dead-letters/discard`.
-pub async fn discard(State(state): State<Arc<AppState>>, Extension(actor): Extension<Actor>, body: Bytes) -> Response {
+pub async fn discard(
+    State(state): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    body: Bytes,
+) -> Response {
     let ids = match select(&state, &body).await {
         Ok(ids) => ids,
         Err(r) => return r,
@@ -152,7 +184,11 @@ pub async fn list_raw(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery)
         (Err(r), _) | (_, Err(r)) => return r,
     };
     let channel = q.channel.filter(|c| !c.is_empty());
-    match state.admin_store.list_raw_webhooks(channel, before, limit).await {
+    match state
+        .admin_store
+        .list_raw_webhooks(channel, before, limit)
+        .await
+    {
         Ok(rows) => {
             let items: Vec<_> = rows
                 .iter()
@@ -182,14 +218,23 @@ fn channel_secrets(state: &AppState, channel: &str) -> Vec<String> {
     state
         .cfg
         .channel(channel)
-        .map(|c| crate::app::channel_secrets(c).into_iter().map(|s| s.expose().to_string()).collect())
+        .map(|c| {
+            crate::app::channel_secrets(c)
+                .into_iter()
+                .map(|s| s.expose().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// `POST /admin/raw-webhooks/{id}/replay`: parses the kept body again (a newer release may
 /// read it now). Read: its events are committed (deduped as usual) and the raw copy goes.
 /// Still unreadable: it stays, with the new reason.
-pub async fn replay_raw(State(state): State<Arc<AppState>>, Extension(actor): Extension<Actor>, Path(id): Path<i64>) -> Response {
+pub async fn replay_raw(
+    State(state): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<i64>,
+) -> Response {
     let raw = match state.admin_store.raw_webhook(id).await {
         Ok(Some(r)) => r,
         Ok(None) => return not_found("no raw webhook with that id"),
@@ -208,11 +253,19 @@ pub async fn replay_raw(State(state): State<Arc<AppState>>, Extension(actor): Ex
         raw.channel,
         raw.route
     );
-    let req = WebhookRequest { query: "", headers: &headers, body: &raw.body, public_url: &public_url };
+    let req = WebhookRequest {
+        query: "",
+        headers: &headers,
+        body: &raw.body,
+        public_url: &public_url,
+    };
     let committed = match raw.route.as_str() {
         "inbound" => {
             let items = ch.provider.parse_inbound(&req).and_then(|events| {
-                if let Some(bad) = events.iter().find_map(|e| ch.cfg.id_type.validate(&e.contact_id).err()) {
+                if let Some(bad) = events
+                    .iter()
+                    .find_map(|e| ch.cfg.id_type.validate(&e.contact_id).err())
+                {
                     return Err(bad);
                 }
                 let now_s = (crate::clock::now_ms() / 1000) as u64;
@@ -225,7 +278,10 @@ pub async fn replay_raw(State(state): State<Arc<AppState>>, Extension(actor): Ex
                 Err(reason) => Err(reason),
                 Ok(items) => match state.store.ingest_inbound(&ch.cfg.name, items).await {
                     Ok(results) => {
-                        let stored = results.iter().filter(|r| matches!(r, IngestResult::Stored { .. })).count();
+                        let stored = results
+                            .iter()
+                            .filter(|r| matches!(r, IngestResult::Stored { .. }))
+                            .count();
                         ch.to_respondio.add_backlog(stored);
                         ch.to_respondio.wake();
                         Ok(json!({"events": results.len(), "stored": stored}))
@@ -239,11 +295,19 @@ pub async fn replay_raw(State(state): State<Arc<AppState>>, Extension(actor): Ex
             Ok(receipts) => {
                 let items = receipts
                     .into_iter()
-                    .map(|r| ReceiptIn { dedupe_key: r.dedupe_key, provider_id: r.provider_id, status: r.status, reason: r.reason })
+                    .map(|r| ReceiptIn {
+                        dedupe_key: r.dedupe_key,
+                        provider_id: r.provider_id,
+                        status: r.status,
+                        reason: r.reason,
+                    })
                     .collect();
                 match state.store.apply_receipts(&ch.cfg.name, items).await {
                     Ok(results) => {
-                        let forwarded = results.iter().filter(|r| matches!(r, ReceiptResult::Forwarded { .. })).count();
+                        let forwarded = results
+                            .iter()
+                            .filter(|r| matches!(r, ReceiptResult::Forwarded { .. }))
+                            .count();
                         ch.to_respondio.add_backlog(forwarded);
                         ch.to_respondio.wake();
                         Ok(json!({"receipts": results.len(), "forwarded": forwarded}))
@@ -255,11 +319,19 @@ pub async fn replay_raw(State(state): State<Arc<AppState>>, Extension(actor): Ex
         other => Err(format!("unknown route {other:?}")),
     };
     match committed {
-        Ok(summary) => match state.admin_store.delete_raw_webhook(id, &actor.0, "replay", Some(summary.to_string())).await {
+        Ok(summary) => match state
+            .admin_store
+            .delete_raw_webhook(id, &actor.0, "replay", Some(summary.to_string()))
+            .await
+        {
             Ok(_) => ok_json(json!({"outcome": "replayed", "result": summary})),
             Err(e) => store_failed(e),
         },
-        Err(reason) => match state.admin_store.update_raw_webhook_reason(id, &reason).await {
+        Err(reason) => match state
+            .admin_store
+            .update_raw_webhook_reason(id, &reason)
+            .await
+        {
             Ok(()) => ok_json(json!({"outcome": "still_unparseable", "reason": reason})),
             Err(e) => store_failed(e),
         },
@@ -267,8 +339,16 @@ pub async fn replay_raw(State(state): State<Arc<AppState>>, Extension(actor): Ex
 }
 
 /// `POST /admin/raw-webhooks/{id}/discard`: deletes the kept body.
-pub async fn discard_raw(State(state): State<Arc<AppState>>, Extension(actor): Extension<Actor>, Path(id): Path<i64>) -> Response {
-    match state.admin_store.delete_raw_webhook(id, &actor.0, "discard", None).await {
+pub async fn discard_raw(
+    State(state): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<i64>,
+) -> Response {
+    match state
+        .admin_store
+        .delete_raw_webhook(id, &actor.0, "discard", None)
+        .await
+    {
         Ok(true) => ok_json(json!({"discarded": [id]})),
         Ok(false) => not_found("no raw webhook with that id"),
         Err(e) => store_failed(e),

@@ -10,7 +10,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::views::parse_lane;
-use super::{Actor, bad_request, cursor, json_body, next_cursor, not_found, ok_json, page_size, query, store_failed};
+use super::{
+    Actor, bad_request, cursor, json_body, next_cursor, not_found, ok_json, page_size, query,
+    store_failed,
+};
 use crate::app::{AppState, Channel};
 use crate::clock::now_ms;
 use crate::lanes::LaneCtx;
@@ -33,7 +36,10 @@ fn lane_of(ch: &Channel, lane: Lane) -> &Arc<LaneCtx> {
 pub async fn list(State(state): State<Arc<AppState>>) -> Response {
     let (stats, activity) = match (
         state.store.lane_stats().await,
-        state.admin_store.lane_activity(now_ms() - RATE_WINDOW_MS).await,
+        state
+            .admin_store
+            .lane_activity(now_ms() - RATE_WINDOW_MS)
+            .await,
     ) {
         (Ok(s), Ok(a)) => (s, a),
         (Err(e), _) | (_, Err(e)) => return store_failed(e),
@@ -47,7 +53,9 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Response {
         for lane in [Lane::RespondIo, Lane::Provider] {
             let ctx = lane_of(ch, lane);
             let s = stats.iter().find(|s| &s.channel == name && s.lane == lane);
-            let a = activity.iter().find(|a| &a.channel == name && a.lane == lane);
+            let a = activity
+                .iter()
+                .find(|a| &a.channel == name && a.lane == lane);
             let paused_until = ctx.paused_until();
             let requests = a.map_or(0, |a| a.requests);
             let delivered = a.map_or(0, |a| a.delivered);
@@ -82,7 +90,9 @@ struct PauseBody {
 
 fn find_lane(state: &AppState, channel: &str, direction: &str) -> Result<Arc<LaneCtx>, Response> {
     let lane = parse_lane(direction).map_err(bad_request)?;
-    let ch = state.channel(channel).ok_or_else(|| not_found("unknown channel"))?;
+    let ch = state
+        .channel(channel)
+        .ok_or_else(|| not_found("unknown channel"))?;
     Ok(lane_of(ch, lane).clone())
 }
 
@@ -109,7 +119,11 @@ pub async fn pause(
         None => PAUSED_INDEFINITELY_MS,
     };
     // Persist first: a pause the store did not take must not look like it worked.
-    if let Err(e) = state.admin_store.pause_lane(&channel, ctx.lane, until, &actor.0).await {
+    if let Err(e) = state
+        .admin_store
+        .pause_lane(&channel, ctx.lane, until, &actor.0)
+        .await
+    {
         return store_failed(e);
     }
     ctx.set_paused_until(until);
@@ -128,7 +142,11 @@ pub async fn resume(
         Ok(c) => c,
         Err(r) => return r,
     };
-    if let Err(e) = state.admin_store.resume_lane(&channel, ctx.lane, now_ms(), &actor.0).await {
+    if let Err(e) = state
+        .admin_store
+        .resume_lane(&channel, ctx.lane, now_ms(), &actor.0)
+        .await
+    {
         return store_failed(e);
     }
     ctx.set_paused_until(0);
@@ -146,7 +164,11 @@ struct PurgeBody {
 /// `POST /admin/contacts/purge`: deletes one contact's messages, history, attempts,
 /// channel logs, dedupe keys, parked receipts, raw webhooks and profile. In the body, not
 /// the URL, so the contact id does not land in access logs.
-pub async fn purge(State(state): State<Arc<AppState>>, Extension(actor): Extension<Actor>, body: Bytes) -> Response {
+pub async fn purge(
+    State(state): State<Arc<AppState>>,
+    Extension(actor): Extension<Actor>,
+    body: Bytes,
+) -> Response {
     let b: PurgeBody = match json_body(&body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -157,7 +179,15 @@ pub async fn purge(State(state): State<Arc<AppState>>, Extension(actor): Extensi
     if b.contact.trim().is_empty() {
         return bad_request("contact is required");
     }
-    match state.admin_store.purge_contact(&b.channel, &b.contact, &actor.0).await {
+    match state
+        .admin_store
+        .purge_contact(&b.channel, &b.contact, &actor.0)
+        .await
+    {
+        Ok(report) if report.in_flight > 0 => crate::http::json_error(
+            axum::http::StatusCode::CONFLICT,
+            "a message of this contact is being sent right now; purge again in a moment",
+        ),
         Ok(report) => {
             tracing::warn!(channel = %b.channel, actor = %actor.0, items = report.items, "contact purged");
             ok_json(json!({"purged": report}))
@@ -184,7 +214,11 @@ pub async fn audit(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery) ->
         (Ok(l), Ok(c)) => (l, c),
         (Err(r), _) | (_, Err(r)) => return r,
     };
-    match state.admin_store.list_audit(q.actor.filter(|a| !a.is_empty()), before, limit).await {
+    match state
+        .admin_store
+        .list_audit(q.actor.filter(|a| !a.is_empty()), before, limit)
+        .await
+    {
         Ok(rows) => ok_json(json!({
             "items": rows,
             "next_cursor": next_cursor(rows.iter().map(|r| r.id), rows.len(), limit),

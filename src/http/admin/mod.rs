@@ -50,17 +50,45 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>)> {
         (Method::GET, "/admin/openapi.json", get(openapi)),
         (Method::GET, "/admin/messages", get(messages::list)),
         (Method::GET, "/admin/messages/{mid}", get(messages::detail)),
-        (Method::GET, "/admin/channel-logs", get(messages::channel_logs)),
+        (
+            Method::GET,
+            "/admin/channel-logs",
+            get(messages::channel_logs),
+        ),
         (Method::GET, "/admin/dead-letters", get(dead::list)),
-        (Method::POST, "/admin/dead-letters/replay", post(dead::replay)),
-        (Method::POST, "/admin/dead-letters/discard", post(dead::discard)),
+        (
+            Method::POST,
+            "/admin/dead-letters/replay",
+            post(dead::replay),
+        ),
+        (
+            Method::POST,
+            "/admin/dead-letters/discard",
+            post(dead::discard),
+        ),
         (Method::GET, "/admin/raw-webhooks", get(dead::list_raw)),
-        (Method::POST, "/admin/raw-webhooks/{id}/replay", post(dead::replay_raw)),
-        (Method::POST, "/admin/raw-webhooks/{id}/discard", post(dead::discard_raw)),
+        (
+            Method::POST,
+            "/admin/raw-webhooks/{id}/replay",
+            post(dead::replay_raw),
+        ),
+        (
+            Method::POST,
+            "/admin/raw-webhooks/{id}/discard",
+            post(dead::discard_raw),
+        ),
         (Method::GET, "/admin/lanes", get(lanes::list)),
         (Method::GET, "/admin/lanes/history", get(history::lanes)),
-        (Method::POST, "/admin/lanes/{channel}/{direction}/pause", post(lanes::pause)),
-        (Method::POST, "/admin/lanes/{channel}/{direction}/resume", post(lanes::resume)),
+        (
+            Method::POST,
+            "/admin/lanes/{channel}/{direction}/pause",
+            post(lanes::pause),
+        ),
+        (
+            Method::POST,
+            "/admin/lanes/{channel}/{direction}/resume",
+            post(lanes::resume),
+        ),
         (Method::POST, "/admin/contacts/purge", post(lanes::purge)),
         (Method::GET, "/admin/audit", get(lanes::audit)),
     ]
@@ -125,7 +153,10 @@ pub(crate) fn bad_request(msg: impl std::fmt::Display) -> Response {
 
 pub(crate) fn store_failed(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "admin request: store failed");
-    json_error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable, try again")
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store unavailable, try again",
+    )
 }
 
 pub(crate) fn not_found(what: &str) -> Response {
@@ -134,12 +165,17 @@ pub(crate) fn not_found(what: &str) -> Response {
 
 /// Parses a query string into `T`, answering 400 with the reason.
 pub(crate) fn query<T: DeserializeOwned>(raw: Option<&str>) -> Result<T, Response> {
-    serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|e| bad_request(format!("bad query: {e}")))
+    serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|e| bad_request(format!("bad query: {e}")))
 }
 
 /// Parses a JSON body into `T` (an empty body reads as `{}`), answering 400 with the reason.
 pub(crate) fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    let raw: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    let raw: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
     serde_json::from_slice(raw).map_err(|e| bad_request(format!("bad JSON body: {e}")))
 }
 
@@ -159,12 +195,21 @@ pub(crate) fn page_size(limit: Option<usize>) -> Result<usize, Response> {
 /// A cursor is the id of the last row of the previous page (rows are newest first).
 pub(crate) fn cursor(raw: Option<&str>) -> Result<Option<i64>, Response> {
     raw.filter(|c| !c.is_empty())
-        .map(|c| c.parse::<i64>().map_err(|_| bad_request("cursor is not one we handed out")))
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| bad_request("cursor is not one we handed out"))
+        })
         .transpose()
 }
 
-pub(crate) fn next_cursor(ids: impl DoubleEndedIterator<Item = i64>, got: usize, limit: usize) -> Option<String> {
-    (got == limit).then(|| ids.last().map(|id| id.to_string())).flatten()
+pub(crate) fn next_cursor(
+    ids: impl DoubleEndedIterator<Item = i64>,
+    got: usize,
+    limit: usize,
+) -> Option<String> {
+    (got == limit)
+        .then(|| ids.last().map(|id| id.to_string()))
+        .flatten()
 }
 
 #[cfg(test)]

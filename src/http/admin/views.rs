@@ -4,7 +4,9 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::store::admin::{AttemptRow, ChannelLogRow, HistoryRow, MessageDetail, MessageFilter, MessageRow};
+use crate::store::admin::{
+    AttemptRow, ChannelLogRow, HistoryRow, MessageDetail, MessageFilter, MessageRow,
+};
 use crate::store::{ItemKind, Lane};
 
 pub fn lane_name(code: i64) -> &'static str {
@@ -15,7 +17,9 @@ pub fn parse_lane(s: &str) -> Result<Lane, String> {
     match s {
         "to_respondio" => Ok(Lane::RespondIo),
         "to_provider" => Ok(Lane::Provider),
-        other => Err(format!("direction {other:?}: expected to_respondio or to_provider")),
+        other => Err(format!(
+            "direction {other:?}: expected to_respondio or to_provider"
+        )),
     }
 }
 
@@ -34,7 +38,9 @@ fn parse_kind(s: &str) -> Result<ItemKind, String> {
         "echo" => Ok(ItemKind::Echo),
         "status" => Ok(ItemKind::Status),
         "send" => Ok(ItemKind::Send),
-        other => Err(format!("kind {other:?}: expected message, echo, status or send")),
+        other => Err(format!(
+            "kind {other:?}: expected message, echo, status or send"
+        )),
     }
 }
 
@@ -53,7 +59,9 @@ fn parse_state(s: &str) -> Result<i64, String> {
         "attempting" => Ok(1),
         "done" => Ok(2),
         "dead" => Ok(3),
-        other => Err(format!("state {other:?}: expected pending, attempting, done or dead")),
+        other => Err(format!(
+            "state {other:?}: expected pending, attempting, done or dead"
+        )),
     }
 }
 
@@ -126,7 +134,11 @@ pub fn detail(d: &MessageDetail) -> Value {
         json!({"at_ms": d.item.created_ms, "source": "item", "event": "received", "detail": format!("{} {}", kind_name(d.item.kind), lane_name(d.item.lane))}),
     ));
     for h in &d.history {
-        timeline.push((h.at_ms, 1, json!({"at_ms": h.at_ms, "source": "history", "event": h.event, "detail": h.detail})));
+        timeline.push((
+            h.at_ms,
+            1,
+            json!({"at_ms": h.at_ms, "source": "history", "event": h.event, "detail": h.detail}),
+        ));
     }
     for a in &d.attempts {
         timeline.push((
@@ -177,15 +189,27 @@ impl FilterQuery {
         let nonempty = |s: &Option<String>| s.clone().filter(|v| !v.is_empty());
         Ok(MessageFilter {
             channel: nonempty(&self.channel),
-            lane: nonempty(&self.direction).as_deref().map(parse_lane).transpose()?,
-            state: nonempty(&self.state).as_deref().map(parse_state).transpose()?,
+            lane: nonempty(&self.direction)
+                .as_deref()
+                .map(parse_lane)
+                .transpose()?,
+            state: nonempty(&self.state)
+                .as_deref()
+                .map(parse_state)
+                .transpose()?,
             contact: nonempty(&self.contact),
             mid: nonempty(&self.mid),
-            kind: nonempty(&self.kind).as_deref().map(parse_kind).transpose()?,
+            kind: nonempty(&self.kind)
+                .as_deref()
+                .map(parse_kind)
+                .transpose()?,
             since_ms: self.since,
             until_ms: self.until,
             before_id: nonempty(&self.cursor)
-                .map(|c| c.parse::<i64>().map_err(|_| "cursor is not one we handed out".to_string()))
+                .map(|c| {
+                    c.parse::<i64>()
+                        .map_err(|_| "cursor is not one we handed out".to_string())
+                })
                 .transpose()?,
             limit,
         })
