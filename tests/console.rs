@@ -497,7 +497,12 @@ async fn in_a_browser_search_timeline_and_replay_of_a_dead_letter() {
     );
     browser.shot("05-timeline").await;
     // Fold the exchange again, so the end of the timeline shows after the replay.
-    c.find(Locator::XPath(send)).await.unwrap().click().await.unwrap();
+    c.find(Locator::XPath(send))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 
     // Replay: the stand-in accepts it this time, and the page follows it to delivered.
     browser.click("#replay").await;
