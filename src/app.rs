@@ -226,7 +226,10 @@ impl App {
             tasks.spawn(lane.run(lane_stop.clone()));
         }
         tasks.spawn(housekeeping(state.clone(), lane_stop.clone()));
-        tasks.spawn(state.lane_history.clone().run(lane_stop.clone()));
+        // Only the admin API reads the history: without an admin token nothing is sampled.
+        if !state.cfg.admin.tokens.is_empty() {
+            tasks.spawn(state.lane_history.clone().run(lane_stop.clone()));
+        }
         let router = crate::http::router(state.clone());
         tracing::info!(listen = %listener.local_addr()?, channels = state.channels.len(), "rio-bridge serving");
         let grace = Duration::from_millis(state.cfg.server.shutdown_grace_ms);

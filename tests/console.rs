@@ -395,12 +395,22 @@ impl Browser {
         }
     }
 
+    /// Clicks the element at `css`, finding it again if the page redrew it in between
+    /// (the overview refreshes itself).
     async fn click(&self, css: &str) {
         self.wait_text(css, "").await;
-        let e = self.client.find(Locator::Css(css)).await.unwrap();
-        e.click()
-            .await
-            .unwrap_or_else(|err| panic!("click {css}: {err}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let clicked = match self.client.find(Locator::Css(css)).await {
+                Ok(e) => e.click().await,
+                Err(e) => Err(e),
+            };
+            match clicked {
+                Ok(()) => return,
+                Err(err) if std::time::Instant::now() > deadline => panic!("click {css}: {err}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
     }
 
     async fn type_into(&self, css: &str, text: &str) {
@@ -456,15 +466,27 @@ async fn in_a_browser_search_timeline_and_replay_of_a_dead_letter() {
         .wait_text(&format!("{row} td:nth-child(7)"), "1")
         .await;
     browser
-        .wait_text("section[data-channel='sms'] .plots", "now ")
+        .wait_text("section[data-channel='sms'] .plots", "(now ")
         .await;
     browser.shot("02-overview").await;
+
+    // Pause the lane (the console asks first), then resume it.
+    browser
+        .click(&format!("{row} button[data-action='pause']"))
+        .await;
+    c.accept_alert().await.expect("the pause confirmation");
+    browser.wait_text(row, "paused").await;
+    browser.shot("03-paused").await;
+    browser
+        .click(&format!("{row} button[data-action='resume']"))
+        .await;
+    browser.wait_text(row, "running").await;
 
     // The dead-letters page lists it with the provider's reason.
     browser.click(&format!("{row} td:nth-child(7) a")).await;
     browser.wait_text("#dead-table", &mid).await;
     browser.wait_text("#dead-table", "INVALID_RECIPIENT").await;
-    browser.shot("03-dead-letters").await;
+    browser.shot("04-dead-letters").await;
 
     // Search by the number as the customer gives it, spaces and all.
     browser.click("#nav a[data-page='messages']").await;
@@ -472,7 +494,7 @@ async fn in_a_browser_search_timeline_and_replay_of_a_dead_letter() {
     browser.click("#search").await;
     let result = format!("#results-table tr[data-mid='{mid}']");
     browser.wait_text(&result, "dead").await;
-    browser.shot("04-search").await;
+    browser.shot("05-search").await;
 
     // The timeline: why it died, with the provider exchange from the channel log.
     browser.click(&format!("{result} a.mid")).await;
@@ -495,7 +517,7 @@ async fn in_a_browser_search_timeline_and_replay_of_a_dead_letter() {
         !exchange.contains(CS_KEY),
         "the channel log must not show the API key"
     );
-    browser.shot("05-timeline").await;
+    browser.shot("06-timeline").await;
     // Fold the exchange again, so the end of the timeline shows after the replay.
     c.find(Locator::XPath(send))
         .await
@@ -520,12 +542,15 @@ async fn in_a_browser_search_timeline_and_replay_of_a_dead_letter() {
         2
     );
     browser.wait_text("#timeline", "replay").await;
-    browser.shot("06-replayed-and-delivered").await;
+    browser.shot("07-replayed-and-delivered").await;
 
     // The audit log names who did it.
     browser.click("#nav a[data-page='audit']").await;
-    browser.wait_text("#view table", "ops").await;
-    browser.shot("07-audit").await;
+    let audit = browser.wait_text("#view table", "ops").await;
+    for action in ["pause", "resume", "replay"] {
+        assert!(audit.contains(action), "{audit}");
+    }
+    browser.shot("08-audit").await;
 
     // Signing out forgets the token: the next visit asks again.
     browser.click("#signout").await;

@@ -463,7 +463,8 @@
   function niceCeil(v) {
     if (v <= 0) return 1;
     const p = 10 ** Math.floor(Math.log10(v));
-    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+    // Steps whose half is a round number too (the middle grid line).
+    for (const m of [1, 2, 4, 6, 8, 10]) if (m * p >= v) return m * p;
     return 10 * p;
   }
 
