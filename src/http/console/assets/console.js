@@ -531,11 +531,15 @@
     const since = SINCE[params.get('since') || ''];
     if (since) base.set('since', String(Date.now() - since));
 
-    // A phone number is a contact; anything else is tried as an mId, then as a contact.
+    // A phone number is a contact (also tried with a leading + when typed without one);
+    // anything else is tried as an mId, then as a contact.
+    const byContact = (c) => [`contact=${encodeURIComponent(c)}`, `contact ${c}`];
     let attempts = [];
     if (!q) attempts = [['', 'the latest messages']];
-    else if (phoneLike(q)) attempts = [[`contact=${encodeURIComponent(normalisePhone(q))}`, `contact ${normalisePhone(q)}`]];
-    else attempts = [[`mid=${encodeURIComponent(q)}`, `mId ${q}`], [`contact=${encodeURIComponent(q)}`, `contact ${q}`]];
+    else if (phoneLike(q)) {
+      const p = normalisePhone(q);
+      attempts = p.startsWith('+') ? [byContact(p)] : [byContact(p), byContact(`+${p}`)];
+    } else attempts = [[`mid=${encodeURIComponent(q)}`, `mId ${q}`], byContact(q)];
 
     let found = null;
     for (const [filter, what] of attempts) {
