@@ -168,8 +168,10 @@ async fn auth_and_validation_errors_are_clear() {
         .unwrap();
     assert_eq!(r.status(), 413);
     gw.shutdown().await;
+    // Only the accepted send's statuses may have gone to respond.io by now (when the
+    // machine is slow, its receipt's status beats the shutdown); no contact message did.
     assert!(
-        stage.events().is_empty(),
+        stage.events_of_type("message").is_empty(),
         "nothing from a rejected webhook reached respond.io"
     );
 }
