@@ -22,6 +22,10 @@ use crate::store::{Lane, Store};
 
 /// How often a sample is taken.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// Attempts are counted this far behind the sample: by then an attempt's outcome is
+/// usually recorded, and its time (the slot, moved to when the request left) is final, so
+/// no attempt falls into two windows.
+const COUNT_LAG_MS: i64 = 2_000;
 /// How far back the history reaches.
 pub const KEEP_MS: i64 = 3_600_000;
 /// Samples per lane: an hour of them, plus one so the oldest interval's start is kept.
@@ -31,7 +35,7 @@ const RING_LEN: usize = (KEEP_MS as usize / 5_000) + 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Sample {
     pub at_ms: i64,
-    /// The interval the counts cover (ends at `at_ms`).
+    /// The length of the window the counts cover (it ends [`COUNT_LAG_MS`] before `at_ms`).
     pub interval_ms: i64,
     /// Items waiting or in flight.
     pub depth: i64,
@@ -63,7 +67,7 @@ pub struct LaneHistory {
 struct Rings {
     by_lane: HashMap<(String, Lane), VecDeque<Sample>>,
     /// Where the next sample's counting window starts.
-    last_at_ms: Option<i64>,
+    last_count_until_ms: Option<i64>,
 }
 
 impl LaneHistory {
@@ -86,20 +90,22 @@ impl LaneHistory {
         }
     }
 
-    /// Takes one sample of every lane at `now`. On a store error nothing is recorded and
-    /// the next sample's window starts where this one would have.
+    /// Takes one sample of every lane at `now`: depths as they are, attempts of the window
+    /// since the previous sample's (both [`COUNT_LAG_MS`] behind). On a store error
+    /// nothing is recorded and the next sample's window starts where this one would have.
     pub async fn sample(&self, now: i64) -> crate::store::Result<()> {
+        let until = now - COUNT_LAG_MS;
         let since = {
             let rings = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             rings
-                .last_at_ms
-                .unwrap_or(now - SAMPLE_EVERY.as_millis() as i64)
+                .last_count_until_ms
+                .unwrap_or(until - SAMPLE_EVERY.as_millis() as i64)
         };
-        if now <= since {
-            return Ok(()); // the clock went back: wait until it passes the last sample
+        if until <= since {
+            return Ok(()); // the clock went back: wait until it passes the last window
         }
         let stats = self.store.lane_stats().await?;
-        let counts = self.activity.attempt_counts(since, now).await?;
+        let counts = self.activity.attempt_counts(since, until).await?;
         let mut rings = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for (channel, lane) in &self.lanes {
             let s = stats
@@ -110,7 +116,7 @@ impl LaneHistory {
                 .find(|c| &c.channel == channel && c.lane == *lane);
             let sample = Sample {
                 at_ms: now,
-                interval_ms: now - since,
+                interval_ms: until - since,
                 depth: s.map_or(0, |s| s.pending),
                 oldest_age_ms: s
                     .and_then(|s| s.oldest_pending_ms)
@@ -132,7 +138,7 @@ impl LaneHistory {
                 ring.pop_front();
             }
         }
-        rings.last_at_ms = Some(now);
+        rings.last_count_until_ms = Some(until);
         Ok(())
     }
 
@@ -227,7 +233,7 @@ mod tests {
         h.sample(112_000).await.unwrap();
         assert_eq!(
             *log.asked.lock().unwrap(),
-            vec![(95_000, 100_000), (100_000, 105_000), (105_000, 112_000)]
+            vec![(93_000, 98_000), (98_000, 103_000), (103_000, 110_000)]
         );
         let series = h.series(0);
         assert_eq!(series.len(), 2);
@@ -253,7 +259,7 @@ mod tests {
         log.fail.store(false, std::sync::atomic::Ordering::SeqCst);
         h.sample(110_000).await.unwrap();
         let asked = log.asked.lock().unwrap().clone();
-        assert_eq!(asked.last(), Some(&(100_000, 110_000)));
+        assert_eq!(asked.last(), Some(&(98_000, 108_000)));
         let p = &h.series(0)[1].samples;
         assert_eq!(
             p.iter().map(|s| s.at_ms).collect::<Vec<_>>(),
