@@ -48,6 +48,8 @@ pub struct AppState {
     channels: std::sync::RwLock<Arc<ChannelSet>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub media: Arc<crate::media::MediaProxy>,
+    /// The last hour of every lane, for the console's plots.
+    pub lane_history: Arc<crate::lane_history::LaneHistory>,
 }
 
 impl AppState {
@@ -189,7 +191,12 @@ impl App {
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
         let sqlite = Arc::new(SqliteStore::open(&cfg.store)?);
         let store: Arc<dyn Store> = sqlite.clone();
-        let admin_store: Arc<dyn AdminStore> = sqlite;
+        let admin_store: Arc<dyn AdminStore> = sqlite.clone();
+        let lane_history = Arc::new(crate::lane_history::LaneHistory::new(
+            cfg.channels.iter().map(|c| c.name.clone()),
+            store.clone(),
+            sqlite,
+        ));
         let (channel_log, channel_log_rx) = ChannelLog::new();
         let channel_log = if cfg.store.channel_logs {
             channel_log
@@ -228,6 +235,7 @@ impl App {
             channels: std::sync::RwLock::new(Arc::new(channels)),
             admin_store,
             channel_log,
+            lane_history,
             metrics: crate::http::metrics::handle(),
         });
         Ok(App {
@@ -276,6 +284,10 @@ impl App {
         let mut generation = Generation::start(lanes);
         let house_stop = CancellationToken::new();
         let house = tokio::spawn(housekeeping(state.clone(), house_stop.clone()));
+        // Only the admin API reads the history: without an admin token nothing is sampled.
+        if !state.cfg.admin.tokens.is_empty() {
+            tokio::spawn(state.lane_history.clone().run(house_stop.clone()));
+        }
         let router = crate::http::router(state.clone());
         tracing::info!(listen = %listener.local_addr()?, channels = state.channels().by_name.len(), "rio-bridge serving");
         let grace = Duration::from_millis(state.cfg.server.shutdown_grace_ms);

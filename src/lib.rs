@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod lane_history;
 pub mod lanes;
 pub mod media;
 pub mod providers;

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod body_deadline;
+pub mod console;
 pub mod health;
 pub mod logged;
 pub mod media;
@@ -23,7 +24,7 @@ use axum::routing::{get, post};
 use crate::app::AppState;
 use crate::respondio::wire::error_body;
 
-/// The public router. `/admin` and `/metrics` are on it only when no internal listener
+/// The public router. `/admin`, `/console` and `/metrics` are on it only when no internal listener
 /// (`server.admin_listen`) is configured.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.cfg.server.max_body_bytes;
@@ -35,7 +36,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     if state.cfg.server.admin_listen.is_none() {
         r = r.route("/metrics", get(metrics::render));
         if let Some(admin) = admin::router(state.clone()) {
-            r = r.merge(admin);
+            r = r.merge(admin).merge(console::router());
         }
     }
     // The routes whose exchanges go into the channel log.
@@ -79,7 +80,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The internal listener's router: `/admin`, `/metrics` and the health checks.
+/// The internal listener's router: `/admin`, `/console`, `/metrics` and the health checks.
 pub fn internal_router(state: Arc<AppState>) -> Router {
     let limit = state.cfg.server.max_body_bytes;
     let mut r = Router::new()
@@ -87,7 +88,7 @@ pub fn internal_router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     if let Some(admin) = admin::router(state.clone()) {
-        r = r.merge(admin);
+        r = r.merge(admin).merge(console::router());
     }
     r.fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(limit))

@@ -3,9 +3,9 @@
 //! Every method that returns `Ok` has committed its writes to disk: the HTTP layer answers
 //! 2xx only after that. Lanes read and update items through the same trait.
 
-pub mod backup;
-
+pub mod activity;
 pub mod admin;
+pub mod backup;
 pub mod migrate;
 pub mod sqlite;
 mod sqlite_admin;

@@ -8,6 +8,7 @@
 //! OpenAPI document (`/admin/openapi.json`) by a test.
 
 mod dead;
+mod history;
 mod lanes;
 mod messages;
 mod views;
@@ -77,6 +78,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>)> {
             post(dead::discard_raw),
         ),
         (Method::GET, "/admin/lanes", get(lanes::list)),
+        (Method::GET, "/admin/lanes/history", get(history::lanes)),
         (
             Method::POST,
             "/admin/lanes/{channel}/{direction}/pause",
