@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::config::PayloadFormat;
-use crate::providers::WebhookRequest;
+use crate::provider::WebhookRequest;
 
 /// Checks a JSON Pointer's syntax: empty (the whole document) or `/`-separated tokens in
 /// which `~` is only ever followed by `0` (`~`) or `1` (`/`).
@@ -227,7 +227,7 @@ mod tests {
         assert_eq!(e.get(&p), None);
     }
 
-    fn req<'a>(query: &'a str, body: &'a [u8], h: &'a axum::http::HeaderMap) -> WebhookRequest<'a> {
+    fn req<'a>(query: &'a str, body: &'a [u8], h: &'a http::HeaderMap) -> WebhookRequest<'a> {
         WebhookRequest {
             query,
             headers: h,
@@ -238,7 +238,7 @@ mod tests {
 
     #[test]
     fn payload_shapes() {
-        let h = axum::http::HeaderMap::new();
+        let h = http::HeaderMap::new();
         let form = payloads(
             &req("secret=s", b"a=1&b=x+y", &h),
             PayloadFormat::Form,

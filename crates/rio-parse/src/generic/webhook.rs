@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use super::config::{InboundConfig, PayloadFormat, ReceiptConfig};
 use super::fields::{FieldPath, Payload};
 use crate::clock::now_ms;
-use crate::providers::{InboundEvent, InboundKind, Receipt};
-use crate::respondio::wire::{Attachment, AttachmentKind, Contact, IdType, Message, StatusValue};
+use crate::provider::{InboundEvent, InboundKind, Receipt};
+use crate::wire::{Attachment, AttachmentKind, Contact, IdType, Message, StatusValue};
 
 type Problems = Vec<(String, String)>;
 

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::config::ResponseConfig;
 use super::fields::{at_pointer, check_pointer};
-use crate::providers::{Accepted, SendError};
+use crate::provider::{Accepted, SendError};
 
 /// `[channel.http.send.response]`, checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -169,7 +169,7 @@ impl ResponseMapping {
         let reason = |what: &str| reason_code(what, None);
         let retry_after = retry_after.or_else(|| {
             let secs = field(self.retry_after_pointer.as_deref()?)?;
-            crate::providers::parse_retry_after(&secs)
+            crate::provider::parse_retry_after(&secs)
         });
 
         // An in-band code decides first: gateways that answer 200 with an error inside

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
-use crate::respondio::wire::{Attachment, AttachmentKind};
 use crate::secret::Secret;
+use crate::wire::{Attachment, AttachmentKind};
 
 /// RFC 3986 unreserved characters stay; everything else in a substituted value is encoded,
 /// so a value can never add a path segment, a query parameter or a fragment.

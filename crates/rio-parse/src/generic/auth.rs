@@ -2,12 +2,12 @@
 //! header, compared in constant time) or an HMAC of the raw body, optionally bound to a
 //! timestamp header of bounded age. Runs before anything is parsed.
 
-use axum::http::HeaderName;
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use http::HeaderName;
 
 use super::config::{AuthConfig, AuthKind, HmacAlgorithm, SignatureEncoding};
-use crate::providers::WebhookRequest;
+use crate::provider::WebhookRequest;
 use crate::secret::Secret;
 
 /// `[channel.http.auth]`, checked, with the channel's `webhook_secret`.
@@ -239,7 +239,7 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use axum::http::{HeaderMap, HeaderValue};
+    use http::{HeaderMap, HeaderValue};
 
     pub const SECRET: &str = "a-long-webhook-secret-0123456789";
 

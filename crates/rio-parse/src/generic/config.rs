@@ -1,7 +1,7 @@
 //! `[channel.http]`: the mapping an operator writes to connect a gateway by config alone.
 //!
 //! These types are only the TOML shape. Everything in them is checked and compiled (templates
-//! parsed, pointers validated, placeholders resolved) by [`super::compile`], which is also
+//! parsed, pointers validated, placeholders resolved) by `compile` in the server crate (`rio_bridge::providers::generic`), which is also
 //! what `check-config` runs, so a mapping that loads is a mapping that works.
 
 use std::collections::BTreeMap;
