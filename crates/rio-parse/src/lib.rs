@@ -11,6 +11,7 @@
 //!   send-answer classification.
 //! - [`config_text`]: the config file's TOML with `${VAR}` interpolation.
 //! - [`secret`]: the redacting, constant-time-compared `Secret`.
+//! - [`harness`]: the fuzz targets' entry points, shared with the corpus replay test.
 //!
 //! The server crate (`rio-bridge`) re-exports these at their historical paths
 //! (`rio_bridge::respondio::wire`, `rio_bridge::secret`, `rio_bridge::providers::{...}`), so
@@ -37,6 +38,7 @@ pub mod clicksend;
 pub mod clock;
 pub mod config_text;
 pub mod generic;
+pub mod harness;
 pub mod provider;
 pub mod secret;
 pub mod wire;
