@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::clock::now_ms;
+use crate::clock::{now_ms, plausible_ms};
 use crate::provider::{Accepted, InboundEvent, InboundKind, Receipt, SendError, WebhookRequest};
 use crate::secret::Secret;
 use crate::wire::{Attachment, AttachmentKind, Contact, IdType, Message, StatusValue};
@@ -239,11 +239,13 @@ fn timestamp_ms(f: &Fields) -> i64 {
     if !secs.is_finite() || secs <= 0.0 {
         return now_ms();
     }
-    if secs > 1e11 {
+    let ms = if secs > 1e11 {
         secs as i64
     } else {
         (secs * 1000.0) as i64
-    }
+    };
+    // `0.0001` (0 ms) or `1e300` (saturates) are no real time either.
+    if plausible_ms(ms) { ms } else { now_ms() }
 }
 
 /// Inbound MMS is undocumented (§1.9): ClickSend's MMS objects name their media

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::config::{InboundConfig, PayloadFormat, ReceiptConfig};
 use super::fields::{FieldPath, Payload};
-use crate::clock::now_ms;
+use crate::clock::{now_ms, plausible_ms};
 use crate::provider::{InboundEvent, InboundKind, Receipt};
 use crate::wire::{Attachment, AttachmentKind, Contact, IdType, Message, StatusValue};
 
@@ -226,17 +226,14 @@ pub fn contact_id(raw: &str, id_type: IdType) -> Result<String, String> {
 pub fn timestamp_ms(raw: Option<String>) -> i64 {
     let Some(raw) = raw else { return now_ms() };
     let raw = raw.trim();
-    if let Ok(n) = raw.parse::<f64>() {
-        if !n.is_finite() || n <= 0.0 {
-            return now_ms();
-        }
-        return if n > 1e11 {
-            n as i64
-        } else {
-            (n * 1000.0) as i64
-        };
-    }
-    parse_datetime_ms(raw).unwrap_or_else(now_ms)
+    let ms = match raw.parse::<f64>() {
+        Ok(n) if !n.is_finite() || n <= 0.0 => None,
+        Ok(n) if n > 1e11 => Some(n as i64),
+        Ok(n) => Some((n * 1000.0) as i64),
+        Err(_) => parse_datetime_ms(raw),
+    };
+    // A date before 1970 (`1012-01-15T...`) or a number past year 9999 is no real time.
+    ms.filter(|&ms| plausible_ms(ms)).unwrap_or_else(now_ms)
 }
 
 fn parse_datetime_ms(s: &str) -> Option<i64> {
