@@ -364,3 +364,24 @@ fn failure_reason(f: &Fields, code: Option<&str>) -> String {
         (None, None) => format!("ClickSend reported status {}", code.unwrap_or("unknown")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reading paths are tested end to end with the provider in the server crate; this
+    /// pins the one rule that has no fixture: a timestamp that is no real time reads as now.
+    #[test]
+    fn implausible_timestamps_read_as_now() {
+        for raw in ["0.0001", "1e300", "-5", "NaN", "soon"] {
+            let f = Fields::from_form(format!("timestamp={raw}").as_bytes());
+            let before = now_ms();
+            let got = timestamp_ms(&f);
+            assert!((before..=now_ms()).contains(&got), "{raw}: {got}");
+        }
+        let f = Fields::from_form(b"timestamp=1736900100");
+        assert_eq!(timestamp_ms(&f), 1_736_900_100_000);
+        let f = Fields::from_form(b"timestamp=1736900100123");
+        assert_eq!(timestamp_ms(&f), 1_736_900_100_123);
+    }
+}

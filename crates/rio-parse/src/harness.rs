@@ -435,7 +435,11 @@ pub fn config_text(data: &[u8]) {
         return;
     };
     // Even-length names are set, odd ones are not: both paths of interpolation run.
-    let env = |name: &str| name.len().is_multiple_of(2).then(|| format!("value-of-{name}"));
+    let env = |name: &str| {
+        name.len()
+            .is_multiple_of(2)
+            .then(|| format!("value-of-{name}"))
+    };
     let _ = crate::config_text::interpolate(&mut value, &env);
     let Some(channels) = value.get("channel").and_then(|c| c.as_array()) else {
         return;
