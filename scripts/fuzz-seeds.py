@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes the fuzz targets' seed inputs (fuzz/corpus/<target>/) from tests/fixtures/ and
 examples/, in the formats rio_parse::harness reads: webhooks as `query\\nheaders\\n\\nbody`,
-send answers as `status\\n[Retry-After: v\\n]body`. Run from the repository root; the fuzz
-script merges these into the committed corpora (fuzz/corpus/)."""
+send answers as `status\\n[Retry-After: v\\n]body`. Seeds are named by their SHA-1, so
+running it again adds only new ones; scripts/fuzz.sh minimises the corpora after each run."""
 import glob, hashlib, json, os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
