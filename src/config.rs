@@ -1,10 +1,11 @@
 //! Configuration: TOML with `${VAR}` replaced from the environment, validated up front so
 //! `check-config` can list every problem with its key.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use rio_parse::config_text;
 use serde::Deserialize;
 
 use crate::providers::clicksend::ClickSendConfig;
@@ -322,10 +323,15 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let mut value: toml::Value = toml::from_str(text)
-            .map_err(|e| ConfigError(vec![problem("(file)", e.message().to_string())]))?;
+        // Reading the text (TOML, `${VAR}`) is the parser crate's, fuzzed there.
+        let mut value = config_text::parse(text)
+            .map_err(|message| ConfigError(vec![problem("(file)", message)]))?;
         let mut problems = unknown_channel_keys(&value);
-        interpolate(&mut value, "", env, &mut problems);
+        problems.extend(
+            config_text::interpolate(&mut value, env)
+                .into_iter()
+                .map(|(key, message)| problem(key, message)),
+        );
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -576,66 +582,6 @@ fn unknown_channel_keys(v: &toml::Value) -> Vec<Problem> {
     out
 }
 
-/// Replaces `${VAR}` in every string value; `$${` stands for a literal `${`.
-fn interpolate(
-    v: &mut toml::Value,
-    path: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Vec<Problem>,
-) {
-    match v {
-        toml::Value::String(s) => match substitute(s, env) {
-            Ok(new) => *s = new,
-            Err(var) => problems.push(problem(
-                path,
-                format!("environment variable {var} is not set"),
-            )),
-        },
-        toml::Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                interpolate(item, &format!("{path}[{i}]"), env, problems);
-            }
-        }
-        toml::Value::Table(t) => {
-            let keys: BTreeMap<_, _> = t.iter_mut().collect();
-            for (k, item) in keys {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                interpolate(item, &p, env, problems);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn substitute(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos..];
-        if let Some(tail) = after.strip_prefix("$${") {
-            out.push_str("${");
-            rest = tail;
-        } else if let Some(tail) = after.strip_prefix("${") {
-            let end = tail
-                .find('}')
-                .ok_or_else(|| format!("(unclosed ${{ in {s:?})"))?;
-            let name = &tail[..end];
-            out.push_str(&env(name).ok_or_else(|| name.to_string())?);
-            rest = &tail[end + 1..];
-        } else {
-            out.push('$');
-            rest = &after[1..];
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -736,15 +682,5 @@ rate_limit = 10
         )
         .unwrap_err();
         assert_eq!(err.0[0].key, "channel[0].id_typo");
-    }
-
-    #[test]
-    fn substitution_rules() {
-        let e = |k: &str| (k == "A").then(|| "x".to_string());
-        assert_eq!(
-            substitute("a${A}b$${A}$c", &e).unwrap(),
-            "ax b${A}$c".replace(' ', "")
-        );
-        assert_eq!(substitute("${B}", &e).unwrap_err(), "B");
     }
 }

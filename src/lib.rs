@@ -17,8 +17,11 @@ pub mod lanes;
 pub mod media;
 pub mod providers;
 pub mod respondio;
-pub mod secret;
 pub mod simulators;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+
+// Readers of outside input live in the parser crate (crates/rio-parse, fuzzed); these
+// re-exports keep their historical paths.
+pub use rio_parse::secret;

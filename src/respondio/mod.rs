@@ -2,4 +2,6 @@
 
 pub mod client;
 pub mod emulator;
-pub mod wire;
+
+// The wire format is read from outside input, so it lives in the parser crate (fuzzed).
+pub use rio_parse::wire;

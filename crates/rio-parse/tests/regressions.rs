@@ -1,0 +1,50 @@
+//! What every input that once crashed a fuzz target (fuzz/regressions/<target>/) must
+//! produce now. `corpora.rs` replays them all for "no panic"; these pin the outcome, so a
+//! fix cannot quietly turn into a different wrong answer.
+
+use std::path::Path;
+
+use rio_parse::clock::now_ms;
+use rio_parse::harness::generic_read;
+
+fn regression(target: &str, name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/regressions")
+        .join(target)
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every file in fuzz/regressions/ has its test here.
+#[test]
+fn every_past_crash_has_an_expected_outcome() {
+    let this = include_str!("regressions.rs");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions");
+    for dir in std::fs::read_dir(&root).into_iter().flatten() {
+        for file in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let name = file.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(this.contains(&name), "{name} has no test in regressions.rs");
+        }
+    }
+}
+
+/// A JSON webhook dated `1012-01-15T10:02:00Z` was read as -30230373480000 ms (the year
+/// 1012), which respond.io would file before every other message of the conversation. A
+/// date before 1970 is no real time: it reads as "now", like an unreadable one.
+#[test]
+fn generic_webhook_date_before_1970_reads_as_now() {
+    let data = regression(
+        "generic_webhook",
+        "crash-d7b08cdd76b44c5710089dbb0383244203433ed9",
+    );
+    let before = now_ms();
+    let events = generic_read(&data).json_inbound.expect("the message reads");
+    let after = now_ms();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].contact_id, "+61422222222");
+    assert!(
+        (before..=after).contains(&events[0].timestamp_ms),
+        "{}",
+        events[0].timestamp_ms
+    );
+}
