@@ -75,6 +75,18 @@ pub struct StoreConfig {
     pub group_commit_max: usize,
     /// Delivered items, attempts and history older than this are pruned.
     pub retention_secs: u64,
+    /// `postgres://user:pass@host/db` selects the PostgreSQL store (several nodes may share
+    /// it); unset means the SQLite file at `path`. A secret: it may carry a password.
+    pub url: Option<crate::secret::Secret>,
+    /// PostgreSQL connections per node.
+    pub pool_size: usize,
+    /// PostgreSQL: how long a node owns a lane after its last renewal. A node that dies
+    /// loses its lanes within this time.
+    pub lease_ttl_ms: u64,
+    /// PostgreSQL: a node stops sending on a lane this long before its lease would expire
+    /// unrenewed, so a paused node cannot send after another took the lane over. At least
+    /// the 1 s rate window, so the new owner never shares a window with the old one.
+    pub lease_margin_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -86,6 +98,10 @@ impl Default for StoreConfig {
             parked_receipt_ttl_secs: 86_400,
             group_commit_max: 256,
             retention_secs: 7 * 86_400,
+            url: None,
+            pool_size: 16,
+            lease_ttl_ms: 10_000,
+            lease_margin_ms: 3_000,
         }
     }
 }
@@ -279,6 +295,25 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             out.push(problem("server.max_body_bytes", "must be at least 1024"));
+        }
+        if let Some(url) = &self.store.url {
+            let u = url.expose();
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://"))
+                || u.parse::<tokio_postgres::Config>().is_err()
+            {
+                out.push(problem("store.url", "must be a postgres:// URL"));
+            }
+        }
+        if !(1..=1000).contains(&self.store.pool_size) {
+            out.push(problem("store.pool_size", "must be 1..=1000"));
+        }
+        if self.store.lease_margin_ms < 1_000
+            || self.store.lease_margin_ms * 2 > self.store.lease_ttl_ms
+        {
+            out.push(problem(
+                "store.lease_margin_ms",
+                "must be at least 1000 and at most half of store.lease_ttl_ms",
+            ));
         }
         if self.store.group_commit_max == 0 {
             out.push(problem("store.group_commit_max", "must be at least 1"));
