@@ -9,9 +9,11 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::config::{ChannelConfig, Config};
 use crate::lanes::deliver::{ToProvider, ToRespondIo};
-use crate::lanes::{LaneCtx, LaneRunner, Waiters};
+use crate::lanes::lease::{self, LeaseTiming};
+use crate::lanes::{LaneCtx, Waiters};
 use crate::providers::{Provider, ProviderEnv};
 use crate::respondio::client::RespondIoClient;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{CrashPolicy, Lane, Store};
 
@@ -53,32 +55,23 @@ fn http_client(timeout_ms: u64) -> anyhow::Result<reqwest::Client> {
 /// A running gateway: its state, and the lane tasks to stop on shutdown.
 pub struct App {
     pub state: Arc<AppState>,
-    lanes: Vec<LaneRunner>,
+    /// Every lane with its crash policy: each runs while this node holds its lease.
+    lanes: Vec<(Arc<LaneCtx>, CrashPolicy)>,
+}
+
+/// The store the config names: PostgreSQL when `store.url` is set, else the SQLite file.
+pub async fn open_store(cfg: &crate::config::StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &cfg.url {
+        Some(url) => Arc::new(PgStore::connect(cfg, url.expose()).await?),
+        None => Arc::new(SqliteStore::open(cfg)?),
+    })
 }
 
 impl App {
-    /// Opens the store, recovers what a crash left in flight, and prepares every lane.
+    /// Opens the store and prepares every lane. What a crash left in flight is recovered
+    /// per lane by the node that takes the lane's lease, before the lane claims anything.
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.store)?);
-        let policy: HashMap<String, CrashPolicy> = cfg
-            .channels
-            .iter()
-            .map(|c| {
-                let p = CrashPolicy {
-                    on_crash: c.delivery.on_crash,
-                    ambiguous_retry_cap: c.delivery.ambiguous_retry_cap,
-                };
-                (c.name.clone(), p)
-            })
-            .collect();
-        let report = store.recover(&policy).await?;
-        if report.resent + report.failed > 0 {
-            tracing::warn!(
-                resent = report.resent,
-                failed = report.failed,
-                "items were in flight when the gateway last stopped: their next attempt is marked ambiguous"
-            );
-        }
+        let store = open_store(&cfg.store).await?;
         let respondio_http = http_client(30_000)?;
         let mut channels = HashMap::new();
         let mut by_respondio_id = HashMap::new();
@@ -124,8 +117,12 @@ impl App {
                 waiters.clone(),
             );
             to_provider.set_status_lane(&to_respondio);
-            lanes.push(LaneRunner::new(to_respondio.clone()).await?);
-            lanes.push(LaneRunner::new(to_provider.clone()).await?);
+            let policy = CrashPolicy {
+                on_crash: ch.delivery.on_crash,
+                ambiguous_retry_cap: ch.delivery.ambiguous_retry_cap,
+            };
+            lanes.push((to_respondio.clone(), policy));
+            lanes.push((to_provider.clone(), policy));
             by_respondio_id.insert(ch.respondio_channel_id.clone(), ch.name.clone());
             channels.insert(
                 ch.name.clone(),
@@ -158,9 +155,11 @@ impl App {
         let App { state, lanes } = self;
         let lane_stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
-        for lane in lanes {
-            tasks.spawn(lane.run(lane_stop.clone()));
+        let timing = LeaseTiming::from_config(&state.cfg.store);
+        for (lane, policy) in lanes {
+            tasks.spawn(lease::keep(lane, policy, timing, lane_stop.clone()));
         }
+        tasks.spawn(wake_on_other_nodes_work(state.clone(), lane_stop.clone()));
         tasks.spawn(housekeeping(state.clone(), lane_stop.clone()));
         let router = crate::http::router(state.clone());
         tracing::info!(listen = %listener.local_addr()?, channels = state.channels.len(), "rio-bridge serving");
@@ -198,6 +197,40 @@ impl App {
             );
         }
         Ok(())
+    }
+}
+
+/// Wakes a lane this node owns when another node committed work for it.
+async fn wake_on_other_nodes_work(state: Arc<AppState>, stop: CancellationToken) {
+    let Some(mut signals) = state.store.work_signals() else {
+        return;
+    };
+    let lane_of = |channel: &str, lane: Lane| {
+        state.channel(channel).map(|c| match lane {
+            Lane::RespondIo => c.to_respondio.clone(),
+            Lane::Provider => c.to_provider.clone(),
+        })
+    };
+    loop {
+        let signal = tokio::select! {
+            s = signals.recv() => s,
+            _ = stop.cancelled() => return,
+        };
+        match signal {
+            Ok((channel, lane)) => {
+                if let Some(l) = lane_of(&channel, lane) {
+                    l.wake();
+                }
+            }
+            // Missed some: wake every lane, each looks at the store once.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                for c in state.channels.values() {
+                    c.to_respondio.wake();
+                    c.to_provider.wake();
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 

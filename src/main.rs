@@ -37,15 +37,20 @@ enum Command {
         #[arg(long, env = "RIO_BRIDGE_CONFIG", default_value = "rio-bridge.toml")]
         config: PathBuf,
     },
+    /// Apply the store's schema migrations and exit (`serve` also applies them at start).
+    Migrate {
+        #[arg(long, env = "RIO_BRIDGE_CONFIG", default_value = "rio-bridge.toml")]
+        config: PathBuf,
+    },
     /// Run a local stand-in for an outside service.
     Emulate {
         #[command(subcommand)]
         what: Emulate,
     },
-    /// Gateway + respond.io emulator + ClickSend stand-in on loopback, on a throw-away
-    /// SQLite store: prints the URLs and a curl line for each flow.
     /// The benchmark harness: real HTTP on loopback against the real server (BENCHMARKS.md).
     Bench(rio_bridge::bench::BenchArgs),
+    /// Gateway + respond.io emulator + ClickSend stand-in on loopback, on a throw-away
+    /// SQLite store: prints the URLs and a curl line for each flow.
     Demo {
         /// Where the gateway listens.
         #[arg(long, default_value = "127.0.0.1:3030")]
@@ -99,6 +104,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config } => serve(config).await,
             Command::CheckConfig { config } => return Ok(check_config(config)),
+            Command::Migrate { config } => migrate(config).await,
             Command::Emulate {
                 what:
                     Emulate::Respondio {
@@ -146,6 +152,22 @@ fn check_config(path: PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn migrate(path: PathBuf) -> anyhow::Result<()> {
+    let cfg = Config::load(&path)
+        .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
+    match &cfg.store.url {
+        Some(url) => {
+            let version = rio_bridge::store::postgres::migrate(url.expose()).await?;
+            println!("PostgreSQL schema at version {version}");
+        }
+        None => {
+            rio_bridge::store::sqlite::SqliteStore::open(&cfg.store)?;
+            println!("SQLite schema up to date at {}", cfg.store.path.display());
+        }
+    }
+    Ok(())
 }
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {

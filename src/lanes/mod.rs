@@ -10,11 +10,12 @@
 //! to the store with its due time, so it blocks only that contact.
 
 pub mod deliver;
+pub mod lease;
 pub mod limiter;
 pub mod retry;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,14 @@ pub struct LaneCtx {
     /// About how many items wait in this lane (counted from the store at start, then kept
     /// up by whoever adds or settles items). Tells `/message` when the lane is busy.
     backlog: AtomicI64,
+    /// This node may send on the lane until then (`lease::mono_ms`); 0 while it does not
+    /// own the lane. Checked right before every request leaves.
+    lease_until: AtomicI64,
+    /// Counts the lane's tenures on this node: an attempt dispatched in an earlier tenure
+    /// never sends in a later one.
+    tenure: AtomicU64,
+    /// Another node owns the lane; this one stands by to take it over.
+    standby: AtomicBool,
 }
 
 impl LaneCtx {
@@ -123,6 +132,9 @@ impl LaneCtx {
             circuit_open: AtomicBool::new(false),
             status_lane: OnceLock::new(),
             backlog: AtomicI64::new(0),
+            lease_until: AtomicI64::new(0),
+            tenure: AtomicU64::new(0),
+            standby: AtomicBool::new(false),
             rate_limit,
         })
     }
@@ -171,6 +183,16 @@ impl LaneCtx {
         self.running.load(Ordering::Acquire)
     }
 
+    /// Another node owns this lane; this node is ready to take it over.
+    pub fn is_standby(&self) -> bool {
+        self.standby.load(Ordering::Acquire)
+    }
+
+    /// This node owns the lane and may send on it right now.
+    pub fn owns(&self) -> bool {
+        lease::mono_ms() < self.lease_until.load(Ordering::Acquire)
+    }
+
     /// Statuses this lane queues (a send that failed after its 200, parked receipts) are
     /// delivered by `lane`: wake it when that happens.
     pub fn set_status_lane(&self, lane: &Arc<LaneCtx>) {
@@ -211,6 +233,10 @@ impl LaneCtx {
     /// Until when an attempt must not send now (a pause, or an open circuit for anything
     /// but the probe).
     fn blocked(&self, probe: bool, now: i64) -> Option<i64> {
+        // Not ours (any more), or our lease is about to run out: nothing may leave.
+        if !self.owns() {
+            return Some(now + 1000);
+        }
         let paused = self.paused_until.load(Ordering::Acquire);
         if paused > now {
             return Some(paused);
@@ -220,9 +246,12 @@ impl LaneCtx {
 
     /// Takes a rate slot right before sending, waiting if none is free; `Err(until)` if
     /// the lane was paused (or its circuit opened) meanwhile.
-    async fn take_slot(&self, probe: bool) -> Result<i64, i64> {
+    async fn take_slot(&self, probe: bool, tenure: u64) -> Result<i64, i64> {
         loop {
             let now = now_ms();
+            if self.tenure.load(Ordering::Acquire) != tenure {
+                return Err(now);
+            }
             if let Some(until) = self.blocked(probe, now) {
                 return Err(until);
             }
@@ -397,10 +426,18 @@ impl LaneRunner {
             self.inflight += 1;
             let single = self.single.contains(&qkey);
             let (ctx2, tx) = (self.ctx.clone(), self.done_tx.clone());
+            let tenure = self.ctx.tenure.load(Ordering::Acquire);
             tokio::spawn(async move {
                 // An attempt that panics must still report back, or its queue would stay
                 // held and the lane would count it in flight forever.
-                let task = tokio::spawn(attempt(ctx2.clone(), qkey.clone(), class, single, probe));
+                let task = tokio::spawn(attempt(
+                    ctx2.clone(),
+                    qkey.clone(),
+                    class,
+                    single,
+                    probe,
+                    tenure,
+                ));
                 let c = task.await.unwrap_or_else(|e| {
                     tracing::error!(channel = %ctx2.channel, lane = ctx2.lane.name(), error = %e, "attempt panicked");
                     Completion { qkey, class, next: Next::StoreError, split: false, probe }
@@ -434,6 +471,10 @@ impl LaneRunner {
 
     /// Until when the lane may not start attempts (a 429 pause, an open circuit).
     fn gate(&self, now: i64) -> Option<i64> {
+        // The lease is running out (its keeper is about to stop this lane): start nothing.
+        if !self.ctx.owns() {
+            return Some(now + 100);
+        }
         let paused = self.paused_until();
         if paused > now {
             return Some(paused);
@@ -650,6 +691,7 @@ async fn attempt(
     class: u8,
     single: bool,
     probe: bool,
+    tenure: u64,
 ) -> Completion {
     let mut reservation = Reservation(&ctx.reserved, false);
     let limit = if single {
@@ -680,7 +722,7 @@ async fn attempt(
         return done(Next::Released, false);
     }
     let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
-    let slot_ms = match ctx.take_slot(probe).await {
+    let slot_ms = match ctx.take_slot(probe, tenure).await {
         Ok(t) => t,
         Err(until) => {
             // Paused (or the circuit opened) after this attempt was dispatched: nothing
@@ -742,6 +784,12 @@ async fn record(
             .await
         {
             Ok(more) => return Some(more),
+            Err(e @ crate::store::StoreError::Fenced(_)) => {
+                // Another node owns the lane now; it settles this attempt as ambiguous.
+                tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e,
+                    "lane taken over while an attempt was in flight; its new owner settles it");
+                return None;
+            }
             Err(e) if Instant::now() < deadline => {
                 tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e, "cannot record an attempt's outcome yet; retrying");
                 tokio::time::sleep(pause).await;
