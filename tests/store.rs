@@ -1,20 +1,97 @@
-//! Store behaviour through the `Store` trait, on a real SQLite file: dedupe, FIFO claims,
-//! the status machine, parked receipts, collapse of statuses, crash recovery.
+//! Store behaviour through the `Store` trait: dedupe, FIFO claims, the status machine,
+//! parked receipts, collapse of statuses, crash recovery. Every test runs against both
+//! backends (`sqlite::*` on a real file, `postgres::*` in a schema of its own), then the
+//! PostgreSQL-only tests check what several nodes sharing one database need: lease
+//! takeover, fencing, concurrent claims and ingest.
+
+#[path = "common/pg.rs"]
+mod pg;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rio_bridge::config::{OnCrash, StoreConfig};
 use rio_bridge::respondio::wire::StatusValue;
+use rio_bridge::store::postgres::PgStore;
 use rio_bridge::store::sqlite::SqliteStore;
 use rio_bridge::store::*;
 
-fn open(dir: &tempfile::TempDir) -> Arc<dyn Store> {
-    let cfg = StoreConfig {
-        path: dir.path().join("t.db"),
-        ..StoreConfig::default()
+/// Channels the tests use; `Fixture::open` takes their lanes, as a node's keeper would.
+const CHANNELS: [&str; 4] = ["ch", "other", "resend", "fail"];
+/// Short, so takeover tests need not wait long; single-store tests never renew, and the
+/// fence checks the epoch, not the clock, so an expired but untaken lease still writes.
+const TEST_LEASE_TTL_MS: u64 = 400;
+
+enum Fixture {
+    Sqlite(tempfile::TempDir),
+    Pg(pg::PgSchema),
+}
+
+impl Fixture {
+    fn sqlite() -> Fixture {
+        Fixture::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    async fn postgres() -> Option<Fixture> {
+        pg::PgSchema::create().await.map(Fixture::Pg)
+    }
+
+    fn cfg(&self) -> StoreConfig {
+        let mut cfg = StoreConfig {
+            lease_ttl_ms: TEST_LEASE_TTL_MS,
+            lease_margin_ms: 100,
+            pool_size: 8,
+            ..StoreConfig::default()
+        };
+        match self {
+            Fixture::Sqlite(dir) => cfg.path = dir.path().join("t.db"),
+            Fixture::Pg(schema) => {
+                cfg.url = Some(rio_bridge::secret::Secret::new(schema.url.clone()))
+            }
+        }
+        cfg
+    }
+
+    /// A store (a node) that holds no lane.
+    async fn open_node(&self) -> Arc<dyn Store> {
+        let cfg = self.cfg();
+        match &cfg.url {
+            Some(url) => Arc::new(PgStore::connect(&cfg, url.expose()).await.expect("connect")),
+            None => Arc::new(SqliteStore::open(&cfg).expect("open store")),
+        }
+    }
+
+    /// A store holding every lane of the test channels that no other store holds.
+    async fn open(&self) -> Arc<dyn Store> {
+        let store = self.open_node().await;
+        for ch in CHANNELS {
+            for lane in [Lane::RespondIo, Lane::Provider] {
+                store.acquire_lane(ch, lane).await.unwrap();
+            }
+        }
+        store
+    }
+}
+
+/// Runs each named test once per backend: `sqlite::name` and `postgres::name`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(&super::Fixture::sqlite()).await;
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(fx) = super::Fixture::postgres().await {
+                    super::$name(&fx).await;
+                }
+            })*
+        }
     };
-    Arc::new(SqliteStore::open(&cfg).expect("open store"))
 }
 
 fn inbound(key: &str, contact: &str, mid: &str) -> NewInbound {
@@ -92,10 +169,8 @@ async fn pending_statuses(store: &Arc<dyn Store>, mid: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn redelivered_webhook_is_a_duplicate() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn redelivered_webhook_is_a_duplicate(fx: &Fixture) {
+    let store = fx.open().await;
     let r = store
         .ingest_inbound("ch", vec![inbound("k1", "+61400000001", "m1")])
         .await
@@ -114,10 +189,8 @@ async fn redelivered_webhook_is_a_duplicate() {
     assert!(matches!(r[0], IngestResult::Stored { .. }));
 }
 
-#[tokio::test]
-async fn a_contact_queue_is_fifo_and_claimed_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn a_contact_queue_is_fifo_and_claimed_once(fx: &Fixture) {
+    let store = fx.open().await;
     let items: Vec<_> = (0..5)
         .map(|i| inbound(&format!("k{i}"), "+61400000001", &format!("m{i}")))
         .collect();
@@ -179,10 +252,8 @@ async fn a_contact_queue_is_fifo_and_claimed_once() {
     );
 }
 
-#[tokio::test]
-async fn a_retry_hands_the_queue_back_with_its_due_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn a_retry_hands_the_queue_back_with_its_due_time(fx: &Fixture) {
+    let store = fx.open().await;
     store
         .ingest_inbound("ch", vec![inbound("k", "+61400000001", "m")])
         .await
@@ -226,10 +297,8 @@ async fn a_retry_hands_the_queue_back_with_its_due_time() {
     assert_eq!((item.attempts, item.ambiguous), (1, 1));
 }
 
-#[tokio::test]
-async fn bulk_sends_are_promoted_when_the_contact_writes_in() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn bulk_sends_are_promoted_when_the_contact_writes_in(fx: &Fixture) {
+    let store = fx.open().await;
     store
         .accept_outbound("ch", outbound("b1", "+61400000001"), 3_600_000)
         .await
@@ -263,10 +332,8 @@ async fn bulk_sends_are_promoted_when_the_contact_writes_in() {
     assert_eq!(item.qkey, "+61400000002");
 }
 
-#[tokio::test]
-async fn statuses_only_move_forward_and_collapse() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn statuses_only_move_forward_and_collapse(fx: &Fixture) {
+    let store = fx.open().await;
     store
         .accept_outbound("ch", outbound("m1", "+61400000001"), 0)
         .await
@@ -315,10 +382,8 @@ async fn statuses_only_move_forward_and_collapse() {
     );
 }
 
-#[tokio::test]
-async fn a_receipt_that_beats_its_send_is_parked_then_applied() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn a_receipt_that_beats_its_send_is_parked_then_applied(fx: &Fixture) {
+    let store = fx.open().await;
     store
         .accept_outbound("ch", outbound("m1", "+61400000001"), 0)
         .await
@@ -335,10 +400,8 @@ async fn a_receipt_that_beats_its_send_is_parked_then_applied() {
     assert!(pending[0].contains(r#""value":"delivered""#));
 }
 
-#[tokio::test]
-async fn a_send_that_dies_after_its_200_reports_failed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn a_send_that_dies_after_its_200_reports_failed(fx: &Fixture) {
+    let store = fx.open().await;
     store
         .accept_outbound("ch", outbound("m1", "+61400000001"), 0)
         .await
@@ -384,11 +447,9 @@ async fn a_send_that_dies_after_its_200_reports_failed() {
     assert_eq!(prov.dead, 2);
 }
 
-#[tokio::test]
-async fn recovery_marks_in_flight_items_ambiguous_or_failed() {
-    let dir = tempfile::tempdir().unwrap();
+async fn recovery_marks_in_flight_items_ambiguous_or_failed(fx: &Fixture) {
     {
-        let store = open(&dir);
+        let store = fx.open().await;
         store
             .accept_outbound("resend", outbound("r1", "+61400000001"), 0)
             .await
@@ -408,15 +469,28 @@ async fn recovery_marks_in_flight_items_ambiguous_or_failed() {
                 .unwrap();
             assert_eq!(taken.len(), 1);
         }
-        // The process "dies" here: the items stay attempting, the queues claimed.
+        // The process "dies" here: the items stay attempting, the queues claimed (and on
+        // PostgreSQL its leases stay until they expire).
     }
-    let store = open(&dir);
+    let store = fx.open_node().await;
     let fail = CrashPolicy {
         on_crash: OnCrash::Fail,
         ambiguous_retry_cap: 3,
     };
     let policy: HashMap<String, CrashPolicy> = [("fail".to_string(), fail)].into();
-    let report = store.recover(&policy).await.unwrap();
+    let mut report = RecoveryReport::default();
+    // A dead node's lanes are recovered once its leases expired (at once on SQLite).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while report.resent + report.failed < 2 {
+        let r = store.recover(&policy).await.unwrap();
+        report.resent += r.resent;
+        report.failed += r.failed;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead node's lanes were never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         report,
         RecoveryReport {
@@ -428,7 +502,12 @@ async fn recovery_marks_in_flight_items_ambiguous_or_failed() {
     assert_eq!((r1.state, r1.ambiguous), (STATE_PENDING, 1));
     let f1 = store.item_by_mid("fail", "f1").await.unwrap().unwrap();
     assert_eq!(f1.state, STATE_DEAD);
-    // The resend channel's queue is claimable again.
+    // The resend channel's queue is claimable again (by whoever owns the lane now).
+    store
+        .acquire_lane("resend", Lane::Provider)
+        .await
+        .unwrap()
+        .expect("free after recovery");
     let b = store
         .claim("resend", Lane::Provider, i64::MAX / 2, [10, 10])
         .await
@@ -436,10 +515,8 @@ async fn recovery_marks_in_flight_items_ambiguous_or_failed() {
     assert_eq!(b.claimed.len(), 1);
 }
 
-#[tokio::test]
-async fn attempt_log_seeds_the_limiter_one_entry_per_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn attempt_log_seeds_the_limiter_one_entry_per_call(fx: &Fixture) {
+    let store = fx.open().await;
     let items: Vec<_> = (0..3)
         .map(|i| inbound(&format!("k{i}"), "+61400000001", &format!("m{i}")))
         .collect();
@@ -462,3 +539,15 @@ async fn attempt_log_seeds_the_limiter_one_entry_per_call() {
         vec![1234]
     );
 }
+
+on_both_backends!(
+    redelivered_webhook_is_a_duplicate,
+    a_contact_queue_is_fifo_and_claimed_once,
+    a_retry_hands_the_queue_back_with_its_due_time,
+    bulk_sends_are_promoted_when_the_contact_writes_in,
+    statuses_only_move_forward_and_collapse,
+    a_receipt_that_beats_its_send_is_parked_then_applied,
+    a_send_that_dies_after_its_200_reports_failed,
+    recovery_marks_in_flight_items_ambiguous_or_failed,
+    attempt_log_seeds_the_limiter_one_entry_per_call,
+);
