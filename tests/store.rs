@@ -551,3 +551,320 @@ on_both_backends!(
     recovery_marks_in_flight_items_ambiguous_or_failed,
     attempt_log_seeds_the_limiter_one_entry_per_call,
 );
+
+/// What several nodes sharing one PostgreSQL database rely on.
+mod postgres_cluster {
+    use super::*;
+    use std::collections::HashSet;
+
+    async fn fixture() -> Option<Fixture> {
+        Fixture::postgres().await
+    }
+
+    /// Polls `acquire_lane` until `store` gets the lane (the holder's lease expired).
+    async fn acquire_when_free(store: &Arc<dyn Store>, ch: &str, lane: Lane) -> LeaseGrant {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(g) = store.acquire_lane(ch, lane).await.unwrap() {
+                return g;
+            }
+            assert!(std::time::Instant::now() < deadline, "lane never freed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_expired_lease_is_taken_over_and_fences_the_old_owner() {
+        let Some(fx) = fixture().await else { return };
+        let a = fx.open().await;
+        let b = fx.open_node().await;
+        assert_eq!(
+            b.acquire_lane("ch", Lane::Provider).await.unwrap(),
+            None,
+            "a live lease belongs to its node"
+        );
+        a.accept_outbound("ch", outbound("m1", "+61400000001"), 0)
+            .await
+            .unwrap();
+        a.claim("ch", Lane::Provider, i64::MAX / 2, [10, 10])
+            .await
+            .unwrap();
+        let taken = a
+            .take_head("ch", Lane::Provider, "+61400000001", 1, 1)
+            .await
+            .unwrap();
+        // A is paused here; its lease runs out and B takes the lane with a newer epoch.
+        let grant = acquire_when_free(&b, "ch", Lane::Provider).await;
+        assert!(grant.epoch >= 2, "{grant:?}");
+        let late = a
+            .finish(
+                "ch",
+                Lane::Provider,
+                "+61400000001",
+                &[taken[0].id],
+                Finish::Done {
+                    provider_id: Some("P1".into()),
+                },
+                2,
+                1,
+            )
+            .await;
+        assert!(matches!(late, Err(StoreError::Fenced(_))), "{late:?}");
+        assert!(matches!(
+            a.claim("ch", Lane::Provider, i64::MAX / 2, [10, 10]).await,
+            Err(StoreError::Fenced(_))
+        ));
+        assert!(matches!(
+            a.take_head("ch", Lane::Provider, "+61400000001", 1, 3)
+                .await,
+            Err(StoreError::Fenced(_))
+        ));
+        assert!(!a.renew_lane("ch", Lane::Provider).await.unwrap());
+        // The fenced write changed nothing: B finds the attempt in flight and settles it.
+        let report = b
+            .recover_lane("ch", Lane::Provider, CrashPolicy::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            report,
+            RecoveryReport {
+                resent: 1,
+                failed: 0
+            }
+        );
+        let item = b.item_by_mid("ch", "m1").await.unwrap().unwrap();
+        assert_eq!(
+            (item.state, item.ambiguous, item.provider_id),
+            (STATE_PENDING, 1, None)
+        );
+        let batch = b
+            .claim("ch", Lane::Provider, i64::MAX / 2, [10, 10])
+            .await
+            .unwrap();
+        assert_eq!(batch.claimed.len(), 1);
+        assert!(b.renew_lane("ch", Lane::Provider).await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_released_lane_is_free_at_once_and_recovery_skips_live_lanes() {
+        let Some(fx) = fixture().await else { return };
+        let a = fx.open().await;
+        let b = fx.open_node().await;
+        a.accept_outbound("ch", outbound("m1", "+61400000001"), 0)
+            .await
+            .unwrap();
+        a.claim("ch", Lane::Provider, i64::MAX / 2, [10, 10])
+            .await
+            .unwrap();
+        a.take_head("ch", Lane::Provider, "+61400000001", 1, 1)
+            .await
+            .unwrap();
+        // A keeps its lease alive: B's start-up recovery must not steal A's attempt.
+        assert!(a.renew_lane("ch", Lane::Provider).await.unwrap());
+        let report = b.recover(&HashMap::new()).await.unwrap();
+        assert_eq!(report, RecoveryReport::default());
+        let item = b.item_by_mid("ch", "m1").await.unwrap().unwrap();
+        assert_eq!(item.state, STATE_ATTEMPTING);
+        // A shuts down cleanly: the lane is free for B at once.
+        a.release_lane("ch", Lane::Provider).await.unwrap();
+        let g = b.acquire_lane("ch", Lane::Provider).await.unwrap();
+        assert!(g.is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_claims_never_hand_out_a_queue_twice() {
+        let Some(fx) = fixture().await else { return };
+        let a = fx.open().await;
+        let contacts: Vec<String> = (0..200).map(|i| format!("+614{i:08}")).collect();
+        for (i, c) in contacts.iter().enumerate() {
+            a.accept_outbound("ch", outbound(&format!("m{i}"), c), 0)
+                .await
+                .unwrap();
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let a = a.clone();
+            tasks.spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let b = a
+                        .claim("ch", Lane::Provider, i64::MAX / 2, [7, 7])
+                        .await
+                        .unwrap();
+                    if b.claimed.is_empty() {
+                        return got;
+                    }
+                    got.extend(b.claimed.into_iter().map(|(q, _)| q));
+                }
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            all.extend(r.unwrap());
+        }
+        let unique: HashSet<&String> = all.iter().collect();
+        assert_eq!(all.len(), 200, "every queue claimed exactly once");
+        assert_eq!(unique.len(), 200);
+        // A node that does not own the lane cannot claim at all.
+        let b = fx.open_node().await;
+        assert!(matches!(
+            b.claim("ch", Lane::Provider, i64::MAX / 2, [10, 10]).await,
+            Err(StoreError::Fenced(_))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dedupe_holds_under_concurrent_ingest_from_two_nodes() {
+        let Some(fx) = fixture().await else { return };
+        let nodes = [fx.open_node().await, fx.open_node().await];
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..4usize {
+            let store = nodes[t % 2].clone();
+            tasks.spawn(async move {
+                let mut stored = 0;
+                // Each task walks the same keys from a different starting point.
+                for i in 0..100usize {
+                    let k = (i + t * 25) % 100;
+                    let r = store
+                        .ingest_inbound(
+                            "ch",
+                            vec![inbound(
+                                &format!("k{k}"),
+                                "+61400000001",
+                                &format!("m{k}-{t}"),
+                            )],
+                        )
+                        .await
+                        .unwrap();
+                    if matches!(r[0], IngestResult::Stored { .. }) {
+                        stored += 1;
+                    }
+                }
+                stored
+            });
+        }
+        let mut stored = 0;
+        while let Some(n) = tasks.join_next().await {
+            stored += n.unwrap();
+        }
+        assert_eq!(stored, 100, "each webhook stored once across both nodes");
+        let stats = nodes[0].lane_stats().await.unwrap();
+        let lane = stats.iter().find(|s| s.lane == Lane::RespondIo).unwrap();
+        assert_eq!(lane.pending, 100);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn receipts_and_send_outcomes_from_two_nodes_never_miss_each_other() {
+        let Some(fx) = fixture().await else { return };
+        let a = fx.open().await;
+        let b = fx.open_node().await;
+        let n = 30;
+        for i in 0..n {
+            a.accept_outbound(
+                "ch",
+                outbound(&format!("m{i}"), &format!("+6140000{i:04}")),
+                0,
+            )
+            .await
+            .unwrap();
+        }
+        a.claim("ch", Lane::Provider, i64::MAX / 2, [100, 100])
+            .await
+            .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let contact = format!("+6140000{i:04}");
+            let it = a
+                .take_head("ch", Lane::Provider, &contact, 1, 1)
+                .await
+                .unwrap()
+                .remove(0);
+            let (a, b) = (a.clone(), b.clone());
+            // The provider's receipt (on node B) races the send's response (on node A).
+            tasks.spawn(async move {
+                let pid = format!("P{i}");
+                let fin = Finish::Done {
+                    provider_id: Some(pid.clone()),
+                };
+                let ids = [it.id];
+                let (done, receipts) = tokio::join!(
+                    a.finish("ch", Lane::Provider, &contact, &ids, fin, 1, 1),
+                    b.apply_receipts(
+                        "ch",
+                        vec![receipt(&format!("r{i}"), &pid, StatusValue::Delivered)]
+                    ),
+                );
+                done.unwrap();
+                receipts.unwrap();
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        for i in 0..n {
+            let mid = format!("m{i}");
+            let item = a.item_by_mid("ch", &mid).await.unwrap().unwrap();
+            assert_eq!(item.status, 2, "{mid}: the receipt was applied");
+            let pending = pending_statuses(&a, &mid).await;
+            assert_eq!(pending.len(), 1, "{mid}: {pending:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn statuses_from_two_nodes_only_move_forward() {
+        let Some(fx) = fixture().await else { return };
+        let a = fx.open().await;
+        let b = fx.open_node().await;
+        a.accept_outbound("ch", outbound("m1", "+61400000001"), 0)
+            .await
+            .unwrap();
+        send_ok(&a, "+61400000001", "P1").await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let (store, value) = if i % 2 == 0 {
+                (a.clone(), StatusValue::Delivered)
+            } else {
+                (b.clone(), StatusValue::Read)
+            };
+            tasks.spawn(async move {
+                store
+                    .apply_receipts("ch", vec![receipt(&format!("r{i}"), "P1", value)])
+                    .await
+                    .unwrap()
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        assert_eq!(a.item_by_mid("ch", "m1").await.unwrap().unwrap().status, 3);
+        let pending = pending_statuses(&a, "m1").await;
+        assert_eq!(pending.len(), 1, "{pending:?}");
+        assert!(pending[0].contains(r#""value":"read""#), "{}", pending[0]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_for_a_lane_owned_elsewhere_is_announced_to_its_owner() {
+        let Some(fx) = fixture().await else { return };
+        let a = fx.open().await;
+        let mut signals = a.work_signals().expect("a shared store announces work");
+        let b = fx.open_node().await;
+        // The listener connects in the background: keep committing until A hears one.
+        let heard = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut i = 0;
+            loop {
+                b.accept_outbound("ch", outbound(&format!("m{i}"), "+61400000001"), 0)
+                    .await
+                    .unwrap();
+                i += 1;
+                if let Ok(Ok(s)) =
+                    tokio::time::timeout(Duration::from_millis(200), signals.recv()).await
+                {
+                    return s;
+                }
+            }
+        })
+        .await
+        .expect("A never heard of B's work");
+        assert_eq!(heard, ("ch".to_string(), Lane::Provider));
+    }
+}
