@@ -575,6 +575,29 @@ rate_limit = 10
     }
 
     #[test]
+    fn postgres_store_keys_are_checked() {
+        let with = |extra: &str| SAMPLE.replace("[store]", &format!("[store]\n{extra}"));
+        let cfg = Config::from_toml(
+            &with("url = \"postgres://rio:${RIO_TOKEN}@db:5432/rio\"\npool_size = 4"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.store.url.unwrap().expose(),
+            "postgres://rio:tok@db:5432/rio"
+        );
+        assert_eq!(cfg.store.pool_size, 4);
+        let err = Config::from_toml(
+            &with("url = \"mysql://db/rio\"\nlease_ttl_ms = 4000\nlease_margin_ms = 3000"),
+            &env,
+        )
+        .unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"store.url"), "{keys:?}");
+        assert!(keys.contains(&"store.lease_margin_ms"), "{keys:?}");
+    }
+
+    #[test]
     fn unknown_key_is_an_error_with_its_path() {
         let err =
             Config::from_toml(&SAMPLE.replace("[store]", "[store]\npaht = 1"), &env).unwrap_err();
