@@ -17,15 +17,18 @@
 //!   only delays work by a second).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
 use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
@@ -71,10 +74,72 @@ fn pg_config(url: &str) -> Result<tokio_postgres::Config> {
         .map_err(|e| db(format!("store.url: {e}")))
 }
 
+/// TLS when the URL asks for it (`sslmode=require`), with the server's certificate checked
+/// against the system's roots; plain otherwise (`prefer`, the libpq default, counts as
+/// plain here: a connection that silently may or may not be encrypted helps nobody).
+fn tls_for(cfg: &tokio_postgres::Config) -> Result<Option<MakeRustlsConnect>> {
+    if cfg.get_ssl_mode() != SslMode::Require {
+        return Ok(None);
+    }
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_platform_verifier())
+        .map_err(|e| db(format!("TLS setup: {e}")))?
+        .with_no_client_auth();
+    Ok(Some(MakeRustlsConnect::new(config)))
+}
+
+/// One connection outside the pool, driven in the background; its notifications arrive on
+/// the receiver.
+async fn connect_one(
+    cfg: &tokio_postgres::Config,
+    tls: &Option<MakeRustlsConnect>,
+) -> Result<(
+    Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (client, driver) = match tls {
+        Some(t) => {
+            let (c, conn) = cfg.connect(t.clone()).await.map_err(db)?;
+            (c, tokio::spawn(drive(conn, tx)))
+        }
+        None => {
+            let (c, conn) = cfg.connect(NoTls).await.map_err(db)?;
+            (c, tokio::spawn(drive(conn, tx)))
+        }
+    };
+    Ok((client, rx, driver))
+}
+
+/// Runs a connection, forwarding notifications, until it closes.
+async fn drive<S, T>(mut conn: Connection<S, T>, out: tokio::sync::mpsc::UnboundedSender<String>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+    while let Some(m) = messages.next().await {
+        match m {
+            Ok(AsyncMessage::Notification(n)) => {
+                let _ = out.send(n.payload().to_string());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "store connection lost");
+                break;
+            }
+        }
+    }
+}
+
 /// Applies pending migrations. Safe to run from several nodes at once.
 pub async fn migrate(url: &str) -> Result<i64> {
-    let (mut client, conn) = pg_config(url)?.connect(NoTls).await.map_err(db)?;
-    let driver = tokio::spawn(conn);
+    let cfg = pg_config(url)?;
+    let (mut client, _, driver) = connect_one(&cfg, &tls_for(&cfg)?).await?;
     let out = migrate_client(&mut client).await;
     drop(client);
     let _ = driver.await;
@@ -117,13 +182,14 @@ impl PgStore {
     /// Connects, applies migrations and starts listening for other nodes' work.
     pub async fn connect(cfg: &StoreConfig, url: &str) -> Result<PgStore> {
         let pg = pg_config(url)?;
-        let mgr = Manager::from_config(
-            pg.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let tls = tls_for(&pg)?;
+        let mc = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let mgr = match &tls {
+            Some(t) => Manager::from_config(pg.clone(), t.clone(), mc()),
+            None => Manager::from_config(pg.clone(), NoTls, mc()),
+        };
         let pool = Pool::builder(mgr)
             .max_size(cfg.pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -138,7 +204,7 @@ impl PgStore {
         }
         let (signals, _) = broadcast::channel(1024);
         let stop = CancellationToken::new();
-        tokio::spawn(listen_loop(pg, signals.clone(), stop.clone()));
+        tokio::spawn(listen_loop(pg, tls, signals.clone(), stop.clone()));
         Ok(PgStore {
             pool,
             node: node_name(),
@@ -219,30 +285,13 @@ impl Drop for PgStore {
 /// after a failure.
 async fn listen_loop(
     cfg: tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
     out: broadcast::Sender<(String, Lane)>,
     stop: CancellationToken,
 ) {
     while !stop.is_cancelled() {
-        match cfg.connect(NoTls).await {
-            Ok((client, mut conn)) => {
-                let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel::<String>();
-                let driver = tokio::spawn(async move {
-                    let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-                    while let Some(m) = messages.next().await {
-                        match m {
-                            Ok(AsyncMessage::Notification(n)) => {
-                                if ntx.send(n.payload().to_string()).is_err() {
-                                    break;
-                                }
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::warn!(error = %e, "store notification connection lost");
-                                break;
-                            }
-                        }
-                    }
-                });
+        match connect_one(&cfg, &tls).await {
+            Ok((client, mut notes, driver)) => {
                 if let Err(e) = client
                     .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
                     .await
@@ -252,7 +301,7 @@ async fn listen_loop(
                     loop {
                         tokio::select! {
                             _ = stop.cancelled() => break,
-                            p = nrx.recv() => match p {
+                            p = notes.recv() => match p {
                                 Some(p) => {
                                     if let Some((lane, channel)) = p.split_once(':')
                                         && let Ok(code) = lane.parse::<i64>()
