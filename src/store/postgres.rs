@@ -4,9 +4,9 @@
 //! - Lanes are owned through lease rows (`lane_leases`). A node acquires a lane when nobody
 //!   holds it or the holder's lease expired; each acquisition bumps the lane's `epoch`.
 //!   This store remembers the epochs it holds, and every `claim`, `take_head`, `finish` and
-//!   `release` first locks the lease row (`FOR SHARE`) and checks the epoch in the same
-//!   transaction: a node that lost a lane cannot write to it any more, and a takeover waits
-//!   for a write in progress to commit.
+//!   `release` first locks the lease row (`FOR KEY SHARE`) and checks the epoch in the same
+//!   transaction: a node that lost a lane cannot write to it any more, and a takeover (which
+//!   locks the row `FOR UPDATE`) waits for a write in progress to commit.
 //! - Claims use `FOR UPDATE SKIP LOCKED`, so two claimers never hand out one queue twice.
 //! - Writes that may drop a queue row lock it first (`FOR UPDATE`), so an item committed
 //!   by another node at the same moment is never left without its queue.
@@ -243,15 +243,18 @@ impl PgStore {
         };
     }
 
-    /// The fence: the lane's lease row still carries our epoch. The row stays share-locked
-    /// until the transaction ends, so a takeover cannot slip between check and commit.
+    /// The fence: the lane's lease row still carries our epoch. The row stays key-share
+    /// locked until the transaction ends, so a takeover (which locks the row FOR UPDATE
+    /// first) waits for this write to commit and cannot slip between check and commit.
+    /// KEY SHARE, not SHARE: renewals update only non-key columns and so never wait behind
+    /// (or get starved by) the stream of fenced writes.
     async fn fence(&self, tx: &Transaction<'_>, channel: &str, lane: Lane) -> Result<()> {
         let epoch = self
             .epoch(channel, lane)
             .ok_or_else(|| fenced(channel, lane))?;
         let row = opt(
             tx,
-            "SELECT 1 FROM lane_leases WHERE channel = $1 AND lane = $2 AND node = $3 AND epoch = $4 FOR SHARE",
+            "SELECT 1 FROM lane_leases WHERE channel = $1 AND lane = $2 AND node = $3 AND epoch = $4 FOR KEY SHARE",
             &[&channel, &lane.code(), &self.node, &epoch],
         )
         .await?;
@@ -1375,10 +1378,18 @@ impl Store for PgStore {
     }
 
     async fn acquire_lane(&self, channel: &str, lane: Lane) -> Result<Option<LeaseGrant>> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        // Wait for the old holder's fenced writes in progress (they key-share lock the row).
+        exec(
+            &tx,
+            "SELECT 1 FROM lane_leases WHERE channel = $1 AND lane = $2 FOR UPDATE",
+            &[&channel, &lane.code()],
+        )
+        .await?;
         // Free, expired, or (after this node lost track of it) ours: take it with a new
         // epoch. A live lease of another node is left alone.
-        let row = client
+        let row = tx
             .query_opt(
                 "INSERT INTO lane_leases(channel, lane, node, epoch, expires_ms)
                  VALUES ($1, $2, $3, 1, rio_now_ms() + $4)
@@ -1390,6 +1401,7 @@ impl Store for PgStore {
             )
             .await
             .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         let grant = row.map(|r| LeaseGrant {
             epoch: r.get(0),
             ttl_ms: Some(self.lease_ttl_ms as u64),
