@@ -38,8 +38,12 @@ impl Fixture {
     }
 
     fn cfg(&self) -> StoreConfig {
+        self.cfg_with_ttl(TEST_LEASE_TTL_MS)
+    }
+
+    fn cfg_with_ttl(&self, lease_ttl_ms: u64) -> StoreConfig {
         let mut cfg = StoreConfig {
-            lease_ttl_ms: TEST_LEASE_TTL_MS,
+            lease_ttl_ms,
             lease_margin_ms: 100,
             pool_size: 8,
             ..StoreConfig::default()
@@ -55,7 +59,10 @@ impl Fixture {
 
     /// A store (a node) that holds no lane.
     async fn open_node(&self) -> Arc<dyn Store> {
-        let cfg = self.cfg();
+        self.open_node_with(self.cfg()).await
+    }
+
+    async fn open_node_with(&self, cfg: StoreConfig) -> Arc<dyn Store> {
         match &cfg.url {
             Some(url) => Arc::new(PgStore::connect(&cfg, url.expose()).await.expect("connect")),
             None => Arc::new(SqliteStore::open(&cfg).expect("open store")),
@@ -578,11 +585,6 @@ mod postgres_cluster {
         let Some(fx) = fixture().await else { return };
         let a = fx.open().await;
         let b = fx.open_node().await;
-        assert_eq!(
-            b.acquire_lane("ch", Lane::Provider).await.unwrap(),
-            None,
-            "a live lease belongs to its node"
-        );
         a.accept_outbound("ch", outbound("m1", "+61400000001"), 0)
             .await
             .unwrap();
@@ -648,7 +650,14 @@ mod postgres_cluster {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_released_lane_is_free_at_once_and_recovery_skips_live_lanes() {
         let Some(fx) = fixture().await else { return };
-        let a = fx.open().await;
+        // A's lease outlives the test: it is live throughout, however slow the machine.
+        let a = fx.open_node_with(fx.cfg_with_ttl(600_000)).await;
+        assert!(
+            a.acquire_lane("ch", Lane::Provider)
+                .await
+                .unwrap()
+                .is_some()
+        );
         let b = fx.open_node().await;
         a.accept_outbound("ch", outbound("m1", "+61400000001"), 0)
             .await
@@ -659,8 +668,8 @@ mod postgres_cluster {
         a.take_head("ch", Lane::Provider, "+61400000001", 1, 1)
             .await
             .unwrap();
-        // A keeps its lease alive: B's start-up recovery must not steal A's attempt.
-        assert!(a.renew_lane("ch", Lane::Provider).await.unwrap());
+        // A's lease is live: B can neither take the lane nor recover A's attempt.
+        assert_eq!(b.acquire_lane("ch", Lane::Provider).await.unwrap(), None);
         let report = b.recover(&HashMap::new()).await.unwrap();
         assert_eq!(report, RecoveryReport::default());
         let item = b.item_by_mid("ch", "m1").await.unwrap().unwrap();

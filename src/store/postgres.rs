@@ -1280,7 +1280,7 @@ impl Store for PgStore {
             s.oldest_pending_ms = client
                 .query_opt(
                     "SELECT created_ms FROM items WHERE channel = $1 AND lane = $2 AND state < 2
-                     ORDER BY id LIMIT 1",
+                     AND kind >= 0 ORDER BY id LIMIT 1",
                     &[&s.channel, &s.lane.code()],
                 )
                 .await

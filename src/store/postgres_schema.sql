@@ -27,7 +27,10 @@ CREATE TABLE IF NOT EXISTS items (
     last_error   TEXT
 );
 CREATE INDEX IF NOT EXISTS items_queue ON items(channel, lane, qkey, id) WHERE state < 2;
-CREATE INDEX IF NOT EXISTS items_pending ON items(channel, lane, id) WHERE state < 2;
+-- The oldest pending item of a lane. The extra `kind >= 0` (always true) keeps the
+-- planner from using this index for a queue's lookups (which name no kind): with stale
+-- statistics, e.g. right after a burst, it would otherwise scan a whole lane per lookup.
+CREATE INDEX IF NOT EXISTS items_pending ON items(channel, lane, id) WHERE state < 2 AND kind >= 0;
 CREATE INDEX IF NOT EXISTS items_attempting ON items(channel, lane) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS items_mid ON items(channel, mid);
 CREATE UNIQUE INDEX IF NOT EXISTS items_provider ON items(channel, provider_id)
@@ -44,7 +47,13 @@ CREATE TABLE IF NOT EXISTS queues (
     claimed BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (channel, lane, qkey)
 );
-CREATE INDEX IF NOT EXISTS queues_due ON queues(channel, lane, claimed, class, next_ms);
+-- Only unclaimed queues: what `claim` looks for. Partial, so a lookup of one queue by its
+-- key (which names no `claimed`) can only use the primary key, whatever the statistics say.
+CREATE INDEX IF NOT EXISTS queues_due ON queues(channel, lane, class, next_ms) WHERE claimed = 0;
+-- Queue tables churn (every send inserts, updates and deletes rows): analyse them often so
+-- plans follow a burst instead of the empty table they were first planned on.
+ALTER TABLE items SET (autovacuum_analyze_scale_factor = 0.02, autovacuum_vacuum_scale_factor = 0.05);
+ALTER TABLE queues SET (autovacuum_analyze_scale_factor = 0.02, autovacuum_vacuum_scale_factor = 0.05);
 
 CREATE TABLE IF NOT EXISTS dedupe (
     channel    TEXT   NOT NULL,
