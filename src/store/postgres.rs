@@ -983,13 +983,15 @@ impl Store for PgStore {
                 // never get one queue, and neither stalls behind the other.
                 let mut got: Vec<(i64, String)> = rows(
                     &tx,
+                    // Joined on the row's ctid: a plan made on stale statistics could
+                    // otherwise scan the whole lane once per claimed row.
                     "WITH c AS (
-                         SELECT qkey FROM queues
+                         SELECT ctid FROM queues
                          WHERE channel = $1 AND lane = $2 AND claimed = 0 AND class = $3 AND next_ms <= $4
                          ORDER BY next_ms LIMIT $5
                          FOR UPDATE SKIP LOCKED)
                      UPDATE queues q SET claimed = 1 FROM c
-                     WHERE q.channel = $1 AND q.lane = $2 AND q.qkey = c.qkey
+                     WHERE q.ctid = c.ctid
                      RETURNING q.next_ms, q.qkey",
                     &[&channel, &lane.code(), &class, &now, &(limit as i64)],
                 )
