@@ -10,11 +10,13 @@ use crate::channel_log::ChannelLog;
 use crate::clock::now_ms;
 use crate::config::{ChannelConfig, Config};
 use crate::lanes::deliver::{ToProvider, ToRespondIo};
-use crate::lanes::{LaneCtx, LaneRunner, Waiters};
+use crate::lanes::lease::{self, LeaseTiming};
+use crate::lanes::{LaneCtx, Waiters};
 use crate::providers::{Provider, ProviderEnv};
 use crate::respondio::client::RespondIoClient;
 use crate::secret::Secret;
 use crate::store::admin::AdminStore;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{CrashPolicy, Lane, Store};
 
@@ -42,17 +44,31 @@ pub struct AppState {
     pub cfg: Config,
     pub store: Arc<dyn Store>,
     /// The same store, seen through the admin API's queries.
-    pub admin_store: Arc<dyn AdminStore>,
+    /// The admin API's queries and the channel-log sink. `None` on PostgreSQL, which has no
+    /// admin API, console or channel logs yet (check-config says so).
+    admin_store: Option<Arc<dyn AdminStore>>,
     /// Where HTTP exchanges are recorded (see `channel_log`).
     pub channel_log: ChannelLog,
     channels: std::sync::RwLock<Arc<ChannelSet>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub media: Arc<crate::media::MediaProxy>,
     /// The last hour of every lane, for the console's plots.
-    pub lane_history: Arc<crate::lane_history::LaneHistory>,
+    pub lane_history: Option<Arc<crate::lane_history::LaneHistory>>,
 }
 
 impl AppState {
+    /// The admin store. The admin routes (and the console) are mounted only when there is
+    /// one ([`AppState::has_admin_store`]), so their handlers may rely on it.
+    pub fn admin_store(&self) -> &Arc<dyn AdminStore> {
+        self.admin_store
+            .as_ref()
+            .expect("admin routes are mounted only with an admin store")
+    }
+
+    pub fn has_admin_store(&self) -> bool {
+        self.admin_store.is_some()
+    }
+
     /// A snapshot of the channels.
     pub fn channels(&self) -> Arc<ChannelSet> {
         self.channels
@@ -95,7 +111,7 @@ async fn build_channels(
     store: &Arc<dyn Store>,
     channel_log: &ChannelLog,
     waiters: &HashMap<String, Arc<Waiters>>,
-) -> anyhow::Result<(ChannelSet, Vec<LaneRunner>)> {
+) -> anyhow::Result<(ChannelSet, Vec<(Arc<LaneCtx>, CrashPolicy)>)> {
     let respondio_http = http_client(30_000)?;
     let mut set = ChannelSet::default();
     let mut lanes = Vec::new();
@@ -139,8 +155,12 @@ async fn build_channels(
             to_respondio.set_channel_log(channel_log.clone());
             to_provider.set_channel_log(channel_log.clone());
         }
-        lanes.push(LaneRunner::new(to_respondio.clone()).await?);
-        lanes.push(LaneRunner::new(to_provider.clone()).await?);
+        let policy = CrashPolicy {
+            on_crash: ch.delivery.on_crash,
+            ambiguous_retry_cap: ch.delivery.ambiguous_retry_cap,
+        };
+        lanes.push((to_respondio.clone(), policy));
+        lanes.push((to_provider.clone(), policy));
         set.by_respondio_id
             .insert(ch.respondio_channel_id.clone(), ch.name.clone());
         set.by_name.insert(
@@ -182,46 +202,38 @@ pub fn channel_secrets(ch: &ChannelConfig) -> Vec<&Secret> {
 /// A running gateway: its state, and the lane tasks to stop on shutdown.
 pub struct App {
     pub state: Arc<AppState>,
-    lanes: Vec<LaneRunner>,
+    /// Every lane with its crash policy: each runs while this node holds its lease.
+    lanes: Vec<(Arc<LaneCtx>, CrashPolicy)>,
     channel_log_rx: tokio::sync::mpsc::Receiver<crate::store::admin::ChannelLogRow>,
 }
 
 impl App {
     /// Opens the store, recovers what a crash left in flight, and prepares every lane.
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
-        let sqlite = Arc::new(SqliteStore::open(&cfg.store)?);
-        let store: Arc<dyn Store> = sqlite.clone();
-        let admin_store: Arc<dyn AdminStore> = sqlite.clone();
-        let lane_history = Arc::new(crate::lane_history::LaneHistory::new(
-            cfg.channels.iter().map(|c| c.name.clone()),
-            store.clone(),
-            sqlite,
-        ));
+        let (store, admin_store, lane_history) = match &cfg.store.url {
+            Some(url) => {
+                let pg: Arc<dyn Store> =
+                    Arc::new(PgStore::connect(&cfg.store, url.expose()).await?);
+                (pg, None, None)
+            }
+            None => {
+                let sqlite = Arc::new(SqliteStore::open(&cfg.store)?);
+                let store: Arc<dyn Store> = sqlite.clone();
+                let admin_store: Arc<dyn AdminStore> = sqlite.clone();
+                let lane_history = Arc::new(crate::lane_history::LaneHistory::new(
+                    cfg.channels.iter().map(|c| c.name.clone()),
+                    store.clone(),
+                    sqlite,
+                ));
+                (store, Some(admin_store), Some(lane_history))
+            }
+        };
         let (channel_log, channel_log_rx) = ChannelLog::new();
-        let channel_log = if cfg.store.channel_logs {
+        let channel_log = if cfg.store.channel_logs && admin_store.is_some() {
             channel_log
         } else {
             channel_log.disabled()
         };
-        let policy: HashMap<String, CrashPolicy> = cfg
-            .channels
-            .iter()
-            .map(|c| {
-                let p = CrashPolicy {
-                    on_crash: c.delivery.on_crash,
-                    ambiguous_retry_cap: c.delivery.ambiguous_retry_cap,
-                };
-                (c.name.clone(), p)
-            })
-            .collect();
-        let report = store.recover(&policy).await?;
-        if report.resent + report.failed > 0 {
-            tracing::warn!(
-                resent = report.resent,
-                failed = report.failed,
-                "items were in flight when the gateway last stopped: their next attempt is marked ambiguous"
-            );
-        }
         let (channels, lanes) = build_channels(&cfg, &store, &channel_log, &HashMap::new()).await?;
         let media = Arc::new(crate::media::MediaProxy::open(
             &cfg.media,
@@ -276,17 +288,22 @@ impl App {
             None => None,
         };
         let log_stop = CancellationToken::new();
-        let log_writer = tokio::spawn(ChannelLog::run_writer(
-            channel_log_rx,
-            state.admin_store.clone(),
-            log_stop.clone(),
-        ));
-        let mut generation = Generation::start(lanes);
+        let log_writer = state.admin_store.clone().map(|admin| {
+            tokio::spawn(ChannelLog::run_writer(
+                channel_log_rx,
+                admin,
+                log_stop.clone(),
+            ))
+        });
+        let mut generation = Generation::start(lanes, LeaseTiming::from_config(&state.cfg.store));
         let house_stop = CancellationToken::new();
         let house = tokio::spawn(housekeeping(state.clone(), house_stop.clone()));
+        tokio::spawn(wake_on_other_nodes_work(state.clone(), house_stop.clone()));
         // Only the admin API reads the history: without an admin token nothing is sampled.
-        if !state.cfg.admin.tokens.is_empty() {
-            tokio::spawn(state.lane_history.clone().run(house_stop.clone()));
+        if !state.cfg.admin.tokens.is_empty()
+            && let Some(history) = state.lane_history.clone()
+        {
+            tokio::spawn(history.run(house_stop.clone()));
         }
         let router = crate::http::router(state.clone());
         tracing::info!(listen = %listener.local_addr()?, channels = state.channels().by_name.len(), "rio-bridge serving");
@@ -350,7 +367,9 @@ impl App {
         }
         // The lanes' last exchanges are queued by now: write them (briefly) and stop.
         log_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), log_writer).await;
+        if let Some(log_writer) = log_writer {
+            let _ = tokio::time::timeout(Duration::from_secs(2), log_writer).await;
+        }
         Ok(())
     }
 }
@@ -362,11 +381,14 @@ struct Generation {
 }
 
 impl Generation {
-    fn start(lanes: Vec<LaneRunner>) -> Generation {
+    /// Each lane runs under its lease keeper: it takes the lane's lease (SQLite grants it at
+    /// once), recovers what an earlier owner left in flight, seeds its limiter from the
+    /// attempt log, and runs while it holds the lease.
+    fn start(lanes: Vec<(Arc<LaneCtx>, CrashPolicy)>, timing: LeaseTiming) -> Generation {
         let stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
-        for lane in lanes {
-            tasks.spawn(lane.run(stop.clone()));
+        for (lane, policy) in lanes {
+            tasks.spawn(lease::keep(lane, policy, timing, stop.clone()));
         }
         Generation { stop, tasks }
     }
@@ -460,7 +482,7 @@ async fn reload(state: &Arc<AppState>, new: Config, old: Generation) -> Generati
                 );
             }
             state.replace_channels(set);
-            Generation::start(lanes)
+            Generation::start(lanes, LeaseTiming::from_config(&state.cfg.store))
         }
         Err(e) => {
             // The store refused (the providers built): restart the channels as they were.
@@ -470,13 +492,47 @@ async fn reload(state: &Arc<AppState>, new: Config, old: Generation) -> Generati
             match build_channels(&previous, &state.store, &state.channel_log, &waiters).await {
                 Ok((set, lanes)) => {
                     state.replace_channels(set);
-                    Generation::start(lanes)
+                    Generation::start(lanes, LeaseTiming::from_config(&state.cfg.store))
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "lanes could not restart; /readyz stays red until the next reload or restart");
-                    Generation::start(Vec::new())
+                    Generation::start(Vec::new(), LeaseTiming::from_config(&state.cfg.store))
                 }
             }
+        }
+    }
+}
+
+/// Wakes a lane this node owns when another node committed work for it.
+async fn wake_on_other_nodes_work(state: Arc<AppState>, stop: CancellationToken) {
+    let Some(mut signals) = state.store.work_signals() else {
+        return;
+    };
+    let lane_of = |channel: &str, lane: Lane| {
+        state.channel(channel).map(|c| match lane {
+            Lane::RespondIo => c.to_respondio.clone(),
+            Lane::Provider => c.to_provider.clone(),
+        })
+    };
+    loop {
+        let signal = tokio::select! {
+            s = signals.recv() => s,
+            _ = stop.cancelled() => return,
+        };
+        match signal {
+            Ok((channel, lane)) => {
+                if let Some(l) = lane_of(&channel, lane) {
+                    l.wake();
+                }
+            }
+            // Missed some: wake every lane, each looks at the store once.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                for c in state.channels().by_name.values() {
+                    c.to_respondio.wake();
+                    c.to_provider.wake();
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
 }
@@ -523,7 +579,10 @@ async fn prune_channel_logs(state: &AppState, now: i64) {
     let cutoff = now - (state.cfg.store.channel_log_retention_secs as i64).saturating_mul(1000);
     let mut total = 0u64;
     for _ in 0..ROUNDS {
-        match state.admin_store.prune_channel_logs(cutoff, BATCH).await {
+        let Some(admin) = &state.admin_store else {
+            return;
+        };
+        match admin.prune_channel_logs(cutoff, BATCH).await {
             Ok(n) => {
                 total += n;
                 if (n as usize) < BATCH {

@@ -152,6 +152,18 @@ pub struct StoreConfig {
     pub channel_log_retention_secs: u64,
     /// Record channel logs at all (off: a little more ingest, no exchanges to look at).
     pub channel_logs: bool,
+    /// `postgres://user:pass@host/db` selects the PostgreSQL store (several nodes may share
+    /// it); unset means the SQLite file at `path`. A secret: it may carry a password.
+    pub url: Option<crate::secret::Secret>,
+    /// PostgreSQL connections per node.
+    pub pool_size: usize,
+    /// PostgreSQL: how long a node owns a lane after its last renewal. A node that dies
+    /// loses its lanes within this time.
+    pub lease_ttl_ms: u64,
+    /// PostgreSQL: a node stops sending on a lane this long before its lease would expire
+    /// unrenewed, so a paused node cannot send after another took the lane over. At least
+    /// the 1 s rate window, so the new owner never shares a window with the old one.
+    pub lease_margin_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -167,6 +179,10 @@ impl Default for StoreConfig {
 
             channel_log_retention_secs: 7 * 86_400,
             channel_logs: true,
+            url: None,
+            pool_size: 16,
+            lease_ttl_ms: 10_000,
+            lease_margin_ms: 3_000,
         }
     }
 }
@@ -406,6 +422,25 @@ impl Config {
         if !(10..=20_000).contains(&self.store.busy_timeout_ms) {
             out.push(problem("store.busy_timeout_ms", "must be 10..=20000"));
         }
+        if let Some(url) = &self.store.url {
+            let u = url.expose();
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://"))
+                || u.parse::<tokio_postgres::Config>().is_err()
+            {
+                out.push(problem("store.url", "must be a postgres:// URL"));
+            }
+        }
+        if !(1..=1000).contains(&self.store.pool_size) {
+            out.push(problem("store.pool_size", "must be 1..=1000"));
+        }
+        if self.store.lease_margin_ms < 1_000
+            || self.store.lease_margin_ms * 2 > self.store.lease_ttl_ms
+        {
+            out.push(problem(
+                "store.lease_margin_ms",
+                "must be at least 1000 and at most half of store.lease_ttl_ms",
+            ));
+        }
         if self.store.group_commit_max == 0 {
             out.push(problem("store.group_commit_max", "must be at least 1"));
         }
@@ -492,6 +527,13 @@ impl Config {
 
     fn admin_problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
+        if self.store.url.is_some() && !self.admin.tokens.is_empty() {
+            out.push(problem(
+                "admin.token",
+                "the admin API, console and channel logs run on the SQLite store only in this \
+                 release; PostgreSQL nodes serve none of them (remove [[admin.token]])",
+            ));
+        }
         let mut names = HashSet::new();
         for (i, t) in self.admin.tokens.iter().enumerate() {
             let k = |f: &str| format!("admin.token[{i}].{f}");
@@ -664,6 +706,29 @@ rate_limit = 10
         let keys: Vec<_> = err.0.iter().map(|p| p.key.as_str()).collect();
         assert!(keys.contains(&"server.body_read_timeout_ms"), "{keys:?}");
         assert!(keys.contains(&"store.busy_timeout_ms"), "{keys:?}");
+    }
+
+    #[test]
+    fn postgres_store_keys_are_checked() {
+        let with = |extra: &str| SAMPLE.replace("[store]", &format!("[store]\n{extra}"));
+        let cfg = Config::from_toml(
+            &with("url = \"postgres://rio:${RIO_TOKEN}@db:5432/rio\"\npool_size = 4"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.store.url.unwrap().expose(),
+            "postgres://rio:tok@db:5432/rio"
+        );
+        assert_eq!(cfg.store.pool_size, 4);
+        let err = Config::from_toml(
+            &with("url = \"mysql://db/rio\"\nlease_ttl_ms = 4000\nlease_margin_ms = 3000"),
+            &env,
+        )
+        .unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"store.url"), "{keys:?}");
+        assert!(keys.contains(&"store.lease_margin_ms"), "{keys:?}");
     }
 
     #[test]

@@ -32,15 +32,15 @@ enum Command {
         #[arg(long, env = "RIO_BRIDGE_CONFIG", default_value = "rio-bridge.toml")]
         config: PathBuf,
     },
-    /// Apply the store's schema migrations and exit (without serving).
-    Migrate {
-        #[arg(long, env = "RIO_BRIDGE_CONFIG", default_value = "rio-bridge.toml")]
-        config: PathBuf,
-    },
     /// The admin API from a shell, against a running server (see `admin --help`).
     Admin(rio_bridge::admin_cli::AdminArgs),
     /// Load and validate a config; print every problem with its key; exit 1 on any.
     CheckConfig {
+        #[arg(long, env = "RIO_BRIDGE_CONFIG", default_value = "rio-bridge.toml")]
+        config: PathBuf,
+    },
+    /// Apply the store's schema migrations and exit (`serve` also applies them at start).
+    Migrate {
         #[arg(long, env = "RIO_BRIDGE_CONFIG", default_value = "rio-bridge.toml")]
         config: PathBuf,
     },
@@ -114,7 +114,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config } => serve(config).await,
             Command::CheckConfig { config } => return Ok(check_config(config)),
-            Command::Migrate { config } => migrate(config),
+            Command::Migrate { config } => migrate(config).await,
             Command::Admin(args) => rio_bridge::admin_cli::run(args, &mut std::io::stdout()).await,
             Command::Emulate {
                 what:
@@ -166,9 +166,14 @@ fn check_config(path: PathBuf) -> ExitCode {
     }
 }
 
-fn migrate(path: PathBuf) -> anyhow::Result<()> {
+async fn migrate(path: PathBuf) -> anyhow::Result<()> {
     let cfg = Config::load(&path)
         .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
+    if let Some(url) = &cfg.store.url {
+        let version = rio_bridge::store::postgres::migrate(url.expose()).await?;
+        println!("PostgreSQL schema at version {version}");
+        return Ok(());
+    }
     let applied = rio_bridge::store::sqlite::SqliteStore::migrate_only(&cfg.store)?;
     if applied.is_empty() {
         println!(
@@ -253,6 +258,11 @@ fn shutdown_signal() -> CancellationToken {
 
 async fn backup(config: PathBuf, out: PathBuf) -> anyhow::Result<()> {
     let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{}:\n{e}", config.display()))?;
+    if cfg.store.url.is_some() {
+        anyhow::bail!(
+            "the store is PostgreSQL: back it up with pg_dump (it is consistent while the nodes run)"
+        );
+    }
     let db = cfg.store.path.clone();
     let r =
         tokio::task::spawn_blocking(move || rio_bridge::store::backup::backup_sqlite(&db, &out))

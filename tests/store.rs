@@ -1,20 +1,104 @@
-//! Store behaviour through the `Store` trait, on a real SQLite file: dedupe, FIFO claims,
-//! the status machine, parked receipts, collapse of statuses, crash recovery.
+//! Store behaviour through the `Store` trait: dedupe, FIFO claims, the status machine,
+//! parked receipts, collapse of statuses, crash recovery. Every test runs against both
+//! backends (`sqlite::*` on a real file, `postgres::*` in a schema of its own), then the
+//! PostgreSQL-only tests check what several nodes sharing one database need: lease
+//! takeover, fencing, concurrent claims and ingest.
+
+#[path = "common/pg.rs"]
+mod pg;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rio_bridge::config::{OnCrash, StoreConfig};
 use rio_bridge::respondio::wire::StatusValue;
+use rio_bridge::store::postgres::PgStore;
 use rio_bridge::store::sqlite::SqliteStore;
 use rio_bridge::store::*;
 
-fn open(dir: &tempfile::TempDir) -> Arc<dyn Store> {
-    let cfg = StoreConfig {
-        path: dir.path().join("t.db"),
-        ..StoreConfig::default()
+/// Channels the tests use; `Fixture::open` takes their lanes, as a node's keeper would.
+const CHANNELS: [&str; 4] = ["ch", "other", "resend", "fail"];
+/// Short, so takeover tests need not wait long; single-store tests never renew, and the
+/// fence checks the epoch, not the clock, so an expired but untaken lease still writes.
+const TEST_LEASE_TTL_MS: u64 = 400;
+
+enum Fixture {
+    Sqlite(tempfile::TempDir),
+    Pg(pg::PgSchema),
+}
+
+impl Fixture {
+    fn sqlite() -> Fixture {
+        Fixture::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    async fn postgres() -> Option<Fixture> {
+        pg::PgSchema::create().await.map(Fixture::Pg)
+    }
+
+    fn cfg(&self) -> StoreConfig {
+        self.cfg_with_ttl(TEST_LEASE_TTL_MS)
+    }
+
+    fn cfg_with_ttl(&self, lease_ttl_ms: u64) -> StoreConfig {
+        let mut cfg = StoreConfig {
+            lease_ttl_ms,
+            lease_margin_ms: 100,
+            pool_size: 8,
+            ..StoreConfig::default()
+        };
+        match self {
+            Fixture::Sqlite(dir) => cfg.path = dir.path().join("t.db"),
+            Fixture::Pg(schema) => {
+                cfg.url = Some(rio_bridge::secret::Secret::new(schema.url.clone()))
+            }
+        }
+        cfg
+    }
+
+    /// A store (a node) that holds no lane.
+    async fn open_node(&self) -> Arc<dyn Store> {
+        self.open_node_with(self.cfg()).await
+    }
+
+    async fn open_node_with(&self, cfg: StoreConfig) -> Arc<dyn Store> {
+        match &cfg.url {
+            Some(url) => Arc::new(PgStore::connect(&cfg, url.expose()).await.expect("connect")),
+            None => Arc::new(SqliteStore::open(&cfg).expect("open store")),
+        }
+    }
+
+    /// A store holding every lane of the test channels that no other store holds.
+    async fn open(&self) -> Arc<dyn Store> {
+        let store = self.open_node().await;
+        for ch in CHANNELS {
+            for lane in [Lane::RespondIo, Lane::Provider] {
+                store.acquire_lane(ch, lane).await.unwrap();
+            }
+        }
+        store
+    }
+}
+
+/// Runs each named test once per backend: `sqlite::name` and `postgres::name`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(&super::Fixture::sqlite()).await;
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(fx) = super::Fixture::postgres().await {
+                    super::$name(&fx).await;
+                }
+            })*
+        }
     };
-    Arc::new(SqliteStore::open(&cfg).expect("open store"))
 }
 
 fn inbound(key: &str, contact: &str, mid: &str) -> NewInbound {
@@ -92,10 +176,8 @@ async fn pending_statuses(store: &Arc<dyn Store>, mid: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn redelivered_webhook_is_a_duplicate() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn redelivered_webhook_is_a_duplicate(fx: &Fixture) {
+    let store = fx.open().await;
     let r = store
         .ingest_inbound("ch", vec![inbound("k1", "+61400000001", "m1")])
         .await
@@ -114,10 +196,8 @@ async fn redelivered_webhook_is_a_duplicate() {
     assert!(matches!(r[0], IngestResult::Stored { .. }));
 }
 
-#[tokio::test]
-async fn a_contact_queue_is_fifo_and_claimed_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn a_contact_queue_is_fifo_and_claimed_once(fx: &Fixture) {
+    let store = fx.open().await;
     let items: Vec<_> = (0..5)
         .map(|i| inbound(&format!("k{i}"), "+61400000001", &format!("m{i}")))
         .collect();
@@ -179,10 +259,8 @@ async fn a_contact_queue_is_fifo_and_claimed_once() {
     );
 }
 
-#[tokio::test]
-async fn a_retry_hands_the_queue_back_with_its_due_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn a_retry_hands_the_queue_back_with_its_due_time(fx: &Fixture) {
+    let store = fx.open().await;
     store
         .ingest_inbound("ch", vec![inbound("k", "+61400000001", "m")])
         .await
@@ -226,10 +304,8 @@ async fn a_retry_hands_the_queue_back_with_its_due_time() {
     assert_eq!((item.attempts, item.ambiguous), (1, 1));
 }
 
-#[tokio::test]
-async fn bulk_sends_are_promoted_when_the_contact_writes_in() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn bulk_sends_are_promoted_when_the_contact_writes_in(fx: &Fixture) {
+    let store = fx.open().await;
     store
         .accept_outbound("ch", outbound("b1", "+61400000001"), 3_600_000)
         .await
@@ -263,10 +339,8 @@ async fn bulk_sends_are_promoted_when_the_contact_writes_in() {
     assert_eq!(item.qkey, "+61400000002");
 }
 
-#[tokio::test]
-async fn statuses_only_move_forward_and_collapse() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn statuses_only_move_forward_and_collapse(fx: &Fixture) {
+    let store = fx.open().await;
     store
         .accept_outbound("ch", outbound("m1", "+61400000001"), 0)
         .await
@@ -315,10 +389,8 @@ async fn statuses_only_move_forward_and_collapse() {
     );
 }
 
-#[tokio::test]
-async fn a_receipt_that_beats_its_send_is_parked_then_applied() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn a_receipt_that_beats_its_send_is_parked_then_applied(fx: &Fixture) {
+    let store = fx.open().await;
     store
         .accept_outbound("ch", outbound("m1", "+61400000001"), 0)
         .await
@@ -335,10 +407,8 @@ async fn a_receipt_that_beats_its_send_is_parked_then_applied() {
     assert!(pending[0].contains(r#""value":"delivered""#));
 }
 
-#[tokio::test]
-async fn a_send_that_dies_after_its_200_reports_failed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn a_send_that_dies_after_its_200_reports_failed(fx: &Fixture) {
+    let store = fx.open().await;
     store
         .accept_outbound("ch", outbound("m1", "+61400000001"), 0)
         .await
@@ -384,11 +454,9 @@ async fn a_send_that_dies_after_its_200_reports_failed() {
     assert_eq!(prov.dead, 2);
 }
 
-#[tokio::test]
-async fn recovery_marks_in_flight_items_ambiguous_or_failed() {
-    let dir = tempfile::tempdir().unwrap();
+async fn recovery_marks_in_flight_items_ambiguous_or_failed(fx: &Fixture) {
     {
-        let store = open(&dir);
+        let store = fx.open().await;
         store
             .accept_outbound("resend", outbound("r1", "+61400000001"), 0)
             .await
@@ -408,15 +476,28 @@ async fn recovery_marks_in_flight_items_ambiguous_or_failed() {
                 .unwrap();
             assert_eq!(taken.len(), 1);
         }
-        // The process "dies" here: the items stay attempting, the queues claimed.
+        // The process "dies" here: the items stay attempting, the queues claimed (and on
+        // PostgreSQL its leases stay until they expire).
     }
-    let store = open(&dir);
+    let store = fx.open_node().await;
     let fail = CrashPolicy {
         on_crash: OnCrash::Fail,
         ambiguous_retry_cap: 3,
     };
     let policy: HashMap<String, CrashPolicy> = [("fail".to_string(), fail)].into();
-    let report = store.recover(&policy).await.unwrap();
+    let mut report = RecoveryReport::default();
+    // A dead node's lanes are recovered once its leases expired (at once on SQLite).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while report.resent + report.failed < 2 {
+        let r = store.recover(&policy).await.unwrap();
+        report.resent += r.resent;
+        report.failed += r.failed;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead node's lanes were never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         report,
         RecoveryReport {
@@ -428,7 +509,12 @@ async fn recovery_marks_in_flight_items_ambiguous_or_failed() {
     assert_eq!((r1.state, r1.ambiguous), (STATE_PENDING, 1));
     let f1 = store.item_by_mid("fail", "f1").await.unwrap().unwrap();
     assert_eq!(f1.state, STATE_DEAD);
-    // The resend channel's queue is claimable again.
+    // The resend channel's queue is claimable again (by whoever owns the lane now).
+    store
+        .acquire_lane("resend", Lane::Provider)
+        .await
+        .unwrap()
+        .expect("free after recovery");
     let b = store
         .claim("resend", Lane::Provider, i64::MAX / 2, [10, 10])
         .await
@@ -436,10 +522,8 @@ async fn recovery_marks_in_flight_items_ambiguous_or_failed() {
     assert_eq!(b.claimed.len(), 1);
 }
 
-#[tokio::test]
-async fn attempt_log_seeds_the_limiter_one_entry_per_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
+async fn attempt_log_seeds_the_limiter_one_entry_per_call(fx: &Fixture) {
+    let store = fx.open().await;
     let items: Vec<_> = (0..3)
         .map(|i| inbound(&format!("k{i}"), "+61400000001", &format!("m{i}")))
         .collect();
@@ -461,4 +545,335 @@ async fn attempt_log_seeds_the_limiter_one_entry_per_call() {
             .unwrap(),
         vec![1234]
     );
+}
+
+on_both_backends!(
+    redelivered_webhook_is_a_duplicate,
+    a_contact_queue_is_fifo_and_claimed_once,
+    a_retry_hands_the_queue_back_with_its_due_time,
+    bulk_sends_are_promoted_when_the_contact_writes_in,
+    statuses_only_move_forward_and_collapse,
+    a_receipt_that_beats_its_send_is_parked_then_applied,
+    a_send_that_dies_after_its_200_reports_failed,
+    recovery_marks_in_flight_items_ambiguous_or_failed,
+    attempt_log_seeds_the_limiter_one_entry_per_call,
+);
+
+/// What several nodes sharing one PostgreSQL database rely on.
+mod postgres_cluster {
+    use super::*;
+    use std::collections::HashSet;
+
+    async fn fixture() -> Option<Fixture> {
+        Fixture::postgres().await
+    }
+
+    /// Polls `acquire_lane` until `store` gets the lane (the holder's lease expired).
+    async fn acquire_when_free(store: &Arc<dyn Store>, ch: &str, lane: Lane) -> LeaseGrant {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(g) = store.acquire_lane(ch, lane).await.unwrap() {
+                return g;
+            }
+            assert!(std::time::Instant::now() < deadline, "lane never freed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_expired_lease_is_taken_over_and_fences_the_old_owner() {
+        let Some(fx) = fixture().await else { return };
+        let a = fx.open().await;
+        let b = fx.open_node().await;
+        a.accept_outbound("ch", outbound("m1", "+61400000001"), 0)
+            .await
+            .unwrap();
+        a.claim("ch", Lane::Provider, i64::MAX / 2, [10, 10])
+            .await
+            .unwrap();
+        let taken = a
+            .take_head("ch", Lane::Provider, "+61400000001", 1, 1)
+            .await
+            .unwrap();
+        // A is paused here; its lease runs out and B takes the lane with a newer epoch.
+        let grant = acquire_when_free(&b, "ch", Lane::Provider).await;
+        assert!(grant.epoch >= 2, "{grant:?}");
+        let late = a
+            .finish(
+                "ch",
+                Lane::Provider,
+                "+61400000001",
+                &[taken[0].id],
+                Finish::Done {
+                    provider_id: Some("P1".into()),
+                },
+                2,
+                1,
+            )
+            .await;
+        assert!(matches!(late, Err(StoreError::Fenced(_))), "{late:?}");
+        assert!(matches!(
+            a.claim("ch", Lane::Provider, i64::MAX / 2, [10, 10]).await,
+            Err(StoreError::Fenced(_))
+        ));
+        assert!(matches!(
+            a.take_head("ch", Lane::Provider, "+61400000001", 1, 3)
+                .await,
+            Err(StoreError::Fenced(_))
+        ));
+        assert!(!a.renew_lane("ch", Lane::Provider).await.unwrap());
+        // The fenced write changed nothing: B finds the attempt in flight and settles it.
+        let report = b
+            .recover_lane("ch", Lane::Provider, CrashPolicy::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            report,
+            RecoveryReport {
+                resent: 1,
+                failed: 0
+            }
+        );
+        let item = b.item_by_mid("ch", "m1").await.unwrap().unwrap();
+        assert_eq!(
+            (item.state, item.ambiguous, item.provider_id),
+            (STATE_PENDING, 1, None)
+        );
+        let batch = b
+            .claim("ch", Lane::Provider, i64::MAX / 2, [10, 10])
+            .await
+            .unwrap();
+        assert_eq!(batch.claimed.len(), 1);
+        assert!(b.renew_lane("ch", Lane::Provider).await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_released_lane_is_free_at_once_and_recovery_skips_live_lanes() {
+        let Some(fx) = fixture().await else { return };
+        // A's lease outlives the test: it is live throughout, however slow the machine.
+        let a = fx.open_node_with(fx.cfg_with_ttl(600_000)).await;
+        assert!(
+            a.acquire_lane("ch", Lane::Provider)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let b = fx.open_node().await;
+        a.accept_outbound("ch", outbound("m1", "+61400000001"), 0)
+            .await
+            .unwrap();
+        a.claim("ch", Lane::Provider, i64::MAX / 2, [10, 10])
+            .await
+            .unwrap();
+        a.take_head("ch", Lane::Provider, "+61400000001", 1, 1)
+            .await
+            .unwrap();
+        // A's lease is live: B can neither take the lane nor recover A's attempt.
+        assert_eq!(b.acquire_lane("ch", Lane::Provider).await.unwrap(), None);
+        let report = b.recover(&HashMap::new()).await.unwrap();
+        assert_eq!(report, RecoveryReport::default());
+        let item = b.item_by_mid("ch", "m1").await.unwrap().unwrap();
+        assert_eq!(item.state, STATE_ATTEMPTING);
+        // A shuts down cleanly: the lane is free for B at once.
+        a.release_lane("ch", Lane::Provider).await.unwrap();
+        let g = b.acquire_lane("ch", Lane::Provider).await.unwrap();
+        assert!(g.is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_claims_never_hand_out_a_queue_twice() {
+        let Some(fx) = fixture().await else { return };
+        let a = fx.open().await;
+        let contacts: Vec<String> = (0..200).map(|i| format!("+614{i:08}")).collect();
+        for (i, c) in contacts.iter().enumerate() {
+            a.accept_outbound("ch", outbound(&format!("m{i}"), c), 0)
+                .await
+                .unwrap();
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let a = a.clone();
+            tasks.spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let b = a
+                        .claim("ch", Lane::Provider, i64::MAX / 2, [7, 7])
+                        .await
+                        .unwrap();
+                    if b.claimed.is_empty() {
+                        return got;
+                    }
+                    got.extend(b.claimed.into_iter().map(|(q, _)| q));
+                }
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            all.extend(r.unwrap());
+        }
+        let unique: HashSet<&String> = all.iter().collect();
+        assert_eq!(all.len(), 200, "every queue claimed exactly once");
+        assert_eq!(unique.len(), 200);
+        // A node that does not own the lane cannot claim at all.
+        let b = fx.open_node().await;
+        assert!(matches!(
+            b.claim("ch", Lane::Provider, i64::MAX / 2, [10, 10]).await,
+            Err(StoreError::Fenced(_))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dedupe_holds_under_concurrent_ingest_from_two_nodes() {
+        let Some(fx) = fixture().await else { return };
+        let nodes = [fx.open_node().await, fx.open_node().await];
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..4usize {
+            let store = nodes[t % 2].clone();
+            tasks.spawn(async move {
+                let mut stored = 0;
+                // Each task walks the same keys from a different starting point.
+                for i in 0..100usize {
+                    let k = (i + t * 25) % 100;
+                    let r = store
+                        .ingest_inbound(
+                            "ch",
+                            vec![inbound(
+                                &format!("k{k}"),
+                                "+61400000001",
+                                &format!("m{k}-{t}"),
+                            )],
+                        )
+                        .await
+                        .unwrap();
+                    if matches!(r[0], IngestResult::Stored { .. }) {
+                        stored += 1;
+                    }
+                }
+                stored
+            });
+        }
+        let mut stored = 0;
+        while let Some(n) = tasks.join_next().await {
+            stored += n.unwrap();
+        }
+        assert_eq!(stored, 100, "each webhook stored once across both nodes");
+        let stats = nodes[0].lane_stats().await.unwrap();
+        let lane = stats.iter().find(|s| s.lane == Lane::RespondIo).unwrap();
+        assert_eq!(lane.pending, 100);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn receipts_and_send_outcomes_from_two_nodes_never_miss_each_other() {
+        let Some(fx) = fixture().await else { return };
+        let a = fx.open().await;
+        let b = fx.open_node().await;
+        let n = 30;
+        for i in 0..n {
+            a.accept_outbound(
+                "ch",
+                outbound(&format!("m{i}"), &format!("+6140000{i:04}")),
+                0,
+            )
+            .await
+            .unwrap();
+        }
+        a.claim("ch", Lane::Provider, i64::MAX / 2, [100, 100])
+            .await
+            .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let contact = format!("+6140000{i:04}");
+            let it = a
+                .take_head("ch", Lane::Provider, &contact, 1, 1)
+                .await
+                .unwrap()
+                .remove(0);
+            let (a, b) = (a.clone(), b.clone());
+            // The provider's receipt (on node B) races the send's response (on node A).
+            tasks.spawn(async move {
+                let pid = format!("P{i}");
+                let fin = Finish::Done {
+                    provider_id: Some(pid.clone()),
+                };
+                let ids = [it.id];
+                let (done, receipts) = tokio::join!(
+                    a.finish("ch", Lane::Provider, &contact, &ids, fin, 1, 1),
+                    b.apply_receipts(
+                        "ch",
+                        vec![receipt(&format!("r{i}"), &pid, StatusValue::Delivered)]
+                    ),
+                );
+                done.unwrap();
+                receipts.unwrap();
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        for i in 0..n {
+            let mid = format!("m{i}");
+            let item = a.item_by_mid("ch", &mid).await.unwrap().unwrap();
+            assert_eq!(item.status, 2, "{mid}: the receipt was applied");
+            let pending = pending_statuses(&a, &mid).await;
+            assert_eq!(pending.len(), 1, "{mid}: {pending:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn statuses_from_two_nodes_only_move_forward() {
+        let Some(fx) = fixture().await else { return };
+        let a = fx.open().await;
+        let b = fx.open_node().await;
+        a.accept_outbound("ch", outbound("m1", "+61400000001"), 0)
+            .await
+            .unwrap();
+        send_ok(&a, "+61400000001", "P1").await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let (store, value) = if i % 2 == 0 {
+                (a.clone(), StatusValue::Delivered)
+            } else {
+                (b.clone(), StatusValue::Read)
+            };
+            tasks.spawn(async move {
+                store
+                    .apply_receipts("ch", vec![receipt(&format!("r{i}"), "P1", value)])
+                    .await
+                    .unwrap()
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        assert_eq!(a.item_by_mid("ch", "m1").await.unwrap().unwrap().status, 3);
+        let pending = pending_statuses(&a, "m1").await;
+        assert_eq!(pending.len(), 1, "{pending:?}");
+        assert!(pending[0].contains(r#""value":"read""#), "{}", pending[0]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_for_a_lane_owned_elsewhere_is_announced_to_its_owner() {
+        let Some(fx) = fixture().await else { return };
+        let a = fx.open().await;
+        let mut signals = a.work_signals().expect("a shared store announces work");
+        let b = fx.open_node().await;
+        // The listener connects in the background: keep committing until A hears one.
+        let heard = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut i = 0;
+            loop {
+                b.accept_outbound("ch", outbound(&format!("m{i}"), "+61400000001"), 0)
+                    .await
+                    .unwrap();
+                i += 1;
+                if let Ok(Ok(s)) =
+                    tokio::time::timeout(Duration::from_millis(200), signals.recv()).await
+                {
+                    return s;
+                }
+            }
+        })
+        .await
+        .expect("A never heard of B's work");
+        assert_eq!(heard, ("ch".to_string(), Lane::Provider));
+    }
 }

@@ -46,6 +46,13 @@ pub struct BenchArgs {
     /// Where the gateway's store and logs go (default: a temp dir, removed afterwards).
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
+    /// Run on PostgreSQL instead of SQLite (ingest and outbound only): each scenario gets
+    /// a fresh schema in this database, dropped afterwards.
+    #[arg(long, env = "RIO_BENCH_PG_URL")]
+    pub pg_url: Option<String>,
+    /// Gateway nodes sharing the PostgreSQL store; the load is spread over all of them.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,15 +149,29 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
     let q = args.quick;
+    let cluster = scenarios::Cluster {
+        pg_url: args.pg_url.clone(),
+        nodes: args.nodes,
+    };
+    if args.nodes == 0 || (args.nodes > 1 && args.pg_url.is_none()) {
+        anyhow::bail!("--nodes above 1 needs --pg-url (nodes share a PostgreSQL store)");
+    }
+    if cluster.pg_url.is_some() && !matches!(args.scenario, Scenario::Ingest | Scenario::Outbound) {
+        anyhow::bail!("--pg-url runs the ingest and outbound scenarios only: pass --scenario");
+    }
     let want = |s: Scenario| args.scenario == Scenario::All || args.scenario == s;
     println!(
-        "rio-bridge bench{}: {} cores, store in {}",
+        "rio-bridge bench{}: {} cores, {}, store in {}",
         if q {
             " --quick (smoke run: figures are not meaningful)"
         } else {
             ""
         },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
+        match &cluster.pg_url {
+            Some(_) => format!("PostgreSQL, {} node(s)", cluster.nodes),
+            None => "SQLite".to_string(),
+        },
         dir.display()
     );
     let mut reports = Vec::new();
@@ -169,8 +190,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let sdir = dir.join(name);
         std::fs::create_dir_all(&sdir)?;
         let r = match s {
-            Scenario::Ingest => scenarios::ingest(&sdir, q).await?,
-            Scenario::Outbound => scenarios::outbound(&sdir, q).await?,
+            Scenario::Ingest => scenarios::ingest(&sdir, q, &cluster).await?,
+            Scenario::Outbound => scenarios::outbound(&sdir, q, &cluster).await?,
             Scenario::Ratelimit => scenarios::ratelimit(&sdir, q).await?,
             Scenario::Latency => scenarios::latency(&sdir, q).await?,
             Scenario::Backlog => scenarios::backlog(&sdir, q).await?,

@@ -87,11 +87,24 @@ impl Default for Knobs {
 }
 
 fn gateway_toml(addr: SocketAddr, dir: &Path, st: &Stage, channels: usize, k: Knobs) -> String {
-    let mut t = format!(
-        "[server]\nlisten = \"{addr}\"\npublic_url = \"http://{addr}\"\n[store]\npath = \"{}\"\n{}",
+    // Extra `[store]` lines for A/B runs, e.g. RIO_BENCH_STORE_EXTRA="channel_logs = false".
+    let store = format!(
+        "path = \"{}\"\n{}",
         dir.join("rio-bridge.db").display(),
-        // Extra `[store]` lines for A/B runs, e.g. "channel_logs = false".
         std::env::var("RIO_BENCH_STORE_EXTRA").unwrap_or_default()
+    );
+    gateway_toml_with_store(addr, &store, st, channels, k)
+}
+
+fn gateway_toml_with_store(
+    addr: SocketAddr,
+    store: &str,
+    st: &Stage,
+    channels: usize,
+    k: Knobs,
+) -> String {
+    let mut t = format!(
+        "[server]\nlisten = \"{addr}\"\npublic_url = \"http://{addr}\"\n[store]\n{store}\n"
     );
     for c in 0..channels {
         t.push_str(&format!(
@@ -121,6 +134,120 @@ rate_limit = {pr}
         ));
     }
     t
+}
+
+/// Where the ingest and outbound scenarios run: SQLite (one node), or PostgreSQL with
+/// one or more nodes.
+pub struct Cluster {
+    pub pg_url: Option<String>,
+    pub nodes: usize,
+}
+
+/// The gateway nodes of a scenario, and the PostgreSQL schema they share (if any).
+struct Nodes {
+    procs: Vec<GatewayProc>,
+    schema: Option<(String, String)>,
+}
+
+impl Nodes {
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.procs.iter().map(|p| p.addr).collect()
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        for p in self.procs {
+            p.stop().await;
+        }
+        if let Some((admin_url, schema)) = self.schema {
+            let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts the scenario's gateway(s): one on SQLite, or `nodes` on a fresh PostgreSQL schema.
+async fn nodes(
+    dir: &Path,
+    st: &Stage,
+    channels: usize,
+    k: Knobs,
+    cluster: &Cluster,
+) -> anyhow::Result<Nodes> {
+    let Some(url) = &cluster.pg_url else {
+        return Ok(Nodes {
+            procs: vec![gateway(dir, st, channels, k).await?],
+            schema: None,
+        });
+    };
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .context("connecting to --pg-url")?;
+    tokio::spawn(conn);
+    let schema = format!("bench_{}", ulid::Ulid::new().to_string().to_lowercase());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await?;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let node_url = format!("{url}{sep}options=-csearch_path%3D{schema}");
+    let mut procs = Vec::new();
+    for i in 0..cluster.nodes {
+        let ndir = dir.join(format!("node-{i}"));
+        std::fs::create_dir_all(&ndir)?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let store = format!("url = \"{node_url}\"\npool_size = 16");
+        let toml = gateway_toml_with_store(addr, &store, st, channels, k);
+        procs.push(
+            GatewayProc::start(&ndir, &toml, addr)
+                .await
+                .context("starting a gateway node")?,
+        );
+    }
+    Ok(Nodes {
+        procs,
+        schema: Some((url.clone(), schema)),
+    })
+}
+
+/// Sends `total` requests spread evenly over the nodes (`concurrency` connections in all);
+/// `make(addr, i)` builds request `i` of `0..total` for the node at `addr`.
+async fn load_nodes(
+    addrs: &[SocketAddr],
+    concurrency: usize,
+    total: usize,
+    make: impl Fn(SocketAddr, usize) -> Request<Full<Bytes>> + Send + Sync + Clone + 'static,
+) -> load::LoadResult {
+    let n = addrs.len().max(1);
+    let runs = addrs.iter().enumerate().map(|(k, &addr)| {
+        let make = make.clone();
+        let part = total / n + usize::from(k < total % n);
+        let offset = k * (total / n) + k.min(total % n);
+        let mk: MakeRequest = Arc::new(move |i| make(addr, offset + i));
+        load::run(addr, (concurrency / n).max(1), part, mk)
+    });
+    let started = Instant::now();
+    let mut all = load::LoadResult::default();
+    for r in futures::future::join_all(runs).await {
+        all.ok += r.ok;
+        all.non_2xx += r.non_2xx;
+        all.errors += r.errors;
+        all.latencies_us.extend(r.latencies_us);
+    }
+    all.elapsed = started.elapsed();
+    all
+}
+
+fn store_note(cluster: &Cluster) -> String {
+    match &cluster.pg_url {
+        Some(_) => format!(
+            "PostgreSQL store, {} node(s), load spread evenly",
+            cluster.nodes
+        ),
+        None => "SQLite store, synchronous = FULL".to_string(),
+    }
 }
 
 async fn gateway(dir: &Path, st: &Stage, channels: usize, k: Knobs) -> anyhow::Result<GatewayProc> {
@@ -192,17 +319,21 @@ fn errors_figure(r: &load::LoadResult) -> Figure {
 
 /// Scenario 1: provider webhooks accepted durably per second at 64 connections, against the
 /// ceiling of a bare axum handler measured in the same run.
-pub async fn ingest(dir: &Path, quick: bool) -> anyhow::Result<Report> {
+pub async fn ingest(dir: &Path, quick: bool, cluster: &Cluster) -> anyhow::Result<Report> {
     let n = if quick { 1_000 } else { 200_000 };
     let st = stage(1, 20, None).await?;
-    let g = gateway(dir, &st, 1, Knobs::default()).await?;
-    let addr = g.addr;
+    let g = nodes(dir, &st, 1, Knobs::default(), cluster).await?;
+    let spread = |prefix: &'static str| {
+        move |addr: SocketAddr, i: usize| {
+            inbound_request(addr, 0, &phone(4, i % 5_000), &format!("{prefix}-{i}"))
+        }
+    };
+    load_nodes(&g.addrs(), CONCURRENCY, n / 10, spread("warm")).await;
+    let r = load_nodes(&g.addrs(), CONCURRENCY, n, spread("ing")).await;
+    g.stop().await?;
     let make = |prefix: &'static str, addr: SocketAddr| -> MakeRequest {
         Arc::new(move |i| inbound_request(addr, 0, &phone(4, i % 5_000), &format!("{prefix}-{i}")))
     };
-    load::run(addr, CONCURRENCY, n / 10, make("warm", addr)).await;
-    let r = load::run(addr, CONCURRENCY, n, make("ing", addr)).await;
-    g.stop().await;
     let bare = BareProc::start().await?;
     let baddr = bare.addr;
     load::run(baddr, CONCURRENCY, n / 10, make("warm", baddr)).await;
@@ -223,19 +354,20 @@ pub async fn ingest(dir: &Path, quick: bool) -> anyhow::Result<Report> {
             .at_least(25.0),
             errors_figure(&r),
         ],
-        notes: vec![format!(
-            "{n} webhooks from 5,000 contacts, form-encoded ClickSend pushes"
-        )],
+        notes: vec![
+            format!("{n} webhooks from 5,000 contacts, form-encoded ClickSend pushes"),
+            store_note(cluster),
+        ],
     })
 }
 
 /// Scenario 2: a broadcast of /message calls accepted at 64 connections, then drained toward the
 /// provider stand-in at its configured 1,000/s; none lost or doubled.
-pub async fn outbound(dir: &Path, quick: bool) -> anyhow::Result<Report> {
+pub async fn outbound(dir: &Path, quick: bool, cluster: &Cluster) -> anyhow::Result<Report> {
     let n = if quick { 1_000 } else { 100_000 };
     let rate = 1_000u32;
     let st = stage(1, 20, None).await?;
-    let g = gateway(
+    let g = nodes(
         dir,
         &st,
         1,
@@ -243,17 +375,18 @@ pub async fn outbound(dir: &Path, quick: bool) -> anyhow::Result<Report> {
             provider_rate: rate,
             ..Knobs::default()
         },
+        cluster,
     )
     .await?;
-    let addr = g.addr;
-    let make: MakeRequest =
-        Arc::new(move |i| message_request(addr, &phone(4, i), &format!("broadcast {i}")));
-    let r = load::run(addr, CONCURRENCY, n, make).await;
+    let r = load_nodes(&g.addrs(), CONCURRENCY, n, |addr, i| {
+        message_request(addr, &phone(4, i), &format!("broadcast {i}"))
+    })
+    .await;
     let drain_timeout = Duration::from_secs((n as u64 / rate as u64) * 2 + 60);
     let sim = st.sim.clone();
     wait_for("the drain", drain_timeout, || sim.sent_count() >= r.ok).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    g.stop().await;
+    g.stop().await?;
     let sent = st.sim.sent();
     let times: Vec<i64> = sent
         .iter()
@@ -300,9 +433,12 @@ pub async fn outbound(dir: &Path, quick: bool) -> anyhow::Result<Report> {
             .at_most(0.0),
             errors_figure(&r),
         ],
-        notes: vec![format!(
-            "{n} sends to distinct contacts; provider rate {rate}/s; stand-in answers at once"
-        )],
+        notes: vec![
+            format!(
+                "{n} sends to distinct contacts; provider rate {rate}/s; stand-in answers at once"
+            ),
+            store_note(cluster),
+        ],
     })
 }
 

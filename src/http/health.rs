@@ -14,7 +14,8 @@ pub async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, Json(serde_json::json!({"status": "ok"})))
 }
 
-/// Ready when the store accepts a committed write and every lane is running.
+/// Ready when the store accepts a committed write and every lane is running here or, in a
+/// cluster, owned by another node while this one stands by.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let store = state.store.probe_write().await;
     let stopped: Vec<String> = state
@@ -22,7 +23,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         .by_name
         .values()
         .flat_map(|c| [&c.to_respondio, &c.to_provider])
-        .filter(|l| !l.is_running())
+        .filter(|l| !l.is_running() && !l.is_standby())
         .map(|l| format!("{}/{}", l.channel, l.lane.name()))
         .collect();
     let ok = store.is_ok() && stopped.is_empty();

@@ -165,7 +165,10 @@ async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) 
     // right now cannot be attempted now; answer at once rather than hold the connection (a
     // broadcast burst would otherwise be accepted only as fast as it drains). Conversation
     // sends go ahead of bulk, so they wait for their outcome. A paused lane (429) or an
-    // open circuit will not attempt anything soon either.
+    // open circuit will not attempt anything soon either. Nor will a lane another node of
+    // a cluster owns: its attempt cannot reach this handler, so the answer is 200 now and a
+    // later rejection reaches respond.io as a `failed` status (polling the store for the
+    // outcome instead would make the owner, which hears no waiter, report it twice).
     let busy = lane.is_blocked() || (!accepted.conversation && backlog_before > lane.free_slots());
     let outcome = if busy {
         // The lane may have tried and rejected it already: that answer must not be lost.

@@ -10,11 +10,12 @@
 //! to the store with its due time, so it blocks only that contact.
 
 pub mod deliver;
+pub mod lease;
 pub mod limiter;
 pub mod retry;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -91,6 +92,14 @@ pub struct LaneCtx {
     backlog: AtomicI64,
     /// Where attempts record their HTTP exchanges (unset: not recorded).
     channel_log: OnceLock<crate::channel_log::ChannelLog>,
+    /// This node may send on the lane until then (`lease::mono_ms`); 0 while it does not
+    /// own the lane. Checked right before every request leaves.
+    lease_until: AtomicI64,
+    /// Counts the lane's tenures on this node: an attempt dispatched in an earlier tenure
+    /// never sends in a later one.
+    tenure: AtomicU64,
+    /// Another node owns the lane; this one stands by to take it over.
+    standby: AtomicBool,
 }
 
 impl LaneCtx {
@@ -125,6 +134,9 @@ impl LaneCtx {
             circuit_open: AtomicBool::new(false),
             status_lane: OnceLock::new(),
             backlog: AtomicI64::new(0),
+            lease_until: AtomicI64::new(0),
+            tenure: AtomicU64::new(0),
+            standby: AtomicBool::new(false),
             rate_limit,
             channel_log: OnceLock::new(),
         })
@@ -196,6 +208,16 @@ impl LaneCtx {
         self.running.load(Ordering::Acquire)
     }
 
+    /// Another node owns this lane; this node is ready to take it over.
+    pub fn is_standby(&self) -> bool {
+        self.standby.load(Ordering::Acquire)
+    }
+
+    /// This node owns the lane and may send on it right now.
+    pub fn owns(&self) -> bool {
+        lease::mono_ms() < self.lease_until.load(Ordering::Acquire)
+    }
+
     /// Statuses this lane queues (a send that failed after its 200, parked receipts) are
     /// delivered by `lane`: wake it when that happens.
     pub fn set_status_lane(&self, lane: &Arc<LaneCtx>) {
@@ -236,6 +258,10 @@ impl LaneCtx {
     /// Until when an attempt must not send now (a pause, or an open circuit for anything
     /// but the probe).
     fn blocked(&self, probe: bool, now: i64) -> Option<i64> {
+        // Not ours (any more), or our lease is about to run out: nothing may leave.
+        if !self.owns() {
+            return Some(now + 1000);
+        }
         let paused = self.paused_until.load(Ordering::Acquire);
         if paused > now {
             return Some(paused);
@@ -245,9 +271,12 @@ impl LaneCtx {
 
     /// Takes a rate slot right before sending, waiting if none is free; `Err(until)` if
     /// the lane was paused (or its circuit opened) meanwhile.
-    async fn take_slot(&self, probe: bool) -> Result<i64, i64> {
+    async fn take_slot(&self, probe: bool, tenure: u64) -> Result<i64, i64> {
         loop {
             let now = now_ms();
+            if self.tenure.load(Ordering::Acquire) != tenure {
+                return Err(now);
+            }
             if let Some(until) = self.blocked(probe, now) {
                 return Err(until);
             }
@@ -422,10 +451,18 @@ impl LaneRunner {
             self.inflight += 1;
             let single = self.single.contains(&qkey);
             let (ctx2, tx) = (self.ctx.clone(), self.done_tx.clone());
+            let tenure = self.ctx.tenure.load(Ordering::Acquire);
             tokio::spawn(async move {
                 // An attempt that panics must still report back, or its queue would stay
                 // held and the lane would count it in flight forever.
-                let task = tokio::spawn(attempt(ctx2.clone(), qkey.clone(), class, single, probe));
+                let task = tokio::spawn(attempt(
+                    ctx2.clone(),
+                    qkey.clone(),
+                    class,
+                    single,
+                    probe,
+                    tenure,
+                ));
                 let c = task.await.unwrap_or_else(|e| {
                     tracing::error!(channel = %ctx2.channel, lane = ctx2.lane.name(), error = %e, "attempt panicked");
                     Completion { qkey, class, next: Next::StoreError, split: false, probe }
@@ -459,6 +496,10 @@ impl LaneRunner {
 
     /// Until when the lane may not start attempts (a 429 pause, an open circuit).
     fn gate(&self, now: i64) -> Option<i64> {
+        // The lease is running out (its keeper is about to stop this lane): start nothing.
+        if !self.ctx.owns() {
+            return Some(now + 100);
+        }
         let paused = self.paused_until();
         if paused > now {
             return Some(paused);
@@ -675,6 +716,7 @@ async fn attempt(
     class: u8,
     single: bool,
     probe: bool,
+    tenure: u64,
 ) -> Completion {
     let mut reservation = Reservation(&ctx.reserved, false);
     let limit = if single {
@@ -705,7 +747,7 @@ async fn attempt(
         return done(Next::Released, false);
     }
     let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
-    let slot_ms = match ctx.take_slot(probe).await {
+    let slot_ms = match ctx.take_slot(probe, tenure).await {
         Ok(t) => t,
         Err(until) => {
             // Paused (or the circuit opened) after this attempt was dispatched: nothing
@@ -811,6 +853,12 @@ async fn record(
             .await
         {
             Ok(more) => return Some(more),
+            Err(e @ crate::store::StoreError::Fenced(_)) => {
+                // Another node owns the lane now; it settles this attempt as ambiguous.
+                tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e,
+                    "lane taken over while an attempt was in flight; its new owner settles it");
+                return None;
+            }
             Err(e) if Instant::now() < deadline => {
                 tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e, "cannot record an attempt's outcome yet; retrying");
                 tokio::time::sleep(pause).await;
@@ -1034,7 +1082,14 @@ mod tests {
             20,
             Arc::new(Waiters::default()),
         );
-        assert!(ctx.take_slot(false).await.is_ok(), "not paused before");
+        // The lane is ours (as its lease keeper would have made it).
+        ctx.lease_until.store(i64::MAX, Ordering::Release);
+        assert!(
+            ctx.take_slot(false, ctx.tenure.load(Ordering::Acquire))
+                .await
+                .is_ok(),
+            "not paused before"
+        );
         let throttled = Err(SendError::Throttled {
             retry_after: Some(Duration::from_secs(2)),
             reason: "respond.io answered 429".into(),
@@ -1043,7 +1098,12 @@ mod tests {
         let Some(Next::Paused { until }) = next else {
             panic!("a 429 pauses the lane");
         };
-        assert_eq!(ctx.take_slot(false).await, Err(until), "paused at once");
+        assert_eq!(
+            ctx.take_slot(false, ctx.tenure.load(Ordering::Acquire))
+                .await,
+            Err(until),
+            "paused at once"
+        );
         assert!(until >= now_ms() + 1000, "for the Retry-After");
     }
 }

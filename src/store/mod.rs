@@ -1,12 +1,18 @@
-//! The durable store: one trait, implemented by SQLite (the embedded default).
+//! The durable store: one trait, implemented by SQLite (the embedded default) and by
+//! PostgreSQL (several nodes sharing one database).
 //!
 //! Every method that returns `Ok` has committed its writes to disk: the HTTP layer answers
 //! 2xx only after that. Lanes read and update items through the same trait.
+//!
+//! Lanes are owned through leases: a node works a lane (claims, attempts, outcomes) only
+//! while it holds the lane's lease, and those writes are fenced by the lease's epoch. The
+//! SQLite store is one node: it grants every lease at once and for good.
 
 pub mod activity;
 pub mod admin;
 pub mod backup;
 pub mod migrate;
+pub mod postgres;
 pub mod sqlite;
 mod sqlite_admin;
 
@@ -239,6 +245,20 @@ pub struct PruneReport {
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// This node no longer holds the lane's lease (it expired, or another node took the
+    /// lane over): the write was refused and nothing changed.
+    #[error("lane lease lost: {0}")]
+    Fenced(String),
+}
+
+/// A node's hold on one lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseGrant {
+    /// Grows with every acquisition of the lane, by any node.
+    pub epoch: i64,
+    /// How long the lease lasts from the moment it was requested unless renewed; `None`:
+    /// until released (a single-node store).
+    pub ttl_ms: Option<u64>,
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -352,4 +372,33 @@ pub trait Store: Send + Sync + 'static {
     async fn prune(&self, now_ms: i64, retention_ms: i64) -> Result<PruneReport>;
 
     async fn item_by_mid(&self, channel: &str, mid: &str) -> Result<Option<Item>>;
+
+    /// Takes a lane for this node if nobody holds it or the holder's lease expired.
+    /// From then on this store instance's `claim`, `take_head`, `finish` and `release` on
+    /// the lane are fenced by the new epoch, checked in the same transaction as the write.
+    /// `None`: another node holds it.
+    async fn acquire_lane(&self, channel: &str, lane: Lane) -> Result<Option<LeaseGrant>>;
+
+    /// Extends this node's lease on a lane by its TTL from now; `false` when the lease was
+    /// lost (expired, or taken over): the lane must stop and be acquired afresh.
+    async fn renew_lane(&self, channel: &str, lane: Lane) -> Result<bool>;
+
+    /// Gives a held lane up (shutdown), so another node takes it over without waiting for
+    /// the lease to expire.
+    async fn release_lane(&self, channel: &str, lane: Lane) -> Result<()>;
+
+    /// Run by a lane's new owner before it claims anything: releases the lane's queue
+    /// claims and settles items the previous owner left attempting, per `policy`.
+    async fn recover_lane(
+        &self,
+        channel: &str,
+        lane: Lane,
+        policy: CrashPolicy,
+    ) -> Result<RecoveryReport>;
+
+    /// Other nodes may commit work for lanes this node owns: the store then tells about it
+    /// through this channel (`(channel, lane)`). `None` for a single-node store.
+    fn work_signals(&self) -> Option<tokio::sync::broadcast::Receiver<(String, Lane)>> {
+        None
+    }
 }

@@ -199,6 +199,98 @@ impl SqliteStore {
         .await
         .map_err(unavailable)?
     }
+
+    /// Releases claims and settles items a crash left attempting, on every lane or on one.
+    async fn recover_matching(
+        &self,
+        only: Option<(String, Lane)>,
+        policy: impl Fn(&str) -> CrashPolicy + Send + 'static,
+    ) -> Result<RecoveryReport> {
+        // Read what was in flight, decide per channel, then apply in one write.
+        let filter = only.clone();
+        let inflight: Vec<(i64, String, i64, String, i64)> = self
+            .read(move |conn| {
+                let rows = conn
+                    .prepare(
+                        "SELECT id, channel, lane, qkey, ambiguous FROM items WHERE state = 1",
+                    )?
+                    .query_map([], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<(i64, String, i64, String, i64)>>>()?;
+                Ok(rows
+                    .into_iter()
+                    .filter(|(_, ch, lane, _, _)| {
+                        filter
+                            .as_ref()
+                            .is_none_or(|(c, l)| c == ch && l.code() == *lane)
+                    })
+                    .collect())
+            })
+            .await?;
+        let plan: Vec<(i64, String, Lane, String, bool)> = inflight
+            .into_iter()
+            .map(|(id, ch, lane, qkey, ambiguous)| {
+                let lane = Lane::from_code(lane);
+                let p = policy(&ch);
+                // Toward respond.io a repeat carries the same mId, so it is always resent.
+                let resend = lane == Lane::RespondIo
+                    || (p.on_crash == OnCrash::Resend && ambiguous < p.ambiguous_retry_cap as i64);
+                (id, ch, lane, qkey, resend)
+            })
+            .collect();
+        self.write(move |conn| {
+            let now = now_ms();
+            match &only {
+                None => {
+                    conn.execute("UPDATE queues SET claimed = 0 WHERE claimed = 1", [])?;
+                }
+                Some((channel, lane)) => {
+                    conn.execute(
+                        "UPDATE queues SET claimed = 0 WHERE channel = ?1 AND lane = ?2 AND claimed = 1",
+                        params![channel, lane.code()],
+                    )?;
+                }
+            }
+            let mut report = RecoveryReport::default();
+            for (id, channel, lane, qkey, resend) in plan {
+                if resend {
+                    // The request left at some moment before now: logging it at now is the
+                    // conservative choice for the rate window that the next lane seeds from.
+                    set_attempt_outcome(
+                        conn,
+                        id,
+                        "ambiguous",
+                        Some("in flight when the gateway stopped"),
+                        0,
+                        Some(now),
+                    )?;
+                    conn.prepare_cached(
+                        "UPDATE items SET state = 0, ambiguous = ambiguous + 1 WHERE id = ?1",
+                    )?
+                    .execute(params![id])?;
+                    history(
+                        conn,
+                        id,
+                        now,
+                        "ambiguous",
+                        Some("in flight when the gateway stopped; resending"),
+                    )?;
+                    report.resent += 1;
+                } else {
+                    let reason = "in flight when the gateway stopped; not resent (on_crash = fail, or ambiguous too often)";
+                    set_attempt_outcome(conn, id, "dead", Some(reason), 0, Some(now))?;
+                    mark_dead(conn, &channel, id, reason, true, now)?;
+                    if !queue_has_pending(conn, &channel, lane, &qkey)? {
+                        drop_queue(conn, &channel, lane, &qkey)?;
+                    }
+                    report.failed += 1;
+                }
+            }
+            Ok(report)
+        })
+        .await
+    }
 }
 
 impl Drop for SqliteStore {
@@ -897,70 +989,9 @@ impl Store for SqliteStore {
         &self,
         policy: &std::collections::HashMap<String, CrashPolicy>,
     ) -> Result<RecoveryReport> {
-        // Read what was in flight, decide per channel, then apply in one write.
-        let inflight: Vec<(i64, String, i64, String, i64)> = self
-            .read(|conn| {
-                conn.prepare(
-                    "SELECT id, channel, lane, qkey, ambiguous FROM items WHERE state = 1",
-                )?
-                .query_map([], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })?
-                .collect()
-            })
-            .await?;
-        let plan: Vec<(i64, String, Lane, String, bool)> = inflight
-            .into_iter()
-            .map(|(id, ch, lane, qkey, ambiguous)| {
-                let lane = Lane::from_code(lane);
-                let p = policy.get(&ch).copied().unwrap_or_default();
-                // Toward respond.io a repeat carries the same mId, so it is always resent.
-                let resend = lane == Lane::RespondIo
-                    || (p.on_crash == OnCrash::Resend && ambiguous < p.ambiguous_retry_cap as i64);
-                (id, ch, lane, qkey, resend)
-            })
-            .collect();
-        self.write(move |conn| {
-            let now = now_ms();
-            conn.execute("UPDATE queues SET claimed = 0 WHERE claimed = 1", [])?;
-            let mut report = RecoveryReport::default();
-            for (id, channel, lane, qkey, resend) in plan {
-                if resend {
-                    // The request left at some moment before now: logging it at now is the
-                    // conservative choice for the rate window that the next lane seeds from.
-                    set_attempt_outcome(
-                        conn,
-                        id,
-                        "ambiguous",
-                        Some("in flight when the gateway stopped"),
-                        0,
-                        Some(now),
-                    )?;
-                    conn.prepare_cached(
-                        "UPDATE items SET state = 0, ambiguous = ambiguous + 1 WHERE id = ?1",
-                    )?
-                    .execute(params![id])?;
-                    history(
-                        conn,
-                        id,
-                        now,
-                        "ambiguous",
-                        Some("in flight when the gateway stopped; resending"),
-                    )?;
-                    report.resent += 1;
-                } else {
-                    let reason = "in flight when the gateway stopped; not resent (on_crash = fail, or ambiguous too often)";
-                    set_attempt_outcome(conn, id, "dead", Some(reason), 0, Some(now))?;
-                    mark_dead(conn, &channel, id, reason, true, now)?;
-                    if !queue_has_pending(conn, &channel, lane, &qkey)? {
-                        drop_queue(conn, &channel, lane, &qkey)?;
-                    }
-                    report.failed += 1;
-                }
-            }
-            Ok(report)
-        })
-        .await
+        let policy = policy.clone();
+        self.recover_matching(None, move |ch| policy.get(ch).copied().unwrap_or_default())
+            .await
     }
 
     async fn recent_attempts(&self, channel: &str, lane: Lane, n: usize) -> Result<Vec<i64>> {
@@ -1098,6 +1129,32 @@ impl Store for SqliteStore {
             conn.prepare_cached(&sql)?.query_row(params![channel, mid], item_from_row).optional()
         })
         .await
+    }
+
+    // One node owns the file: it holds every lane from the start, for good.
+    async fn acquire_lane(&self, _channel: &str, _lane: Lane) -> Result<Option<LeaseGrant>> {
+        Ok(Some(LeaseGrant {
+            epoch: 1,
+            ttl_ms: None,
+        }))
+    }
+
+    async fn renew_lane(&self, _channel: &str, _lane: Lane) -> Result<bool> {
+        Ok(true)
+    }
+
+    async fn release_lane(&self, _channel: &str, _lane: Lane) -> Result<()> {
+        Ok(())
+    }
+
+    async fn recover_lane(
+        &self,
+        channel: &str,
+        lane: Lane,
+        policy: CrashPolicy,
+    ) -> Result<RecoveryReport> {
+        self.recover_matching(Some((channel.to_string(), lane)), move |_| policy)
+            .await
     }
 }
 

@@ -45,7 +45,7 @@ pub async fn list(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery) -> 
         Err(e) => return bad_request(e),
     };
     filter.state = Some(STATE_DEAD);
-    match state.admin_store.list_messages(filter).await {
+    match state.admin_store().list_messages(filter).await {
         Ok(rows) => ok_json(json!({
             "items": rows.iter().map(views::message).collect::<Vec<_>>(),
             "next_cursor": next_cursor(rows.iter().map(|r| r.id), rows.len(), limit),
@@ -83,7 +83,7 @@ async fn select(state: &AppState, body: &Bytes) -> Result<Vec<i64>, Response> {
             let mut filter = f.to_filter(limit).map_err(bad_request)?;
             filter.state = Some(STATE_DEAD);
             let rows = state
-                .admin_store
+                .admin_store()
                 .list_messages(filter)
                 .await
                 .map_err(store_failed)?;
@@ -103,7 +103,7 @@ pub async fn replay(
         Ok(ids) => ids,
         Err(r) => return r,
     };
-    let results = match state.admin_store.replay_items(ids, &actor.0).await {
+    let results = match state.admin_store().replay_items(ids, &actor.0).await {
         Ok(r) => r,
         Err(e) => return store_failed(e),
     };
@@ -156,7 +156,7 @@ pub async fn discard(
         Err(r) => return r,
     };
     let asked = ids.clone();
-    match state.admin_store.discard_items(ids, &actor.0).await {
+    match state.admin_store().discard_items(ids, &actor.0).await {
         Ok(done) => {
             let skipped: Vec<i64> = asked.into_iter().filter(|id| !done.contains(id)).collect();
             ok_json(json!({"discarded": done, "not_dead": skipped}))
@@ -185,7 +185,7 @@ pub async fn list_raw(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery)
     };
     let channel = q.channel.filter(|c| !c.is_empty());
     match state
-        .admin_store
+        .admin_store()
         .list_raw_webhooks(channel, before, limit)
         .await
     {
@@ -235,7 +235,7 @@ pub async fn replay_raw(
     Extension(actor): Extension<Actor>,
     Path(id): Path<i64>,
 ) -> Response {
-    let raw = match state.admin_store.raw_webhook(id).await {
+    let raw = match state.admin_store().raw_webhook(id).await {
         Ok(Some(r)) => r,
         Ok(None) => return not_found("no raw webhook with that id"),
         Err(e) => return store_failed(e),
@@ -320,7 +320,7 @@ pub async fn replay_raw(
     };
     match committed {
         Ok(summary) => match state
-            .admin_store
+            .admin_store()
             .delete_raw_webhook(id, &actor.0, "replay", Some(summary.to_string()))
             .await
         {
@@ -328,7 +328,7 @@ pub async fn replay_raw(
             Err(e) => store_failed(e),
         },
         Err(reason) => match state
-            .admin_store
+            .admin_store()
             .update_raw_webhook_reason(id, &reason)
             .await
         {
@@ -345,7 +345,7 @@ pub async fn discard_raw(
     Path(id): Path<i64>,
 ) -> Response {
     match state
-        .admin_store
+        .admin_store()
         .delete_raw_webhook(id, &actor.0, "discard", None)
         .await
     {

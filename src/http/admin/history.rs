@@ -51,6 +51,10 @@ pub async fn lanes(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery) ->
     ok_json(json!({
         "now_ms": now,
         "sample_every_ms": SAMPLE_EVERY.as_millis() as i64,
-        "lanes": state.lane_history.series(since).iter().map(columns).collect::<Vec<_>>(),
+        "lanes": state
+            .lane_history
+            .as_ref()
+            .map(|h| h.series(since).iter().map(columns).collect::<Vec<_>>())
+            .unwrap_or_default(),
     }))
 }

@@ -37,7 +37,7 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Response {
     let (stats, activity) = match (
         state.store.lane_stats().await,
         state
-            .admin_store
+            .admin_store()
             .lane_activity(now_ms() - RATE_WINDOW_MS)
             .await,
     ) {
@@ -121,7 +121,7 @@ pub async fn pause(
     };
     // Persist first: a pause the store did not take must not look like it worked.
     if let Err(e) = state
-        .admin_store
+        .admin_store()
         .pause_lane(&channel, ctx.lane, until, &actor.0)
         .await
     {
@@ -144,7 +144,7 @@ pub async fn resume(
         Err(r) => return r,
     };
     if let Err(e) = state
-        .admin_store
+        .admin_store()
         .resume_lane(&channel, ctx.lane, now_ms(), &actor.0)
         .await
     {
@@ -181,7 +181,7 @@ pub async fn purge(
         return bad_request("contact is required");
     }
     match state
-        .admin_store
+        .admin_store()
         .purge_contact(&b.channel, &b.contact, &actor.0)
         .await
     {
@@ -216,7 +216,7 @@ pub async fn audit(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery) ->
         (Err(r), _) | (_, Err(r)) => return r,
     };
     match state
-        .admin_store
+        .admin_store()
         .list_audit(q.actor.filter(|a| !a.is_empty()), before, limit)
         .await
     {

@@ -26,7 +26,7 @@ pub async fn list(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery) -> 
         Ok(f) => f,
         Err(e) => return bad_request(e),
     };
-    match state.admin_store.list_messages(filter).await {
+    match state.admin_store().list_messages(filter).await {
         Ok(rows) => ok_json(json!({
             "items": rows.iter().map(views::message).collect::<Vec<_>>(),
             "next_cursor": next_cursor(rows.iter().map(|r| r.id), rows.len(), limit),
@@ -41,7 +41,7 @@ pub async fn detail(State(state): State<Arc<AppState>>, Path(mid): Path<String>)
     if mid.is_empty() || mid.len() > 100 {
         return bad_request("mid must be 1-100 characters");
     }
-    match state.admin_store.message_detail(&mid).await {
+    match state.admin_store().message_detail(&mid).await {
         Ok(Some(d)) => ok_json(views::detail(&d)),
         Ok(None) => not_found("no message with that mid"),
         Err(e) => store_failed(e),
@@ -70,7 +70,7 @@ pub async fn channel_logs(State(state): State<Arc<AppState>>, RawQuery(q): RawQu
     };
     let nonempty = |s: Option<String>| s.filter(|v| !v.is_empty());
     match state
-        .admin_store
+        .admin_store()
         .list_channel_logs(nonempty(q.channel), nonempty(q.mid), before, limit)
         .await
     {
