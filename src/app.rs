@@ -212,9 +212,15 @@ impl App {
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
         let (store, admin_store, lane_history) = match &cfg.store.url {
             Some(url) => {
-                let pg: Arc<dyn Store> =
-                    Arc::new(PgStore::connect(&cfg.store, url.expose()).await?);
-                (pg, None, None)
+                let pg = Arc::new(PgStore::connect(&cfg.store, url.expose()).await?);
+                let store: Arc<dyn Store> = pg.clone();
+                let admin_store: Arc<dyn AdminStore> = pg.clone();
+                let lane_history = Arc::new(crate::lane_history::LaneHistory::new(
+                    cfg.channels.iter().map(|c| c.name.clone()),
+                    store.clone(),
+                    pg,
+                ));
+                (store, Some(admin_store), Some(lane_history))
             }
             None => {
                 let sqlite = Arc::new(SqliteStore::open(&cfg.store)?);

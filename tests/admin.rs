@@ -3,6 +3,8 @@
 //! audit, the internal listener, migration from the first release's schema, and the CLI.
 
 mod common;
+#[path = "common/pg.rs"]
+mod pg;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -122,6 +124,54 @@ async fn dead_send(stage: &Stage, admin: &Admin, to: &str) -> (i64, String) {
     })
     .await;
     (m["id"].as_i64().unwrap(), m["mid"].as_str().unwrap().into())
+}
+
+/// A stage whose gateway keeps its data in this PostgreSQL schema (`None`: the SQLite file).
+async fn admin_stage(opts: Opts, pg: Option<&pg::PgSchema>) -> Stage {
+    let stage = Stage::new(opts).await;
+    if let Some(pg) = pg {
+        let path = stage.config_path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let with_url = text.replacen("[store]\n", &format!("[store]\nurl = \"{}\"\n", pg.url), 1);
+        assert_ne!(text, with_url, "the stage's config has a [store] table");
+        std::fs::write(&path, with_url).unwrap();
+    }
+    stage
+}
+
+/// Rows of `table` whose `expr` contains `needle`, read from whichever store the stage uses.
+async fn count_containing(
+    stage: &Stage,
+    pg: Option<&pg::PgSchema>,
+    table: &str,
+    expr: &str,
+    needle: &str,
+) -> i64 {
+    match pg {
+        None => {
+            let conn = rusqlite::Connection::open(stage.db_path()).unwrap();
+            conn.query_row(
+                &format!("SELECT COUNT(*) FROM {table} WHERE instr({expr}, ?1) > 0"),
+                [needle],
+                |r| r.get(0),
+            )
+            .unwrap()
+        }
+        Some(pg) => {
+            let (client, conn) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client
+                .query_one(
+                    &format!("SELECT COUNT(*) FROM {table} WHERE strpos({expr}, $1) > 0"),
+                    &[&needle],
+                )
+                .await
+                .unwrap()
+                .get(0)
+        }
+    }
 }
 
 fn enc(s: &str) -> String {
@@ -283,7 +333,19 @@ async fn every_documented_route_is_served() {
 
 #[tokio::test]
 async fn filters_and_stable_cursor_pagination() {
-    let stage = Stage::new(admin_opts("")).await;
+    filters_and_stable_cursor_pagination_on(None).await;
+}
+
+#[tokio::test]
+async fn filters_and_stable_cursor_pagination_on_postgres() {
+    let Some(pg) = pg::PgSchema::create().await else {
+        return;
+    };
+    filters_and_stable_cursor_pagination_on(Some(&pg)).await;
+}
+
+async fn filters_and_stable_cursor_pagination_on(pg: Option<&pg::PgSchema>) {
+    let stage = admin_stage(admin_opts(""), pg).await;
     let gw = InProcess::start(&stage).await;
     let admin = Admin::new(&stage.base());
     let t0 = rio_bridge::clock::now_ms();
@@ -493,7 +555,19 @@ async fn message_detail_has_history_timeline_and_redacted_channel_logs() {
 
 #[tokio::test]
 async fn replay_is_idempotent_even_when_concurrent() {
-    let stage = Stage::new(admin_opts("")).await;
+    replay_is_idempotent_even_when_concurrent_on(None).await;
+}
+
+#[tokio::test]
+async fn replay_is_idempotent_even_when_concurrent_on_postgres() {
+    let Some(pg) = pg::PgSchema::create().await else {
+        return;
+    };
+    replay_is_idempotent_even_when_concurrent_on(Some(&pg)).await;
+}
+
+async fn replay_is_idempotent_even_when_concurrent_on(pg: Option<&pg::PgSchema>) {
+    let stage = admin_stage(admin_opts(""), pg).await;
     let gw = InProcess::start(&stage).await;
     let admin = Admin::new(&stage.base());
     let (id, mid) = dead_send(&stage, &admin, ALICE).await;
@@ -678,7 +752,21 @@ async fn holds_for(window: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 #[tokio::test]
 async fn pause_holds_sends_across_a_restart_and_resume_wakes_the_lane() {
-    let stage = Stage::new(admin_opts("")).await;
+    pause_holds_sends_across_a_restart_and_resume_wakes_the_lane_on(None).await;
+}
+
+#[tokio::test]
+async fn pause_holds_sends_across_a_restart_and_resume_wakes_the_lane_on_postgres() {
+    let Some(pg) = pg::PgSchema::create().await else {
+        return;
+    };
+    pause_holds_sends_across_a_restart_and_resume_wakes_the_lane_on(Some(&pg)).await;
+}
+
+async fn pause_holds_sends_across_a_restart_and_resume_wakes_the_lane_on(
+    pg: Option<&pg::PgSchema>,
+) {
+    let stage = admin_stage(admin_opts(""), pg).await;
     let gw = InProcess::start(&stage).await;
     let admin = Admin::new(&stage.base());
     let v = admin
@@ -772,7 +860,19 @@ async fn pause_holds_sends_across_a_restart_and_resume_wakes_the_lane() {
 
 #[tokio::test]
 async fn purge_deletes_one_contact_and_keeps_the_others() {
-    let stage = Stage::new(admin_opts("")).await;
+    purge_deletes_one_contact_and_keeps_the_others_on(None).await;
+}
+
+#[tokio::test]
+async fn purge_deletes_one_contact_and_keeps_the_others_on_postgres() {
+    let Some(pg) = pg::PgSchema::create().await else {
+        return;
+    };
+    purge_deletes_one_contact_and_keeps_the_others_on(Some(&pg)).await;
+}
+
+async fn purge_deletes_one_contact_and_keeps_the_others_on(pg: Option<&pg::PgSchema>) {
+    let stage = admin_stage(admin_opts(""), pg).await;
     let gw = InProcess::start(&stage).await;
     let admin = Admin::new(&stage.base());
     push(&stage, ALICE, "alice writes").await;
@@ -821,8 +921,7 @@ async fn purge_deletes_one_contact_and_keeps_the_others() {
     let (s, _) = admin.get(&format!("/admin/messages/{alice_out}")).await;
     assert_eq!(s, 404);
     assert_eq!(admin.mids(&format!("contact={}", enc(BOB))).await.len(), 2);
-    // Nothing of Alice's number is left in the file's tables.
-    let conn = rusqlite::Connection::open(stage.db_path()).unwrap();
+    // Nothing of Alice's number is left in the store's tables.
     let bare = ALICE.trim_start_matches('+');
     for (table, col) in [
         ("items", "contact || payload || COALESCE(contact_json,'')"),
@@ -832,22 +931,17 @@ async fn purge_deletes_one_contact_and_keeps_the_others() {
             "url || COALESCE(request_body,'') || COALESCE(response_body,'')",
         ),
     ] {
-        let n: i64 = conn
-            .query_row(
-                &format!("SELECT COUNT(*) FROM {table} WHERE instr({col}, ?1) > 0"),
-                [bare],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let n = count_containing(&stage, pg, table, col, bare).await;
         assert_eq!(n, 0, "{table} still mentions the purged contact");
     }
-    let bobs: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM channel_logs WHERE instr(request_body, 'bob writes') > 0",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let bobs = count_containing(
+        &stage,
+        pg,
+        "channel_logs",
+        "COALESCE(request_body,'')",
+        "bob writes",
+    )
+    .await;
     assert!(bobs >= 1, "other contacts' logs stay");
     let audit = admin.ok("/admin/audit").await;
     let e = &audit["items"][0];
@@ -1074,13 +1168,32 @@ async fn cli_against_a_running_server() {
 
 #[tokio::test]
 async fn channel_logs_are_pruned_after_their_retention() {
-    use rio_bridge::store::admin::{AdminStore, ChannelLogRow};
     let dir = tempfile::tempdir().unwrap();
     let cfg = rio_bridge::config::StoreConfig {
         path: dir.path().join("s.db"),
         ..Default::default()
     };
     let store = rio_bridge::store::sqlite::SqliteStore::open(&cfg).unwrap();
+    channel_logs_are_pruned_on(&store).await;
+}
+
+#[tokio::test]
+async fn channel_logs_are_pruned_after_their_retention_on_postgres() {
+    let Some(pg) = pg::PgSchema::create().await else {
+        return;
+    };
+    let cfg = rio_bridge::config::StoreConfig {
+        url: Some(rio_bridge::secret::Secret::new(pg.url.clone())),
+        ..Default::default()
+    };
+    let store = rio_bridge::store::postgres::PgStore::connect(&cfg, &pg.url)
+        .await
+        .unwrap();
+    channel_logs_are_pruned_on(&store).await;
+}
+
+async fn channel_logs_are_pruned_on(store: &dyn rio_bridge::store::admin::AdminStore) {
+    use rio_bridge::store::admin::ChannelLogRow;
     let row = |at_ms: i64| ChannelLogRow {
         channel: "sms".into(),
         // No message: a row for a message that is not in the store is dropped as purged.

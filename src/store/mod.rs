@@ -13,6 +13,7 @@ pub mod admin;
 pub mod backup;
 pub mod migrate;
 pub mod postgres;
+mod postgres_admin;
 pub mod sqlite;
 mod sqlite_admin;
 

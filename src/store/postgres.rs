@@ -38,9 +38,11 @@ use crate::respondio::wire::{Event, EventType, Status};
 use crate::status::{self, Transition};
 
 const SCHEMA_V1: &str = include_str!("postgres_schema.sql");
+/// Channel logs, the audit log and the admin listings' indexes (see `postgres_admin`).
+const SCHEMA_V2: &str = include_str!("postgres_schema_v2.sql");
 /// (version, SQL): applied in order, each once, under an advisory lock so nodes starting
 /// together do not race.
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2)];
 /// Any constant: the key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7269_6f62_7269_6467;
 const NOTIFY_CHANNEL: &str = "rio_work";
@@ -61,7 +63,7 @@ pub struct PgStore {
     stop_listener: CancellationToken,
 }
 
-fn db(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn db(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
@@ -222,7 +224,7 @@ impl PgStore {
         &self.node
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(db)
     }
 
@@ -269,7 +271,12 @@ impl PgStore {
 
     /// Tells the lane's owner about new work, unless that is us (then the caller wakes
     /// the lane in-process). Delivered by PostgreSQL at commit.
-    async fn announce(&self, tx: &Transaction<'_>, channel: &str, lane: Lane) -> Result<()> {
+    pub(super) async fn announce(
+        &self,
+        tx: &Transaction<'_>,
+        channel: &str,
+        lane: Lane,
+    ) -> Result<()> {
         if self.epoch(channel, lane).is_none() {
             let payload = format!("{}:{channel}", lane.code());
             exec(tx, "SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload]).await?;
@@ -329,17 +336,17 @@ async fn listen_loop(
     }
 }
 
-async fn exec(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Result<u64> {
+pub(super) async fn exec(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Result<u64> {
     let stmt = tx.prepare_cached(sql).await.map_err(db)?;
     tx.execute(&stmt, p).await.map_err(db)
 }
 
-async fn rows(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Result<Vec<Row>> {
+pub(super) async fn rows(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Result<Vec<Row>> {
     let stmt = tx.prepare_cached(sql).await.map_err(db)?;
     tx.query(&stmt, p).await.map_err(db)
 }
 
-async fn opt(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Result<Option<Row>> {
+pub(super) async fn opt(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Result<Option<Row>> {
     let stmt = tx.prepare_cached(sql).await.map_err(db)?;
     tx.query_opt(&stmt, p).await.map_err(db)
 }
