@@ -1221,3 +1221,212 @@ async fn channel_logs_are_pruned_on(store: &dyn rio_bridge::store::admin::AdminS
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].at_ms, 10_000);
 }
+
+// ---- The store's side of replays and purges, with two PostgreSQL nodes ----
+
+mod store_level {
+    use std::sync::Arc;
+
+    use rio_bridge::config::StoreConfig;
+    use rio_bridge::store::admin::{AdminStore, MessageFilter, ReplayOutcome};
+    use rio_bridge::store::postgres::PgStore;
+    use rio_bridge::store::sqlite::SqliteStore;
+    use rio_bridge::store::*;
+
+    use super::pg;
+
+    const DEAD: i64 = 3;
+    const ATTEMPTING: i64 = 1;
+
+    async fn pg_node(schema: &pg::PgSchema) -> Arc<PgStore> {
+        let cfg = StoreConfig {
+            url: Some(rio_bridge::secret::Secret::new(schema.url.clone())),
+            pool_size: 8,
+            ..StoreConfig::default()
+        };
+        Arc::new(PgStore::connect(&cfg, &schema.url).await.unwrap())
+    }
+
+    /// Accepts one send per contact and takes each into an attempt (state attempting).
+    async fn attempting_sends(store: &dyn Store, contacts: &[String]) -> Vec<(String, i64)> {
+        for c in contacts {
+            store
+                .accept_outbound(
+                    "ch",
+                    NewOutbound {
+                        mid: format!("mid-{c}"),
+                        contact: c.clone(),
+                        message_json: r#"{"type":"text","text":"hi"}"#.into(),
+                    },
+                    0,
+                )
+                .await
+                .unwrap();
+        }
+        store
+            .claim("ch", Lane::Provider, i64::MAX / 2, [100, 100])
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for c in contacts {
+            let it = store
+                .take_head("ch", Lane::Provider, c, 1, 1)
+                .await
+                .unwrap()
+                .remove(0);
+            out.push((c.clone(), it.id));
+        }
+        out
+    }
+
+    /// Dead sends, one per contact: what an operator replays.
+    async fn dead_sends(store: &dyn Store, contacts: &[String]) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for (qkey, id) in attempting_sends(store, contacts).await {
+            let fin = Finish::Dead {
+                reason: "INVALID_RECIPIENT".into(),
+                report_failed: false,
+            };
+            store
+                .finish("ch", Lane::Provider, &qkey, &[id], fin, 1, 1)
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        ids
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_replays_from_two_postgres_nodes_move_each_item_once() {
+        let Some(schema) = pg::PgSchema::create().await else {
+            return;
+        };
+        let (a, b) = (pg_node(&schema).await, pg_node(&schema).await);
+        assert!(
+            a.acquire_lane("ch", Lane::Provider)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let contacts: Vec<String> = (0..20).map(|i| format!("+614000001{i:02}")).collect();
+        let ids = dead_sends(a.as_ref(), &contacts).await;
+
+        // Every item replayed by both nodes at the same moment.
+        let mut races = Vec::new();
+        for &id in &ids {
+            let (a, b) = (a.clone(), b.clone());
+            races.push(tokio::spawn(async move {
+                let (ra, rb) = tokio::join!(
+                    a.replay_items(vec![id], "ops"),
+                    b.replay_items(vec![id], "oncall")
+                );
+                [ra.unwrap().remove(0).outcome, rb.unwrap().remove(0).outcome]
+            }));
+        }
+        for r in races {
+            let mut outcomes = r.await.unwrap().to_vec();
+            outcomes.sort_by_key(|o| *o != ReplayOutcome::Replayed);
+            assert_eq!(
+                outcomes,
+                [ReplayOutcome::Replayed, ReplayOutcome::NotDead],
+                "exactly one of two concurrent replays moves the item"
+            );
+        }
+        let audit = a.list_audit(None, None, 1000).await.unwrap();
+        assert_eq!(
+            audit.iter().filter(|e| e.action == "replay").count(),
+            ids.len(),
+            "one audit row per item actually replayed"
+        );
+        for c in &contacts {
+            let d = b
+                .message_detail(&format!("mid-{c}"))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((d.item.state, d.item.attempts), (0, 0), "{c}");
+            let replays = d.history.iter().filter(|h| h.event == "replayed").count();
+            assert_eq!(replays, 1, "{c}: one history row per replay that happened");
+        }
+        // Each item is back in its queue, once: a claim hands out every contact.
+        let batch = a
+            .claim("ch", Lane::Provider, i64::MAX / 2, [100, 100])
+            .await
+            .unwrap();
+        assert_eq!(batch.claimed.len(), contacts.len());
+        // A later replay from either node finds nothing dead.
+        let again = b.replay_items(ids.clone(), "oncall").await.unwrap();
+        assert!(again.iter().all(|r| r.outcome == ReplayOutcome::NotDead));
+    }
+
+    /// A purge refuses while one of the contact's messages is being attempted, and goes
+    /// through once that attempt has finished.
+    async fn purge_waits_for_the_attempt_in_flight(
+        store: Arc<dyn Store>,
+        admin: Arc<dyn AdminStore>,
+    ) {
+        let (alice, bob) = ("+61400000201".to_string(), "+61400000202".to_string());
+        let taken = attempting_sends(store.as_ref(), &[alice.clone(), bob.clone()]).await;
+        let refused = admin.purge_contact("ch", &alice, "ops").await.unwrap();
+        assert_eq!(refused.in_flight, 1);
+        assert_eq!(
+            refused.items, 0,
+            "nothing is purged while a send is in flight"
+        );
+        let listed = |contact: String| MessageFilter {
+            contact: Some(contact),
+            limit: 10,
+            ..MessageFilter::default()
+        };
+        let left = admin.list_messages(listed(alice.clone())).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].state, ATTEMPTING);
+        assert!(admin.list_audit(None, None, 10).await.unwrap().is_empty());
+
+        let (qkey, id) = &taken[0];
+        let fin = Finish::Dead {
+            reason: "INVALID_RECIPIENT".into(),
+            report_failed: false,
+        };
+        store
+            .finish("ch", Lane::Provider, qkey, &[*id], fin, 1, 1)
+            .await
+            .unwrap();
+        let dead = admin.list_messages(listed(alice.clone())).await.unwrap();
+        assert_eq!(dead[0].state, DEAD);
+        let done = admin.purge_contact("ch", &alice, "ops").await.unwrap();
+        assert_eq!((done.in_flight, done.items), (0, 1));
+        assert!(admin.list_messages(listed(alice)).await.unwrap().is_empty());
+        assert_eq!(admin.list_messages(listed(bob)).await.unwrap().len(), 1);
+        let audit = admin.list_audit(None, None, 10).await.unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].action, "purge");
+    }
+
+    #[tokio::test]
+    async fn purge_waits_for_the_attempt_in_flight_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            path: dir.path().join("s.db"),
+            ..StoreConfig::default()
+        };
+        let store = Arc::new(SqliteStore::open(&cfg).unwrap());
+        purge_waits_for_the_attempt_in_flight(store.clone(), store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn purge_waits_for_the_attempt_in_flight_on_postgres() {
+        let Some(schema) = pg::PgSchema::create().await else {
+            return;
+        };
+        let store = pg_node(&schema).await;
+        assert!(
+            store
+                .acquire_lane("ch", Lane::Provider)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        purge_waits_for_the_attempt_in_flight(store.clone(), store).await;
+    }
+}
