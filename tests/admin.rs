@@ -1359,6 +1359,46 @@ mod store_level {
         assert!(again.iter().all(|r| r.outcome == ReplayOutcome::NotDead));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pause_on_one_postgres_node_reaches_the_others() {
+        let Some(schema) = pg::PgSchema::create().await else {
+            return;
+        };
+        let (a, b) = (pg_node(&schema).await, pg_node(&schema).await);
+        let mut on_b = b
+            .pause_signals()
+            .expect("a cluster store tells about pauses");
+        // The listener connects in the background: pause until the notice gets through.
+        let until = rio_bridge::clock::now_ms() + 3_600_000;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let got = loop {
+            a.pause_lane("ch", Lane::Provider, until, "ops")
+                .await
+                .unwrap();
+            let heard =
+                tokio::time::timeout(std::time::Duration::from_millis(500), on_b.recv()).await;
+            if let Ok(r) = heard {
+                break r.unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node b never heard of the pause"
+            );
+        };
+        assert_eq!(got, ("ch".to_string(), Lane::Provider));
+        assert_eq!(b.paused_until("ch", Lane::Provider).await.unwrap(), until);
+        while on_b.try_recv().is_ok() {}
+        a.resume_lane("ch", Lane::Provider, rio_bridge::clock::now_ms(), "ops")
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(20), on_b.recv())
+            .await
+            .expect("the resume is announced")
+            .unwrap();
+        assert_eq!(got, ("ch".to_string(), Lane::Provider));
+        assert_eq!(b.paused_until("ch", Lane::Provider).await.unwrap(), 0);
+    }
+
     /// A purge refuses while one of the contact's messages is being attempted, and goes
     /// through once that attempt has finished.
     async fn purge_waits_for_the_attempt_in_flight(

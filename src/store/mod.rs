@@ -402,4 +402,10 @@ pub trait Store: Send + Sync + 'static {
     fn work_signals(&self) -> Option<tokio::sync::broadcast::Receiver<(String, Lane)>> {
         None
     }
+
+    /// An operator paused or resumed a lane on another node: the lane's owner re-reads the
+    /// pause from the store. `None` for a single-node store.
+    fn pause_signals(&self) -> Option<tokio::sync::broadcast::Receiver<(String, Lane)>> {
+        None
+    }
 }

@@ -46,6 +46,9 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2)];
 /// Any constant: the key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7269_6f62_7269_6467;
 const NOTIFY_CHANNEL: &str = "rio_work";
+/// On `NOTIFY_CHANNEL`, a payload `pause:{lane}:{channel}` says that lane's pause changed
+/// (an older node's parser ignores it: `pause` is no lane code).
+pub(super) const PAUSE_PREFIX: &str = "pause:";
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
@@ -60,6 +63,8 @@ pub struct PgStore {
     dedupe_ttl_ms: i64,
     parked_ttl_ms: i64,
     signals: broadcast::Sender<(String, Lane)>,
+    /// Lanes whose pause an operator changed (on any node, see `PAUSE_PREFIX`).
+    pause_signals: broadcast::Sender<(String, Lane)>,
     stop_listener: CancellationToken,
 }
 
@@ -205,8 +210,15 @@ impl PgStore {
             migrate_client(inner).await?;
         }
         let (signals, _) = broadcast::channel(1024);
+        let (pause_signals, _) = broadcast::channel(64);
         let stop = CancellationToken::new();
-        tokio::spawn(listen_loop(pg, tls, signals.clone(), stop.clone()));
+        tokio::spawn(listen_loop(
+            pg,
+            tls,
+            signals.clone(),
+            pause_signals.clone(),
+            stop.clone(),
+        ));
         Ok(PgStore {
             pool,
             node: node_name(),
@@ -215,6 +227,7 @@ impl PgStore {
             dedupe_ttl_ms: (cfg.dedupe_ttl_secs as i64).saturating_mul(1000),
             parked_ttl_ms: (cfg.parked_receipt_ttl_secs as i64).saturating_mul(1000),
             signals,
+            pause_signals,
             stop_listener: stop,
         })
     }
@@ -297,6 +310,7 @@ async fn listen_loop(
     cfg: tokio_postgres::Config,
     tls: Option<MakeRustlsConnect>,
     out: broadcast::Sender<(String, Lane)>,
+    pauses: broadcast::Sender<(String, Lane)>,
     stop: CancellationToken,
 ) {
     while !stop.is_cancelled() {
@@ -313,10 +327,14 @@ async fn listen_loop(
                             _ = stop.cancelled() => break,
                             p = notes.recv() => match p {
                                 Some(p) => {
+                                    let (p, to) = match p.strip_prefix(PAUSE_PREFIX) {
+                                        Some(rest) => (rest.to_string(), &pauses),
+                                        None => (p, &out),
+                                    };
                                     if let Some((lane, channel)) = p.split_once(':')
                                         && let Ok(code) = lane.parse::<i64>()
                                     {
-                                        let _ = out.send((channel.to_string(), Lane::from_code(code)));
+                                        let _ = to.send((channel.to_string(), Lane::from_code(code)));
                                     }
                                 }
                                 None => break,
@@ -1533,5 +1551,9 @@ impl Store for PgStore {
 
     fn work_signals(&self) -> Option<broadcast::Receiver<(String, Lane)>> {
         Some(self.signals.subscribe())
+    }
+
+    fn pause_signals(&self) -> Option<broadcast::Receiver<(String, Lane)>> {
+        Some(self.pause_signals.subscribe())
     }
 }

@@ -16,7 +16,7 @@ use tokio_postgres::types::ToSql;
 
 use super::activity::{ActivityLog, AttemptCounts};
 use super::admin::*;
-use super::postgres::{PgStore, db, exec, opt, rows};
+use super::postgres::{PAUSE_PREFIX, PgStore, db, exec, opt, rows};
 use super::sqlite_admin::mask_contact;
 use super::{ItemKind, Lane, Result};
 use crate::clock::now_ms;
@@ -149,6 +149,14 @@ fn message_where(f: &MessageFilter) -> (String, Vec<Arg>) {
 }
 
 impl PgStore {
+    /// Tells every node, at commit, that this lane's pause changed: its owner may be
+    /// another node, and a lane reads its pause from the store only when it starts.
+    async fn announce_pause(&self, tx: &Transaction<'_>, channel: &str, lane: Lane) -> Result<()> {
+        let payload = format!("{PAUSE_PREFIX}{}:{channel}", lane.code());
+        exec(tx, "SELECT pg_notify('rio_work', $1)", &[&payload]).await?;
+        Ok(())
+    }
+
     /// One read outside any transaction.
     async fn read(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
         let client = self.client().await?;
@@ -432,6 +440,7 @@ impl AdminStore for PgStore {
             Some(&format!("until_ms {until_ms}")),
         )
         .await?;
+        self.announce_pause(&tx, channel, lane).await?;
         tx.commit().await.map_err(db)?;
         Ok(())
     }
@@ -473,6 +482,7 @@ impl AdminStore for PgStore {
         )
         .await?;
         self.announce(&tx, channel, lane).await?;
+        self.announce_pause(&tx, channel, lane).await?;
         tx.commit().await.map_err(db)?;
         Ok(())
     }
