@@ -45,7 +45,7 @@ const SCHEMA_V2: &str = include_str!("postgres_schema_v2.sql");
 const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2)];
 /// Any constant: the key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7269_6f62_7269_6467;
-const NOTIFY_CHANNEL: &str = "rio_work";
+pub(super) const NOTIFY_CHANNEL: &str = "rio_work";
 /// On `NOTIFY_CHANNEL`, a payload `pause:{lane}:{channel}` says that lane's pause changed
 /// (an older node's parser ignores it: `pause` is no lane code).
 pub(super) const PAUSE_PREFIX: &str = "pause:";
