@@ -212,9 +212,15 @@ impl App {
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
         let (store, admin_store, lane_history) = match &cfg.store.url {
             Some(url) => {
-                let pg: Arc<dyn Store> =
-                    Arc::new(PgStore::connect(&cfg.store, url.expose()).await?);
-                (pg, None, None)
+                let pg = Arc::new(PgStore::connect(&cfg.store, url.expose()).await?);
+                let store: Arc<dyn Store> = pg.clone();
+                let admin_store: Arc<dyn AdminStore> = pg.clone();
+                let lane_history = Arc::new(crate::lane_history::LaneHistory::new(
+                    cfg.channels.iter().map(|c| c.name.clone()),
+                    store.clone(),
+                    pg,
+                ));
+                (store, Some(admin_store), Some(lane_history))
             }
             None => {
                 let sqlite = Arc::new(SqliteStore::open(&cfg.store)?);
@@ -299,6 +305,7 @@ impl App {
         let house_stop = CancellationToken::new();
         let house = tokio::spawn(housekeeping(state.clone(), house_stop.clone()));
         tokio::spawn(wake_on_other_nodes_work(state.clone(), house_stop.clone()));
+        tokio::spawn(follow_other_nodes_pauses(state.clone(), house_stop.clone()));
         // Only the admin API reads the history: without an admin token nothing is sampled.
         if !state.cfg.admin.tokens.is_empty()
             && let Some(history) = state.lane_history.clone()
@@ -497,6 +504,47 @@ async fn reload(state: &Arc<AppState>, new: Config, old: Generation) -> Generati
                 Err(e) => {
                     tracing::error!(error = %e, "lanes could not restart; /readyz stays red until the next reload or restart");
                     Generation::start(Vec::new(), LeaseTiming::from_config(&state.cfg.store))
+                }
+            }
+        }
+    }
+}
+
+/// Applies a pause or resume an operator made on any node to this node's lane, read back
+/// from the store (the notice may be late, or one of several: the store has the last word).
+async fn follow_other_nodes_pauses(state: Arc<AppState>, stop: CancellationToken) {
+    let Some(mut signals) = state.store.pause_signals() else {
+        return;
+    };
+    loop {
+        let signal = tokio::select! {
+            s = signals.recv() => s,
+            _ = stop.cancelled() => return,
+        };
+        let lanes: Vec<(String, Lane)> = match signal {
+            Ok(one) => vec![one],
+            // Missed some: re-read every lane's pause.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => state
+                .channels()
+                .by_name
+                .keys()
+                .flat_map(|c| [(c.clone(), Lane::RespondIo), (c.clone(), Lane::Provider)])
+                .collect(),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        for (channel, lane) in lanes {
+            let Some(c) = state.channel(&channel) else {
+                continue;
+            };
+            let ctx = match lane {
+                Lane::RespondIo => c.to_respondio.clone(),
+                Lane::Provider => c.to_provider.clone(),
+            };
+            match state.store.paused_until(&channel, lane).await {
+                Ok(until) if until != ctx.paused_until() => ctx.set_paused_until(until),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, channel = %channel, "cannot read a lane's pause")
                 }
             }
         }

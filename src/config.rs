@@ -527,13 +527,6 @@ impl Config {
 
     fn admin_problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
-        if self.store.url.is_some() && !self.admin.tokens.is_empty() {
-            out.push(problem(
-                "admin.token",
-                "the admin API, console and channel logs run on the SQLite store only in this \
-                 release; PostgreSQL nodes serve none of them (remove [[admin.token]])",
-            ));
-        }
         let mut names = HashSet::new();
         for (i, t) in self.admin.tokens.iter().enumerate() {
             let k = |f: &str| format!("admin.token[{i}].{f}");

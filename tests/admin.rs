@@ -3,6 +3,8 @@
 //! audit, the internal listener, migration from the first release's schema, and the CLI.
 
 mod common;
+#[path = "common/pg.rs"]
+mod pg;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -122,6 +124,54 @@ async fn dead_send(stage: &Stage, admin: &Admin, to: &str) -> (i64, String) {
     })
     .await;
     (m["id"].as_i64().unwrap(), m["mid"].as_str().unwrap().into())
+}
+
+/// A stage whose gateway keeps its data in this PostgreSQL schema (`None`: the SQLite file).
+async fn admin_stage(opts: Opts, pg: Option<&pg::PgSchema>) -> Stage {
+    let stage = Stage::new(opts).await;
+    if let Some(pg) = pg {
+        let path = stage.config_path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let with_url = text.replacen("[store]\n", &format!("[store]\nurl = \"{}\"\n", pg.url), 1);
+        assert_ne!(text, with_url, "the stage's config has a [store] table");
+        std::fs::write(&path, with_url).unwrap();
+    }
+    stage
+}
+
+/// Rows of `table` whose `expr` contains `needle`, read from whichever store the stage uses.
+async fn count_containing(
+    stage: &Stage,
+    pg: Option<&pg::PgSchema>,
+    table: &str,
+    expr: &str,
+    needle: &str,
+) -> i64 {
+    match pg {
+        None => {
+            let conn = rusqlite::Connection::open(stage.db_path()).unwrap();
+            conn.query_row(
+                &format!("SELECT COUNT(*) FROM {table} WHERE instr({expr}, ?1) > 0"),
+                [needle],
+                |r| r.get(0),
+            )
+            .unwrap()
+        }
+        Some(pg) => {
+            let (client, conn) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client
+                .query_one(
+                    &format!("SELECT COUNT(*) FROM {table} WHERE strpos({expr}, $1) > 0"),
+                    &[&needle],
+                )
+                .await
+                .unwrap()
+                .get(0)
+        }
+    }
 }
 
 fn enc(s: &str) -> String {
@@ -283,7 +333,19 @@ async fn every_documented_route_is_served() {
 
 #[tokio::test]
 async fn filters_and_stable_cursor_pagination() {
-    let stage = Stage::new(admin_opts("")).await;
+    filters_and_stable_cursor_pagination_on(None).await;
+}
+
+#[tokio::test]
+async fn filters_and_stable_cursor_pagination_on_postgres() {
+    let Some(pg) = pg::PgSchema::create().await else {
+        return;
+    };
+    filters_and_stable_cursor_pagination_on(Some(&pg)).await;
+}
+
+async fn filters_and_stable_cursor_pagination_on(pg: Option<&pg::PgSchema>) {
+    let stage = admin_stage(admin_opts(""), pg).await;
     let gw = InProcess::start(&stage).await;
     let admin = Admin::new(&stage.base());
     let t0 = rio_bridge::clock::now_ms();
@@ -493,7 +555,19 @@ async fn message_detail_has_history_timeline_and_redacted_channel_logs() {
 
 #[tokio::test]
 async fn replay_is_idempotent_even_when_concurrent() {
-    let stage = Stage::new(admin_opts("")).await;
+    replay_is_idempotent_even_when_concurrent_on(None).await;
+}
+
+#[tokio::test]
+async fn replay_is_idempotent_even_when_concurrent_on_postgres() {
+    let Some(pg) = pg::PgSchema::create().await else {
+        return;
+    };
+    replay_is_idempotent_even_when_concurrent_on(Some(&pg)).await;
+}
+
+async fn replay_is_idempotent_even_when_concurrent_on(pg: Option<&pg::PgSchema>) {
+    let stage = admin_stage(admin_opts(""), pg).await;
     let gw = InProcess::start(&stage).await;
     let admin = Admin::new(&stage.base());
     let (id, mid) = dead_send(&stage, &admin, ALICE).await;
@@ -678,7 +752,21 @@ async fn holds_for(window: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 #[tokio::test]
 async fn pause_holds_sends_across_a_restart_and_resume_wakes_the_lane() {
-    let stage = Stage::new(admin_opts("")).await;
+    pause_holds_sends_across_a_restart_and_resume_wakes_the_lane_on(None).await;
+}
+
+#[tokio::test]
+async fn pause_holds_sends_across_a_restart_and_resume_wakes_the_lane_on_postgres() {
+    let Some(pg) = pg::PgSchema::create().await else {
+        return;
+    };
+    pause_holds_sends_across_a_restart_and_resume_wakes_the_lane_on(Some(&pg)).await;
+}
+
+async fn pause_holds_sends_across_a_restart_and_resume_wakes_the_lane_on(
+    pg: Option<&pg::PgSchema>,
+) {
+    let stage = admin_stage(admin_opts(""), pg).await;
     let gw = InProcess::start(&stage).await;
     let admin = Admin::new(&stage.base());
     let v = admin
@@ -772,7 +860,19 @@ async fn pause_holds_sends_across_a_restart_and_resume_wakes_the_lane() {
 
 #[tokio::test]
 async fn purge_deletes_one_contact_and_keeps_the_others() {
-    let stage = Stage::new(admin_opts("")).await;
+    purge_deletes_one_contact_and_keeps_the_others_on(None).await;
+}
+
+#[tokio::test]
+async fn purge_deletes_one_contact_and_keeps_the_others_on_postgres() {
+    let Some(pg) = pg::PgSchema::create().await else {
+        return;
+    };
+    purge_deletes_one_contact_and_keeps_the_others_on(Some(&pg)).await;
+}
+
+async fn purge_deletes_one_contact_and_keeps_the_others_on(pg: Option<&pg::PgSchema>) {
+    let stage = admin_stage(admin_opts(""), pg).await;
     let gw = InProcess::start(&stage).await;
     let admin = Admin::new(&stage.base());
     push(&stage, ALICE, "alice writes").await;
@@ -821,8 +921,7 @@ async fn purge_deletes_one_contact_and_keeps_the_others() {
     let (s, _) = admin.get(&format!("/admin/messages/{alice_out}")).await;
     assert_eq!(s, 404);
     assert_eq!(admin.mids(&format!("contact={}", enc(BOB))).await.len(), 2);
-    // Nothing of Alice's number is left in the file's tables.
-    let conn = rusqlite::Connection::open(stage.db_path()).unwrap();
+    // Nothing of Alice's number is left in the store's tables.
     let bare = ALICE.trim_start_matches('+');
     for (table, col) in [
         ("items", "contact || payload || COALESCE(contact_json,'')"),
@@ -832,22 +931,17 @@ async fn purge_deletes_one_contact_and_keeps_the_others() {
             "url || COALESCE(request_body,'') || COALESCE(response_body,'')",
         ),
     ] {
-        let n: i64 = conn
-            .query_row(
-                &format!("SELECT COUNT(*) FROM {table} WHERE instr({col}, ?1) > 0"),
-                [bare],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let n = count_containing(&stage, pg, table, col, bare).await;
         assert_eq!(n, 0, "{table} still mentions the purged contact");
     }
-    let bobs: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM channel_logs WHERE instr(request_body, 'bob writes') > 0",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let bobs = count_containing(
+        &stage,
+        pg,
+        "channel_logs",
+        "COALESCE(request_body,'')",
+        "bob writes",
+    )
+    .await;
     assert!(bobs >= 1, "other contacts' logs stay");
     let audit = admin.ok("/admin/audit").await;
     let e = &audit["items"][0];
@@ -1074,13 +1168,32 @@ async fn cli_against_a_running_server() {
 
 #[tokio::test]
 async fn channel_logs_are_pruned_after_their_retention() {
-    use rio_bridge::store::admin::{AdminStore, ChannelLogRow};
     let dir = tempfile::tempdir().unwrap();
     let cfg = rio_bridge::config::StoreConfig {
         path: dir.path().join("s.db"),
         ..Default::default()
     };
     let store = rio_bridge::store::sqlite::SqliteStore::open(&cfg).unwrap();
+    channel_logs_are_pruned_on(&store).await;
+}
+
+#[tokio::test]
+async fn channel_logs_are_pruned_after_their_retention_on_postgres() {
+    let Some(pg) = pg::PgSchema::create().await else {
+        return;
+    };
+    let cfg = rio_bridge::config::StoreConfig {
+        url: Some(rio_bridge::secret::Secret::new(pg.url.clone())),
+        ..Default::default()
+    };
+    let store = rio_bridge::store::postgres::PgStore::connect(&cfg, &pg.url)
+        .await
+        .unwrap();
+    channel_logs_are_pruned_on(&store).await;
+}
+
+async fn channel_logs_are_pruned_on(store: &dyn rio_bridge::store::admin::AdminStore) {
+    use rio_bridge::store::admin::ChannelLogRow;
     let row = |at_ms: i64| ChannelLogRow {
         channel: "sms".into(),
         // No message: a row for a message that is not in the store is dropped as purged.
@@ -1107,4 +1220,253 @@ async fn channel_logs_are_pruned_after_their_retention() {
         .unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].at_ms, 10_000);
+}
+
+// ---- The store's side of replays and purges, with two PostgreSQL nodes ----
+
+mod store_level {
+    use std::sync::Arc;
+
+    use rio_bridge::config::StoreConfig;
+    use rio_bridge::store::admin::{AdminStore, MessageFilter, ReplayOutcome};
+    use rio_bridge::store::postgres::PgStore;
+    use rio_bridge::store::sqlite::SqliteStore;
+    use rio_bridge::store::*;
+
+    use super::pg;
+
+    const DEAD: i64 = 3;
+    const ATTEMPTING: i64 = 1;
+
+    async fn pg_node(schema: &pg::PgSchema) -> Arc<PgStore> {
+        let cfg = StoreConfig {
+            url: Some(rio_bridge::secret::Secret::new(schema.url.clone())),
+            pool_size: 8,
+            ..StoreConfig::default()
+        };
+        Arc::new(PgStore::connect(&cfg, &schema.url).await.unwrap())
+    }
+
+    /// Accepts one send per contact and takes each into an attempt (state attempting).
+    async fn attempting_sends(store: &dyn Store, contacts: &[String]) -> Vec<(String, i64)> {
+        for c in contacts {
+            store
+                .accept_outbound(
+                    "ch",
+                    NewOutbound {
+                        mid: format!("mid-{c}"),
+                        contact: c.clone(),
+                        message_json: r#"{"type":"text","text":"hi"}"#.into(),
+                    },
+                    0,
+                )
+                .await
+                .unwrap();
+        }
+        store
+            .claim("ch", Lane::Provider, i64::MAX / 2, [100, 100])
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for c in contacts {
+            let it = store
+                .take_head("ch", Lane::Provider, c, 1, 1)
+                .await
+                .unwrap()
+                .remove(0);
+            out.push((c.clone(), it.id));
+        }
+        out
+    }
+
+    /// Dead sends, one per contact: what an operator replays.
+    async fn dead_sends(store: &dyn Store, contacts: &[String]) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for (qkey, id) in attempting_sends(store, contacts).await {
+            let fin = Finish::Dead {
+                reason: "INVALID_RECIPIENT".into(),
+                report_failed: false,
+            };
+            store
+                .finish("ch", Lane::Provider, &qkey, &[id], fin, 1, 1)
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        ids
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_replays_from_two_postgres_nodes_move_each_item_once() {
+        let Some(schema) = pg::PgSchema::create().await else {
+            return;
+        };
+        let (a, b) = (pg_node(&schema).await, pg_node(&schema).await);
+        assert!(
+            a.acquire_lane("ch", Lane::Provider)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let contacts: Vec<String> = (0..20).map(|i| format!("+614000001{i:02}")).collect();
+        let ids = dead_sends(a.as_ref(), &contacts).await;
+
+        // Every item replayed by both nodes at the same moment.
+        let mut races = Vec::new();
+        for &id in &ids {
+            let (a, b) = (a.clone(), b.clone());
+            races.push(tokio::spawn(async move {
+                let (ra, rb) = tokio::join!(
+                    a.replay_items(vec![id], "ops"),
+                    b.replay_items(vec![id], "oncall")
+                );
+                [ra.unwrap().remove(0).outcome, rb.unwrap().remove(0).outcome]
+            }));
+        }
+        for r in races {
+            let mut outcomes = r.await.unwrap().to_vec();
+            outcomes.sort_by_key(|o| *o != ReplayOutcome::Replayed);
+            assert_eq!(
+                outcomes,
+                [ReplayOutcome::Replayed, ReplayOutcome::NotDead],
+                "exactly one of two concurrent replays moves the item"
+            );
+        }
+        let audit = a.list_audit(None, None, 1000).await.unwrap();
+        assert_eq!(
+            audit.iter().filter(|e| e.action == "replay").count(),
+            ids.len(),
+            "one audit row per item actually replayed"
+        );
+        for c in &contacts {
+            let d = b
+                .message_detail(&format!("mid-{c}"))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((d.item.state, d.item.attempts), (0, 0), "{c}");
+            let replays = d.history.iter().filter(|h| h.event == "replayed").count();
+            assert_eq!(replays, 1, "{c}: one history row per replay that happened");
+        }
+        // Each item is back in its queue, once: a claim hands out every contact.
+        let batch = a
+            .claim("ch", Lane::Provider, i64::MAX / 2, [100, 100])
+            .await
+            .unwrap();
+        assert_eq!(batch.claimed.len(), contacts.len());
+        // A later replay from either node finds nothing dead.
+        let again = b.replay_items(ids.clone(), "oncall").await.unwrap();
+        assert!(again.iter().all(|r| r.outcome == ReplayOutcome::NotDead));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pause_on_one_postgres_node_reaches_the_others() {
+        let Some(schema) = pg::PgSchema::create().await else {
+            return;
+        };
+        let (a, b) = (pg_node(&schema).await, pg_node(&schema).await);
+        let mut on_b = b
+            .pause_signals()
+            .expect("a cluster store tells about pauses");
+        // The listener connects in the background: pause until the notice gets through.
+        let until = rio_bridge::clock::now_ms() + 3_600_000;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let got = loop {
+            a.pause_lane("ch", Lane::Provider, until, "ops")
+                .await
+                .unwrap();
+            let heard =
+                tokio::time::timeout(std::time::Duration::from_millis(500), on_b.recv()).await;
+            if let Ok(r) = heard {
+                break r.unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node b never heard of the pause"
+            );
+        };
+        assert_eq!(got, ("ch".to_string(), Lane::Provider));
+        assert_eq!(b.paused_until("ch", Lane::Provider).await.unwrap(), until);
+        while on_b.try_recv().is_ok() {}
+        a.resume_lane("ch", Lane::Provider, rio_bridge::clock::now_ms(), "ops")
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(20), on_b.recv())
+            .await
+            .expect("the resume is announced")
+            .unwrap();
+        assert_eq!(got, ("ch".to_string(), Lane::Provider));
+        assert_eq!(b.paused_until("ch", Lane::Provider).await.unwrap(), 0);
+    }
+
+    /// A purge refuses while one of the contact's messages is being attempted, and goes
+    /// through once that attempt has finished.
+    async fn purge_waits_for_the_attempt_in_flight(
+        store: Arc<dyn Store>,
+        admin: Arc<dyn AdminStore>,
+    ) {
+        let (alice, bob) = ("+61400000201".to_string(), "+61400000202".to_string());
+        let taken = attempting_sends(store.as_ref(), &[alice.clone(), bob.clone()]).await;
+        let refused = admin.purge_contact("ch", &alice, "ops").await.unwrap();
+        assert_eq!(refused.in_flight, 1);
+        assert_eq!(
+            refused.items, 0,
+            "nothing is purged while a send is in flight"
+        );
+        let listed = |contact: String| MessageFilter {
+            contact: Some(contact),
+            limit: 10,
+            ..MessageFilter::default()
+        };
+        let left = admin.list_messages(listed(alice.clone())).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].state, ATTEMPTING);
+        assert!(admin.list_audit(None, None, 10).await.unwrap().is_empty());
+
+        let (qkey, id) = &taken[0];
+        let fin = Finish::Dead {
+            reason: "INVALID_RECIPIENT".into(),
+            report_failed: false,
+        };
+        store
+            .finish("ch", Lane::Provider, qkey, &[*id], fin, 1, 1)
+            .await
+            .unwrap();
+        let dead = admin.list_messages(listed(alice.clone())).await.unwrap();
+        assert_eq!(dead[0].state, DEAD);
+        let done = admin.purge_contact("ch", &alice, "ops").await.unwrap();
+        assert_eq!((done.in_flight, done.items), (0, 1));
+        assert!(admin.list_messages(listed(alice)).await.unwrap().is_empty());
+        assert_eq!(admin.list_messages(listed(bob)).await.unwrap().len(), 1);
+        let audit = admin.list_audit(None, None, 10).await.unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].action, "purge");
+    }
+
+    #[tokio::test]
+    async fn purge_waits_for_the_attempt_in_flight_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            path: dir.path().join("s.db"),
+            ..StoreConfig::default()
+        };
+        let store = Arc::new(SqliteStore::open(&cfg).unwrap());
+        purge_waits_for_the_attempt_in_flight(store.clone(), store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn purge_waits_for_the_attempt_in_flight_on_postgres() {
+        let Some(schema) = pg::PgSchema::create().await else {
+            return;
+        };
+        let store = pg_node(&schema).await;
+        assert!(
+            store
+                .acquire_lane("ch", Lane::Provider)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        purge_waits_for_the_attempt_in_flight(store.clone(), store).await;
+    }
 }

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod backup;
 pub mod migrate;
 pub mod postgres;
+mod postgres_admin;
 pub mod sqlite;
 mod sqlite_admin;
 
@@ -399,6 +400,12 @@ pub trait Store: Send + Sync + 'static {
     /// Other nodes may commit work for lanes this node owns: the store then tells about it
     /// through this channel (`(channel, lane)`). `None` for a single-node store.
     fn work_signals(&self) -> Option<tokio::sync::broadcast::Receiver<(String, Lane)>> {
+        None
+    }
+
+    /// An operator paused or resumed a lane on another node: the lane's owner re-reads the
+    /// pause from the store. `None` for a single-node store.
+    fn pause_signals(&self) -> Option<tokio::sync::broadcast::Receiver<(String, Lane)>> {
         None
     }
 }

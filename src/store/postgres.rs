@@ -38,12 +38,17 @@ use crate::respondio::wire::{Event, EventType, Status};
 use crate::status::{self, Transition};
 
 const SCHEMA_V1: &str = include_str!("postgres_schema.sql");
+/// Channel logs, the audit log and the admin listings' indexes (see `postgres_admin`).
+const SCHEMA_V2: &str = include_str!("postgres_schema_v2.sql");
 /// (version, SQL): applied in order, each once, under an advisory lock so nodes starting
 /// together do not race.
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2)];
 /// Any constant: the key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7269_6f62_7269_6467;
-const NOTIFY_CHANNEL: &str = "rio_work";
+pub(super) const NOTIFY_CHANNEL: &str = "rio_work";
+/// On `NOTIFY_CHANNEL`, a payload `pause:{lane}:{channel}` says that lane's pause changed
+/// (an older node's parser ignores it: `pause` is no lane code).
+pub(super) const PAUSE_PREFIX: &str = "pause:";
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
@@ -58,10 +63,12 @@ pub struct PgStore {
     dedupe_ttl_ms: i64,
     parked_ttl_ms: i64,
     signals: broadcast::Sender<(String, Lane)>,
+    /// Lanes whose pause an operator changed (on any node, see `PAUSE_PREFIX`).
+    pause_signals: broadcast::Sender<(String, Lane)>,
     stop_listener: CancellationToken,
 }
 
-fn db(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn db(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
@@ -203,8 +210,15 @@ impl PgStore {
             migrate_client(inner).await?;
         }
         let (signals, _) = broadcast::channel(1024);
+        let (pause_signals, _) = broadcast::channel(64);
         let stop = CancellationToken::new();
-        tokio::spawn(listen_loop(pg, tls, signals.clone(), stop.clone()));
+        tokio::spawn(listen_loop(
+            pg,
+            tls,
+            signals.clone(),
+            pause_signals.clone(),
+            stop.clone(),
+        ));
         Ok(PgStore {
             pool,
             node: node_name(),
@@ -213,6 +227,7 @@ impl PgStore {
             dedupe_ttl_ms: (cfg.dedupe_ttl_secs as i64).saturating_mul(1000),
             parked_ttl_ms: (cfg.parked_receipt_ttl_secs as i64).saturating_mul(1000),
             signals,
+            pause_signals,
             stop_listener: stop,
         })
     }
@@ -222,7 +237,7 @@ impl PgStore {
         &self.node
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(db)
     }
 
@@ -269,7 +284,12 @@ impl PgStore {
 
     /// Tells the lane's owner about new work, unless that is us (then the caller wakes
     /// the lane in-process). Delivered by PostgreSQL at commit.
-    async fn announce(&self, tx: &Transaction<'_>, channel: &str, lane: Lane) -> Result<()> {
+    pub(super) async fn announce(
+        &self,
+        tx: &Transaction<'_>,
+        channel: &str,
+        lane: Lane,
+    ) -> Result<()> {
         if self.epoch(channel, lane).is_none() {
             let payload = format!("{}:{channel}", lane.code());
             exec(tx, "SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload]).await?;
@@ -290,6 +310,7 @@ async fn listen_loop(
     cfg: tokio_postgres::Config,
     tls: Option<MakeRustlsConnect>,
     out: broadcast::Sender<(String, Lane)>,
+    pauses: broadcast::Sender<(String, Lane)>,
     stop: CancellationToken,
 ) {
     while !stop.is_cancelled() {
@@ -306,10 +327,14 @@ async fn listen_loop(
                             _ = stop.cancelled() => break,
                             p = notes.recv() => match p {
                                 Some(p) => {
+                                    let (p, to) = match p.strip_prefix(PAUSE_PREFIX) {
+                                        Some(rest) => (rest.to_string(), &pauses),
+                                        None => (p, &out),
+                                    };
                                     if let Some((lane, channel)) = p.split_once(':')
                                         && let Ok(code) = lane.parse::<i64>()
                                     {
-                                        let _ = out.send((channel.to_string(), Lane::from_code(code)));
+                                        let _ = to.send((channel.to_string(), Lane::from_code(code)));
                                     }
                                 }
                                 None => break,
@@ -329,17 +354,17 @@ async fn listen_loop(
     }
 }
 
-async fn exec(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Result<u64> {
+pub(super) async fn exec(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Result<u64> {
     let stmt = tx.prepare_cached(sql).await.map_err(db)?;
     tx.execute(&stmt, p).await.map_err(db)
 }
 
-async fn rows(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Result<Vec<Row>> {
+pub(super) async fn rows(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Result<Vec<Row>> {
     let stmt = tx.prepare_cached(sql).await.map_err(db)?;
     tx.query(&stmt, p).await.map_err(db)
 }
 
-async fn opt(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Result<Option<Row>> {
+pub(super) async fn opt(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Result<Option<Row>> {
     let stmt = tx.prepare_cached(sql).await.map_err(db)?;
     tx.query_opt(&stmt, p).await.map_err(db)
 }
@@ -1526,5 +1551,9 @@ impl Store for PgStore {
 
     fn work_signals(&self) -> Option<broadcast::Receiver<(String, Lane)>> {
         Some(self.signals.subscribe())
+    }
+
+    fn pause_signals(&self) -> Option<broadcast::Receiver<(String, Lane)>> {
+        Some(self.pause_signals.subscribe())
     }
 }

@@ -1,0 +1,824 @@
+//! [`AdminStore`] and [`ActivityLog`] for PostgreSQL: the same answers as the SQLite
+//! implementation (`sqlite_admin.rs`), written for a database several nodes change at once.
+//!
+//! SQLite runs every change on one writer thread, so "check, then write" cannot race
+//! there. Here each change is one transaction that decides with the write itself:
+//! - a replay or discard is an `UPDATE ... WHERE state = 3`: of two concurrent ones (from
+//!   any nodes), the second waits for the first's row lock, then finds the item no longer
+//!   dead and changes nothing;
+//! - a purge locks the contact's queue rows, then its items (the order the lanes lock them
+//!   in), and only then decides whether a message is in flight;
+//! - every audit row is written in the transaction of its change.
+
+use deadpool_postgres::Transaction;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use super::activity::{ActivityLog, AttemptCounts};
+use super::admin::*;
+use super::postgres::{NOTIFY_CHANNEL, PAUSE_PREFIX, PgStore, db, exec, opt, rows};
+use super::sqlite_admin::mask_contact;
+use super::{ItemKind, Lane, Result};
+use crate::clock::now_ms;
+
+const MESSAGE_COLUMNS: &str = "id, channel, lane, contact, kind, mid, payload, state, status, attempts, \
+     ambiguous, created_ms, updated_ms, next_ms, provider_id, last_error";
+
+fn message_row(r: &Row) -> MessageRow {
+    MessageRow {
+        id: r.get(0),
+        channel: r.get(1),
+        lane: r.get(2),
+        contact: r.get(3),
+        kind: r.get(4),
+        mid: r.get(5),
+        payload: r.get(6),
+        state: r.get(7),
+        status: r.get(8),
+        attempts: r.get(9),
+        ambiguous: r.get(10),
+        created_ms: r.get(11),
+        updated_ms: r.get(12),
+        next_ms: r.get(13),
+        provider_id: r.get(14),
+        last_error: r.get(15),
+    }
+}
+
+const LOG_COLUMNS: &str = "id, channel, mid, at_ms, direction, kind, method, url, status, duration_ms, \
+     request_headers, request_body, response_body, error";
+
+fn log_row(r: &Row) -> ChannelLogRow {
+    ChannelLogRow {
+        id: r.get(0),
+        channel: r.get(1),
+        mid: r.get(2),
+        at_ms: r.get(3),
+        direction: r.get(4),
+        kind: r.get(5),
+        method: r.get(6),
+        url: r.get(7),
+        status: r.get(8),
+        duration_ms: r.get(9),
+        request_headers: r.get(10),
+        request_body: r.get(11),
+        response_body: r.get(12),
+        error: r.get(13),
+    }
+}
+
+const RAW_COLUMNS: &str = "id, channel, route, content_type, body, reason, received_ms";
+
+fn raw_row(r: &Row) -> RawWebhookRow {
+    RawWebhookRow {
+        id: r.get(0),
+        channel: r.get(1),
+        route: r.get(2),
+        content_type: r.get(3),
+        body: r.get(4),
+        reason: r.get(5),
+        received_ms: r.get(6),
+    }
+}
+
+async fn audit(
+    tx: &Transaction<'_>,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: Option<&str>,
+) -> Result<()> {
+    exec(
+        tx,
+        "INSERT INTO audit_log(at_ms, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+        &[&now_ms(), &actor, &action, &target, &detail],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn history(tx: &Transaction<'_>, item_id: i64, event: &str, detail: &str) -> Result<()> {
+    exec(
+        tx,
+        "INSERT INTO history(item_id, at_ms, event, detail) VALUES ($1, $2, $3, $4)",
+        &[&item_id, &now_ms(), &event, &detail],
+    )
+    .await?;
+    Ok(())
+}
+
+type Arg = Box<dyn ToSql + Sync + Send>;
+
+/// Builds the WHERE clause of a message listing (the same filters as SQLite's).
+fn message_where(f: &MessageFilter) -> (String, Vec<Arg>) {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut args: Vec<Arg> = Vec::new();
+    let mut add = |clause: &str, v: Arg| {
+        args.push(v);
+        clauses.push(clause.replace('?', &format!("${}", args.len())));
+    };
+    if let Some(c) = &f.channel {
+        add("channel = ?", Box::new(c.clone()));
+    }
+    if let Some(l) = f.lane {
+        add("lane = ?", Box::new(l.code()));
+    }
+    if let Some(s) = f.state {
+        add("state = ?", Box::new(s));
+    }
+    if let Some(c) = &f.contact {
+        add("contact = ?", Box::new(c.clone()));
+    }
+    if let Some(m) = &f.mid {
+        add("mid = ?", Box::new(m.clone()));
+    }
+    match f.kind {
+        Some(k) => add("kind = ?", Box::new(k as i64)),
+        None => add("kind <> ?", Box::new(ItemKind::Status as i64)),
+    }
+    if let Some(t) = f.since_ms {
+        add("created_ms >= ?", Box::new(t));
+    }
+    if let Some(t) = f.until_ms {
+        add("created_ms < ?", Box::new(t));
+    }
+    if let Some(id) = f.before_id {
+        add("id < ?", Box::new(id));
+    }
+    (clauses.join(" AND "), args)
+}
+
+impl PgStore {
+    /// Tells every node, at commit, that this lane's pause changed: its owner may be
+    /// another node, and a lane reads its pause from the store only when it starts.
+    async fn announce_pause(&self, tx: &Transaction<'_>, channel: &str, lane: Lane) -> Result<()> {
+        let payload = format!("{PAUSE_PREFIX}{}:{channel}", lane.code());
+        exec(tx, "SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload]).await?;
+        Ok(())
+    }
+
+    /// One read outside any transaction.
+    async fn read(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await.map_err(db)?;
+        client.query(&stmt, p).await.map_err(db)
+    }
+}
+
+#[async_trait::async_trait]
+impl AdminStore for PgStore {
+    async fn list_messages(&self, filter: MessageFilter) -> Result<Vec<MessageRow>> {
+        let (clause, mut args) = message_where(&filter);
+        args.push(Box::new(filter.limit as i64));
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM items WHERE {clause} ORDER BY id DESC LIMIT ${}",
+            args.len()
+        );
+        let refs: Vec<&(dyn ToSql + Sync)> = args
+            .iter()
+            .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        // Filters vary per call: a plain (unnamed) statement rather than a cached one.
+        let client = self.client().await?;
+        let found = client.query(&sql, &refs).await.map_err(db)?;
+        Ok(found.iter().map(message_row).collect())
+    }
+
+    async fn message_detail(&self, mid: &str) -> Result<Option<MessageDetail>> {
+        let sql =
+            format!("SELECT {MESSAGE_COLUMNS} FROM items WHERE mid = $1 ORDER BY kind = 2, id");
+        let found = self.read(&sql, &[&mid]).await?;
+        let mut items = found.iter().map(message_row);
+        let Some(item) = items.next() else {
+            return Ok(None);
+        };
+        let related: Vec<MessageRow> = items.collect();
+        let mut history = Vec::new();
+        let mut attempts = Vec::new();
+        for id in std::iter::once(item.id).chain(related.iter().map(|r| r.id)) {
+            let h = self
+                .read(
+                    "SELECT item_id, at_ms, event, detail FROM history WHERE item_id = $1 ORDER BY id",
+                    &[&id],
+                )
+                .await?;
+            history.extend(h.iter().map(|r| HistoryRow {
+                item_id: r.get(0),
+                at_ms: r.get(1),
+                event: r.get(2),
+                detail: r.get(3),
+            }));
+            let a = self
+                .read(
+                    "SELECT item_id, at_ms, outcome, detail, duration_ms FROM attempts
+                     WHERE item_id = $1 ORDER BY id",
+                    &[&id],
+                )
+                .await?;
+            attempts.extend(a.iter().map(|r| AttemptRow {
+                item_id: r.get(0),
+                at_ms: r.get(1),
+                outcome: r.get(2),
+                detail: r.get(3),
+                duration_ms: r.get(4),
+            }));
+        }
+        history.sort_by_key(|h| h.at_ms);
+        attempts.sort_by_key(|a| a.at_ms);
+        let sql = format!("SELECT {LOG_COLUMNS} FROM channel_logs WHERE mid = $1 ORDER BY id");
+        let channel_logs = self
+            .read(&sql, &[&mid])
+            .await?
+            .iter()
+            .map(log_row)
+            .collect();
+        Ok(Some(MessageDetail {
+            item,
+            related,
+            history,
+            attempts,
+            channel_logs,
+        }))
+    }
+
+    async fn list_raw_webhooks(
+        &self,
+        channel: Option<String>,
+        before_id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<RawWebhookRow>> {
+        let sql = format!(
+            "SELECT {RAW_COLUMNS} FROM raw_webhooks
+             WHERE ($1::TEXT IS NULL OR channel = $1) AND ($2::BIGINT IS NULL OR id < $2)
+             ORDER BY id DESC LIMIT $3"
+        );
+        let found = self
+            .read(&sql, &[&channel, &before_id, &(limit as i64)])
+            .await?;
+        Ok(found.iter().map(raw_row).collect())
+    }
+
+    async fn raw_webhook(&self, id: i64) -> Result<Option<RawWebhookRow>> {
+        let sql = format!("SELECT {RAW_COLUMNS} FROM raw_webhooks WHERE id = $1");
+        Ok(self.read(&sql, &[&id]).await?.first().map(raw_row))
+    }
+
+    async fn replay_items(&self, ids: Vec<i64>, actor: &str) -> Result<Vec<ReplayResult>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let now = now_ms();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            // The state check is in the UPDATE itself: a concurrent replay (this node or
+            // another) waits for our row lock, then finds the item no longer dead.
+            // A send's status goes back to "none" so its receipts move it forward again.
+            let changed = opt(
+                &tx,
+                "UPDATE items SET state = 0, attempts = 0, next_ms = $1, updated_ms = $1, last_error = NULL,
+                 status = CASE WHEN kind = 3 THEN 0 ELSE status END WHERE id = $2 AND state = 3
+                 RETURNING channel, lane, qkey, mid, kind",
+                &[&now, &id],
+            )
+            .await?;
+            let Some(row) = changed else {
+                let known =
+                    opt(&tx, "SELECT channel, lane FROM items WHERE id = $1", &[&id]).await?;
+                out.push(match known {
+                    Some(r) => ReplayResult {
+                        id,
+                        outcome: ReplayOutcome::NotDead,
+                        channel: Some(r.get(0)),
+                        lane: Some(r.get(1)),
+                    },
+                    None => ReplayResult {
+                        id,
+                        outcome: ReplayOutcome::NotFound,
+                        channel: None,
+                        lane: None,
+                    },
+                });
+                continue;
+            };
+            let (channel, lane, qkey, mid, kind): (String, i64, String, String, i64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            // Back into its contact's FIFO. An existing queue row keeps its schedule, class
+            // and claim; a replayed send toward the provider goes with bulk (class 1), a
+            // contact's events first (class 0), as when they were accepted. DO UPDATE (a
+            // no-op) rather than DO NOTHING: it waits for a lane dropping that row right
+            // now, then inserts a fresh one.
+            let class: i64 = if kind == ItemKind::Status as i64 || kind == ItemKind::Send as i64 {
+                1
+            } else {
+                0
+            };
+            exec(
+                &tx,
+                "INSERT INTO queues(channel, lane, qkey, class, next_ms, claimed) VALUES ($1, $2, $3, $4, $5, 0)
+                 ON CONFLICT(channel, lane, qkey) DO UPDATE SET class = queues.class",
+                &[&channel, &lane, &qkey, &class, &now],
+            )
+            .await?;
+            history(&tx, id, "replayed", &format!("by {actor}")).await?;
+            audit(
+                &tx,
+                actor,
+                "replay",
+                &format!("item {id} ({channel} {mid})"),
+                None,
+            )
+            .await?;
+            // The lane's owner may be another node: tell it at commit.
+            self.announce(&tx, &channel, Lane::from_code(lane)).await?;
+            out.push(ReplayResult {
+                id,
+                outcome: ReplayOutcome::Replayed,
+                channel: Some(channel),
+                lane: Some(lane),
+            });
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(out)
+    }
+
+    async fn discard_items(&self, ids: Vec<i64>, actor: &str) -> Result<Vec<i64>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let now = now_ms();
+        let mut out = Vec::new();
+        for id in ids {
+            // Done with a `last_error` that says so: delivered items never keep one, and
+            // retention prunes it like any finished item. Conditional, like a replay.
+            let changed = opt(
+                &tx,
+                "UPDATE items SET state = 2, updated_ms = $1,
+                 last_error = 'discarded by ' || $2::TEXT || ' (was: ' || COALESCE(last_error, '') || ')'
+                 WHERE id = $3 AND state = 3 RETURNING channel, mid",
+                &[&now, &actor, &id],
+            )
+            .await?;
+            let Some(row) = changed else { continue };
+            let (channel, mid): (String, String) = (row.get(0), row.get(1));
+            history(&tx, id, "discarded", &format!("by {actor}")).await?;
+            audit(
+                &tx,
+                actor,
+                "discard",
+                &format!("item {id} ({channel} {mid})"),
+                None,
+            )
+            .await?;
+            out.push(id);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(out)
+    }
+
+    async fn delete_raw_webhook(
+        &self,
+        id: i64,
+        actor: &str,
+        action: &str,
+        detail: Option<String>,
+    ) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let gone = opt(
+            &tx,
+            "DELETE FROM raw_webhooks WHERE id = $1 RETURNING channel",
+            &[&id],
+        )
+        .await?;
+        let Some(row) = gone else {
+            return Ok(false);
+        };
+        let channel: String = row.get(0);
+        audit(
+            &tx,
+            actor,
+            action,
+            &format!("raw webhook {id} ({channel})"),
+            detail.as_deref(),
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    async fn update_raw_webhook_reason(&self, id: i64, reason: &str) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE raw_webhooks SET reason = $1 WHERE id = $2",
+                &[&reason, &id],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn pause_lane(
+        &self,
+        channel: &str,
+        lane: Lane,
+        until_ms: i64,
+        actor: &str,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        exec(
+            &tx,
+            "INSERT INTO lane_state(channel, lane, paused_until_ms) VALUES ($1, $2, $3)
+             ON CONFLICT(channel, lane) DO UPDATE SET paused_until_ms = excluded.paused_until_ms",
+            &[&channel, &lane.code(), &until_ms],
+        )
+        .await?;
+        audit(
+            &tx,
+            actor,
+            "pause",
+            &format!("{channel} {}", lane.name()),
+            Some(&format!("until_ms {until_ms}")),
+        )
+        .await?;
+        self.announce_pause(&tx, channel, lane).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn resume_lane(&self, channel: &str, lane: Lane, now: i64, actor: &str) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        // Locks the lane's row, so a concurrent pause lands wholly before or after.
+        let until: i64 = opt(
+            &tx,
+            "SELECT paused_until_ms FROM lane_state WHERE channel = $1 AND lane = $2 FOR UPDATE",
+            &[&channel, &lane.code()],
+        )
+        .await?
+        .map(|r| r.get(0))
+        .unwrap_or(0);
+        exec(
+            &tx,
+            "UPDATE lane_state SET paused_until_ms = 0 WHERE channel = $1 AND lane = $2",
+            &[&channel, &lane.code()],
+        )
+        .await?;
+        // Attempts the pause stopped handed their queue back due at the pause's end:
+        // exactly those become due now (backoffs of other contacts keep their time).
+        if until > now {
+            exec(
+                &tx,
+                "UPDATE queues SET next_ms = $1 WHERE channel = $2 AND lane = $3 AND next_ms = $4",
+                &[&now, &channel, &lane.code(), &until],
+            )
+            .await?;
+        }
+        audit(
+            &tx,
+            actor,
+            "resume",
+            &format!("{channel} {}", lane.name()),
+            None,
+        )
+        .await?;
+        self.announce(&tx, channel, lane).await?;
+        self.announce_pause(&tx, channel, lane).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn lane_activity(&self, since_ms: i64) -> Result<Vec<LaneActivity>> {
+        // SUM of a BIGINT is NUMERIC in PostgreSQL: cast back.
+        let found = self
+            .read(
+                "SELECT channel, lane, SUM(call_first)::BIGINT,
+                        SUM(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END)::BIGINT
+                 FROM attempts WHERE at_ms >= $1 GROUP BY channel, lane",
+                &[&since_ms],
+            )
+            .await?;
+        Ok(found
+            .iter()
+            .map(|r| LaneActivity {
+                channel: r.get(0),
+                lane: Lane::from_code(r.get(1)),
+                requests: r.get::<_, Option<i64>>(2).unwrap_or(0),
+                delivered: r.get::<_, Option<i64>>(3).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn purge_contact(
+        &self,
+        channel: &str,
+        contact: &str,
+        actor: &str,
+    ) -> Result<PurgeReport> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        // Queue rows first, then items: the order lanes lock them in, so a purge and a
+        // lane's claim or outcome wait for each other instead of deadlocking. A lane that
+        // took an item before these locks shows it as attempting below.
+        exec(
+            &tx,
+            "SELECT 1 FROM queues WHERE channel = $1 AND (lane, qkey) IN
+             (SELECT lane, qkey FROM items WHERE channel = $1 AND contact = $2)
+             ORDER BY lane, qkey FOR UPDATE",
+            &[&channel, &contact],
+        )
+        .await?;
+        let items = rows(
+            &tx,
+            "SELECT id, mid, provider_id, lane, qkey, state FROM items
+             WHERE channel = $1 AND contact = $2 ORDER BY id FOR UPDATE",
+            &[&channel, &contact],
+        )
+        .await?;
+        // A send in flight would have its outcome recorded against rows that are gone:
+        // refuse, and let the operator try again once the attempt has finished.
+        let in_flight = items.iter().filter(|r| r.get::<_, i64>(5) == 1).count() as u64;
+        let mut report = PurgeReport {
+            in_flight,
+            ..Default::default()
+        };
+        if in_flight > 0 {
+            tx.rollback().await.map_err(db)?;
+            return Ok(report);
+        }
+        let ids: Vec<i64> = items.iter().map(|r| r.get(0)).collect();
+        let mut mids = std::collections::BTreeSet::new();
+        let mut queues = std::collections::BTreeSet::new();
+        let mut provider_ids = std::collections::BTreeSet::new();
+        for r in &items {
+            mids.insert(r.get::<_, String>(1));
+            if let Some(pid) = r.get::<_, Option<String>>(2) {
+                provider_ids.insert(pid);
+            }
+            queues.insert((r.get::<_, i64>(3), r.get::<_, String>(4)));
+        }
+        report.history = exec(&tx, "DELETE FROM history WHERE item_id = ANY($1)", &[&ids]).await?;
+        report.attempts =
+            exec(&tx, "DELETE FROM attempts WHERE item_id = ANY($1)", &[&ids]).await?;
+        report.items = exec(&tx, "DELETE FROM items WHERE id = ANY($1)", &[&ids]).await?;
+        // Dedupe keys hold no contact id: they are found through the provider ids (an
+        // inbound key is the provider's id, a receipt key starts with it).
+        for pid in &provider_ids {
+            report.dedupe_keys += exec(
+                &tx,
+                "DELETE FROM dedupe WHERE channel = $1 AND key = $2",
+                &[&channel, pid],
+            )
+            .await?;
+            let prefix = format!("receipt:{pid}:");
+            report.dedupe_keys += exec(
+                &tx,
+                "DELETE FROM dedupe WHERE channel = $1 AND substr(key, 1, length($2)) = $2",
+                &[&channel, &prefix],
+            )
+            .await?;
+            report.parked_receipts += exec(
+                &tx,
+                "DELETE FROM parked_receipts WHERE channel = $1 AND provider_id = $2",
+                &[&channel, pid],
+            )
+            .await?;
+        }
+        let mids: Vec<String> = mids.into_iter().collect();
+        report.channel_logs += exec(
+            &tx,
+            "DELETE FROM channel_logs WHERE mid = ANY($1)",
+            &[&mids],
+        )
+        .await?;
+        // Exchanges tied to no message may still carry the contact id in their body or URL.
+        let pattern = format!(
+            "%{}%",
+            contact
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        report.channel_logs += exec(
+            &tx,
+            "DELETE FROM channel_logs WHERE channel = $1 AND mid IS NULL AND
+             (request_body LIKE $2 ESCAPE '\\' OR url LIKE $2 ESCAPE '\\' OR response_body LIKE $2 ESCAPE '\\')",
+            &[&channel, &pattern],
+        )
+        .await?;
+        for (lane, qkey) in &queues {
+            let left = opt(
+                &tx,
+                "SELECT 1 FROM items WHERE channel = $1 AND lane = $2 AND qkey = $3 AND state < 2 LIMIT 1",
+                &[&channel, lane, qkey],
+            )
+            .await?;
+            if left.is_none() {
+                exec(
+                    &tx,
+                    "DELETE FROM queues WHERE channel = $1 AND lane = $2 AND qkey = $3",
+                    &[&channel, lane, qkey],
+                )
+                .await?;
+            }
+        }
+        report.contact_profiles = exec(
+            &tx,
+            "DELETE FROM contacts WHERE channel = $1 AND contact = $2",
+            &[&channel, &contact],
+        )
+        .await?;
+        // Raw webhooks are few: scan the channel's bodies for the contact id.
+        let raws = rows(
+            &tx,
+            "SELECT id, body FROM raw_webhooks WHERE channel = $1",
+            &[&channel],
+        )
+        .await?;
+        let needles = crate::channel_log::redact::contact_forms(contact);
+        for r in raws {
+            let (id, body): (i64, Vec<u8>) = (r.get(0), r.get(1));
+            let text = String::from_utf8_lossy(&body);
+            if needles.iter().any(|n| text.contains(n.as_str())) {
+                report.raw_webhooks +=
+                    exec(&tx, "DELETE FROM raw_webhooks WHERE id = $1", &[&id]).await?;
+            }
+        }
+        let detail = serde_json::to_string(&report).ok();
+        audit(
+            &tx,
+            actor,
+            "purge",
+            &format!("{channel} contact {}", mask_contact(contact)),
+            detail.as_deref(),
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(report)
+    }
+
+    async fn list_audit(
+        &self,
+        actor: Option<String>,
+        before_id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>> {
+        let found = self
+            .read(
+                "SELECT id, at_ms, actor, action, target, detail FROM audit_log
+                 WHERE ($1::TEXT IS NULL OR actor = $1) AND ($2::BIGINT IS NULL OR id < $2)
+                 ORDER BY id DESC LIMIT $3",
+                &[&actor, &before_id, &(limit as i64)],
+            )
+            .await?;
+        Ok(found
+            .iter()
+            .map(|r| AuditRow {
+                id: r.get(0),
+                at_ms: r.get(1),
+                actor: r.get(2),
+                action: r.get(3),
+                target: r.get(4),
+                detail: r.get(5),
+            })
+            .collect())
+    }
+
+    async fn insert_channel_logs(&self, rows: Vec<ChannelLogRow>) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // One statement per batch: the columns go as arrays and come back as rows.
+        let mut channel = Vec::with_capacity(rows.len());
+        let mut mid = Vec::with_capacity(rows.len());
+        let mut at_ms = Vec::with_capacity(rows.len());
+        let mut direction = Vec::with_capacity(rows.len());
+        let mut kind = Vec::with_capacity(rows.len());
+        let mut method = Vec::with_capacity(rows.len());
+        let mut url = Vec::with_capacity(rows.len());
+        let mut status = Vec::with_capacity(rows.len());
+        let mut duration_ms = Vec::with_capacity(rows.len());
+        let mut request_headers = Vec::with_capacity(rows.len());
+        let mut request_body = Vec::with_capacity(rows.len());
+        let mut response_body = Vec::with_capacity(rows.len());
+        let mut error = Vec::with_capacity(rows.len());
+        for r in rows {
+            channel.push(r.channel);
+            mid.push(r.mid);
+            at_ms.push(r.at_ms);
+            direction.push(r.direction);
+            kind.push(r.kind);
+            method.push(r.method);
+            url.push(r.url);
+            status.push(r.status);
+            duration_ms.push(r.duration_ms);
+            request_headers.push(r.request_headers);
+            request_body.push(r.request_body);
+            response_body.push(r.response_body);
+            error.push(r.error);
+        }
+        let client = self.client().await?;
+        // A row is queued only after its message was committed, so a message that is gone
+        // by the time the row is written was purged meanwhile: its row is dropped.
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO channel_logs(channel, mid, at_ms, direction, kind, method, url, status,
+                                          duration_ms, request_headers, request_body, response_body, error)
+                 SELECT u.channel, u.mid, u.at_ms, u.direction, u.kind, u.method, u.url, u.status,
+                        u.duration_ms, u.request_headers, u.request_body, u.response_body, u.error
+                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::TEXT[],
+                             $7::TEXT[], $8::BIGINT[], $9::BIGINT[], $10::TEXT[], $11::TEXT[],
+                             $12::TEXT[], $13::TEXT[])
+                      WITH ORDINALITY AS u(channel, mid, at_ms, direction, kind, method, url, status,
+                                           duration_ms, request_headers, request_body, response_body,
+                                           error, n)
+                 WHERE u.mid IS NULL
+                    OR EXISTS (SELECT 1 FROM items WHERE items.channel = u.channel AND items.mid = u.mid)
+                 ORDER BY u.n",
+            )
+            .await
+            .map_err(db)?;
+        client
+            .execute(
+                &stmt,
+                &[
+                    &channel,
+                    &mid,
+                    &at_ms,
+                    &direction,
+                    &kind,
+                    &method,
+                    &url,
+                    &status,
+                    &duration_ms,
+                    &request_headers,
+                    &request_body,
+                    &response_body,
+                    &error,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn prune_channel_logs(&self, cutoff_ms: i64, batch: usize) -> Result<u64> {
+        let client = self.client().await?;
+        // Rows are written in about time order: walking ids from the lowest finds the old
+        // ones first and stops after `batch`. SKIP LOCKED: nodes pruning at the same time
+        // take different rows instead of waiting for each other.
+        client
+            .execute(
+                "DELETE FROM channel_logs WHERE id IN
+                 (SELECT id FROM channel_logs WHERE at_ms < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                &[&cutoff_ms, &(batch as i64)],
+            )
+            .await
+            .map_err(db)
+    }
+
+    async fn list_channel_logs(
+        &self,
+        channel: Option<String>,
+        mid: Option<String>,
+        before_id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<ChannelLogRow>> {
+        let sql = format!(
+            "SELECT {LOG_COLUMNS} FROM channel_logs
+             WHERE ($1::TEXT IS NULL OR channel = $1) AND ($2::TEXT IS NULL OR mid = $2)
+               AND ($3::BIGINT IS NULL OR id < $3)
+             ORDER BY id DESC LIMIT $4"
+        );
+        let found = self
+            .read(&sql, &[&channel, &mid, &before_id, &(limit as i64)])
+            .await?;
+        Ok(found.iter().map(log_row).collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl ActivityLog for PgStore {
+    async fn attempt_counts(&self, since_ms: i64, until_ms: i64) -> Result<Vec<AttemptCounts>> {
+        let found = self
+            .read(
+                "SELECT channel, lane, SUM(call_first)::BIGINT,
+                        SUM(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END)::BIGINT,
+                        SUM(CASE WHEN outcome IN ('retry', 'ambiguous', 'throttled', 'fault', 'dead')
+                            THEN 1 ELSE 0 END)::BIGINT
+                 FROM attempts WHERE at_ms >= $1 AND at_ms < $2
+                 GROUP BY channel, lane ORDER BY channel, lane",
+                &[&since_ms, &until_ms],
+            )
+            .await?;
+        Ok(found
+            .iter()
+            .map(|r| AttemptCounts {
+                channel: r.get(0),
+                lane: Lane::from_code(r.get(1)),
+                requests: r.get::<_, Option<i64>>(2).unwrap_or(0),
+                delivered: r.get::<_, Option<i64>>(3).unwrap_or(0),
+                failed: r.get::<_, Option<i64>>(4).unwrap_or(0),
+            })
+            .collect())
+    }
+}
