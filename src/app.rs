@@ -43,30 +43,21 @@ pub struct AppState {
     /// read them from [`Channel::cfg`]; server, store and media settings need a restart.
     pub cfg: Config,
     pub store: Arc<dyn Store>,
-    /// The same store, seen through the admin API's queries.
-    /// The admin API's queries and the channel-log sink. `None` on PostgreSQL, which has no
-    /// admin API, console or channel logs yet (check-config says so).
-    admin_store: Option<Arc<dyn AdminStore>>,
+    /// The same store, seen through the admin API's queries (and the channel-log sink).
+    admin_store: Arc<dyn AdminStore>,
     /// Where HTTP exchanges are recorded (see `channel_log`).
     pub channel_log: ChannelLog,
     channels: std::sync::RwLock<Arc<ChannelSet>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub media: Arc<crate::media::MediaProxy>,
     /// The last hour of every lane, for the console's plots.
-    pub lane_history: Option<Arc<crate::lane_history::LaneHistory>>,
+    pub lane_history: Arc<crate::lane_history::LaneHistory>,
 }
 
 impl AppState {
-    /// The admin store. The admin routes (and the console) are mounted only when there is
-    /// one ([`AppState::has_admin_store`]), so their handlers may rely on it.
+    /// The store, seen through the admin API's queries.
     pub fn admin_store(&self) -> &Arc<dyn AdminStore> {
-        self.admin_store
-            .as_ref()
-            .expect("admin routes are mounted only with an admin store")
-    }
-
-    pub fn has_admin_store(&self) -> bool {
-        self.admin_store.is_some()
+        &self.admin_store
     }
 
     /// A snapshot of the channels.
@@ -220,7 +211,7 @@ impl App {
                     store.clone(),
                     pg,
                 ));
-                (store, Some(admin_store), Some(lane_history))
+                (store, admin_store, lane_history)
             }
             None => {
                 let sqlite = Arc::new(SqliteStore::open(&cfg.store)?);
@@ -231,11 +222,11 @@ impl App {
                     store.clone(),
                     sqlite,
                 ));
-                (store, Some(admin_store), Some(lane_history))
+                (store, admin_store, lane_history)
             }
         };
         let (channel_log, channel_log_rx) = ChannelLog::new();
-        let channel_log = if cfg.store.channel_logs && admin_store.is_some() {
+        let channel_log = if cfg.store.channel_logs {
             channel_log
         } else {
             channel_log.disabled()
@@ -294,23 +285,19 @@ impl App {
             None => None,
         };
         let log_stop = CancellationToken::new();
-        let log_writer = state.admin_store.clone().map(|admin| {
-            tokio::spawn(ChannelLog::run_writer(
-                channel_log_rx,
-                admin,
-                log_stop.clone(),
-            ))
-        });
+        let log_writer = tokio::spawn(ChannelLog::run_writer(
+            channel_log_rx,
+            state.admin_store.clone(),
+            log_stop.clone(),
+        ));
         let mut generation = Generation::start(lanes, LeaseTiming::from_config(&state.cfg.store));
         let house_stop = CancellationToken::new();
         let house = tokio::spawn(housekeeping(state.clone(), house_stop.clone()));
         tokio::spawn(wake_on_other_nodes_work(state.clone(), house_stop.clone()));
         tokio::spawn(follow_other_nodes_pauses(state.clone(), house_stop.clone()));
         // Only the admin API reads the history: without an admin token nothing is sampled.
-        if !state.cfg.admin.tokens.is_empty()
-            && let Some(history) = state.lane_history.clone()
-        {
-            tokio::spawn(history.run(house_stop.clone()));
+        if !state.cfg.admin.tokens.is_empty() {
+            tokio::spawn(state.lane_history.clone().run(house_stop.clone()));
         }
         let router = crate::http::router(state.clone());
         tracing::info!(listen = %listener.local_addr()?, channels = state.channels().by_name.len(), "rio-bridge serving");
@@ -374,9 +361,7 @@ impl App {
         }
         // The lanes' last exchanges are queued by now: write them (briefly) and stop.
         log_stop.cancel();
-        if let Some(log_writer) = log_writer {
-            let _ = tokio::time::timeout(Duration::from_secs(2), log_writer).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), log_writer).await;
         Ok(())
     }
 }
@@ -627,10 +612,7 @@ async fn prune_channel_logs(state: &AppState, now: i64) {
     let cutoff = now - (state.cfg.store.channel_log_retention_secs as i64).saturating_mul(1000);
     let mut total = 0u64;
     for _ in 0..ROUNDS {
-        let Some(admin) = &state.admin_store else {
-            return;
-        };
-        match admin.prune_channel_logs(cutoff, BATCH).await {
+        match state.admin_store.prune_channel_logs(cutoff, BATCH).await {
             Ok(n) => {
                 total += n;
                 if (n as usize) < BATCH {

@@ -51,10 +51,6 @@ pub async fn lanes(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery) ->
     ok_json(json!({
         "now_ms": now,
         "sample_every_ms": SAMPLE_EVERY.as_millis() as i64,
-        "lanes": state
-            .lane_history
-            .as_ref()
-            .map(|h| h.series(since).iter().map(columns).collect::<Vec<_>>())
-            .unwrap_or_default(),
+        "lanes": state.lane_history.series(since).iter().map(columns).collect::<Vec<_>>(),
     }))
 }

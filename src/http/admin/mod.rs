@@ -96,7 +96,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>)> {
 
 /// The `/admin` routes behind token auth; `None` when no admin token is configured.
 pub fn router(state: Arc<AppState>) -> Option<Router<Arc<AppState>>> {
-    if state.cfg.admin.tokens.is_empty() || !state.has_admin_store() {
+    if state.cfg.admin.tokens.is_empty() {
         return None;
     }
     let mut by_path: BTreeMap<&'static str, MethodRouter<Arc<AppState>>> = BTreeMap::new();
