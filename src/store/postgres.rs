@@ -12,7 +12,7 @@
 //!   by another node at the same moment is never left without its queue.
 //! - The status machine locks the send's row; a provider id is serialised by an advisory
 //!   lock, so a receipt and the send's response can never miss each other.
-//! - Work committed for a lane this node does not own is announced with `NOTIFY rio_work`;
+//! - Work committed for a lane this node does not own is announced with `NOTIFY rio_work_<schema hash>`;
 //!   every node listens and wakes its lane (the lanes also poll, so a lost notification
 //!   only delays work by a second).
 
@@ -46,6 +46,16 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2)];
 /// Any constant: the key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7269_6f62_7269_6467;
 pub(super) const NOTIFY_CHANNEL: &str = "rio_work";
+
+/// NOTIFY channels are database-wide, but a deployment is a schema: each schema gets its
+/// own channel, so two deployments (or two test schemas) sharing a database never wake each
+/// other. A hash keeps the name short and a plain identifier whatever the schema is called.
+pub(super) fn notify_channel_for(schema: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(schema.as_bytes());
+    let hex: String = h.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{NOTIFY_CHANNEL}_{hex}")
+}
 /// On `NOTIFY_CHANNEL`, a payload `pause:{lane}:{channel}` says that lane's pause changed
 /// (an older node's parser ignores it: `pause` is no lane code).
 pub(super) const PAUSE_PREFIX: &str = "pause:";
@@ -63,6 +73,8 @@ pub struct PgStore {
     dedupe_ttl_ms: i64,
     parked_ttl_ms: i64,
     signals: broadcast::Sender<(String, Lane)>,
+    /// The NOTIFY channel of this store's schema (see [`notify_channel_for`]).
+    notify_channel: String,
     /// Lanes whose pause an operator changed (on any node, see `PAUSE_PREFIX`).
     pause_signals: broadcast::Sender<(String, Lane)>,
     stop_listener: CancellationToken,
@@ -209,12 +221,22 @@ impl PgStore {
             let inner: &mut tokio_postgres::Client = &mut client;
             migrate_client(inner).await?;
         }
+        let notify_channel = {
+            let client = pool.get().await.map_err(db)?;
+            let schema: String = client
+                .query_one("SELECT current_schema()::text", &[])
+                .await
+                .map_err(db)?
+                .get(0);
+            notify_channel_for(&schema)
+        };
         let (signals, _) = broadcast::channel(1024);
         let (pause_signals, _) = broadcast::channel(64);
         let stop = CancellationToken::new();
         tokio::spawn(listen_loop(
             pg,
             tls,
+            notify_channel.clone(),
             signals.clone(),
             pause_signals.clone(),
             stop.clone(),
@@ -227,6 +249,7 @@ impl PgStore {
             dedupe_ttl_ms: (cfg.dedupe_ttl_secs as i64).saturating_mul(1000),
             parked_ttl_ms: (cfg.parked_receipt_ttl_secs as i64).saturating_mul(1000),
             signals,
+            notify_channel,
             pause_signals,
             stop_listener: stop,
         })
@@ -282,6 +305,11 @@ impl PgStore {
         }
     }
 
+    /// The NOTIFY channel of this store's schema.
+    pub(super) fn notify_channel(&self) -> &str {
+        &self.notify_channel
+    }
+
     /// Tells the lane's owner about new work, unless that is us (then the caller wakes
     /// the lane in-process). Delivered by PostgreSQL at commit.
     pub(super) async fn announce(
@@ -292,7 +320,12 @@ impl PgStore {
     ) -> Result<()> {
         if self.epoch(channel, lane).is_none() {
             let payload = format!("{}:{channel}", lane.code());
-            exec(tx, "SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload]).await?;
+            exec(
+                tx,
+                "SELECT pg_notify($1, $2)",
+                &[&self.notify_channel.as_str(), &payload],
+            )
+            .await?;
         }
         Ok(())
     }
@@ -309,6 +342,7 @@ impl Drop for PgStore {
 async fn listen_loop(
     cfg: tokio_postgres::Config,
     tls: Option<MakeRustlsConnect>,
+    notify_channel: String,
     out: broadcast::Sender<(String, Lane)>,
     pauses: broadcast::Sender<(String, Lane)>,
     stop: CancellationToken,
@@ -317,7 +351,7 @@ async fn listen_loop(
         match connect_one(&cfg, &tls).await {
             Ok((client, mut notes, driver)) => {
                 if let Err(e) = client
-                    .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+                    .batch_execute(&format!("LISTEN \"{notify_channel}\""))
                     .await
                 {
                     tracing::warn!(error = %e, "cannot LISTEN for other nodes' work");

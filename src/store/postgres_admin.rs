@@ -16,7 +16,7 @@ use tokio_postgres::types::ToSql;
 
 use super::activity::{ActivityLog, AttemptCounts};
 use super::admin::*;
-use super::postgres::{NOTIFY_CHANNEL, PAUSE_PREFIX, PgStore, db, exec, opt, rows};
+use super::postgres::{PAUSE_PREFIX, PgStore, db, exec, opt, rows};
 use super::sqlite_admin::mask_contact;
 use super::{ItemKind, Lane, Result};
 use crate::clock::now_ms;
@@ -153,7 +153,12 @@ impl PgStore {
     /// another node, and a lane reads its pause from the store only when it starts.
     async fn announce_pause(&self, tx: &Transaction<'_>, channel: &str, lane: Lane) -> Result<()> {
         let payload = format!("{PAUSE_PREFIX}{}:{channel}", lane.code());
-        exec(tx, "SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload]).await?;
+        exec(
+            tx,
+            "SELECT pg_notify($1, $2)",
+            &[&self.notify_channel(), &payload],
+        )
+        .await?;
         Ok(())
     }
 
