@@ -41,4 +41,6 @@ pub mod generic;
 pub mod harness;
 pub mod provider;
 pub mod secret;
+pub mod support;
+pub mod twilio;
 pub mod wire;
