@@ -1,11 +1,9 @@
-//! Small helpers the signed-webhook providers (Twilio, Vonage) share.
+//! Small helpers the providers share for reading send answers (the pure readers are in
+//! `rio_parse::support`).
 
 use std::time::Duration;
 
 use super::parse_retry_after;
-
-// The pure helpers (number and timestamp readers) live in the parser crate.
-pub use rio_parse::support::{excerpt, rfc3339_ms, with_plus};
 
 /// Reads at most `cap` bytes of a response body, so a misbehaving upstream cannot make us
 /// buffer without bound. A truncated body simply fails to parse later.

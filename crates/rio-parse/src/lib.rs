@@ -43,4 +43,5 @@ pub mod provider;
 pub mod secret;
 pub mod support;
 pub mod twilio;
+pub mod vonage;
 pub mod wire;
