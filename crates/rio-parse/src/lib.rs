@@ -42,6 +42,7 @@ pub mod harness;
 pub mod provider;
 pub mod secret;
 pub mod support;
+pub mod telegram;
 pub mod twilio;
 pub mod vonage;
 pub mod wire;
