@@ -278,12 +278,13 @@ impl Provider for Plivo {
 
     async fn send(&self, req: SendRequest<'_>) -> Result<Accepted, SendError> {
         let body = self.build_send(&req)?;
-        let resp = self
+        let request = self
             .client
             .post(self.message_endpoint())
             .basic_auth(&self.cfg.auth_id, Some(self.cfg.auth_token.expose()))
-            .json(&body)
-            .send()
+            .json(&body);
+        // `channel_log::send` records the exchange (credentials redacted) for the message.
+        let resp = crate::channel_log::send(request, "provider")
             .await
             .map_err(|e| classify_transport_error(&e))?;
         let status = resp.status().as_u16();

@@ -164,11 +164,9 @@ impl Telegram {
         method: &str,
         body: &Value,
     ) -> Result<(u16, Option<Duration>, Result<Vec<u8>, String>), SendError> {
-        let resp = self
-            .client
-            .post(self.method_url(method))
-            .json(body)
-            .send()
+        let request = self.client.post(self.method_url(method)).json(body);
+        // `channel_log::send` records the exchange (credentials redacted) for the message.
+        let resp = crate::channel_log::send(request, "provider")
             .await
             .map_err(|e| classify_transport_error(&e.without_url()))?;
         let status = resp.status().as_u16();

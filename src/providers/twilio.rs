@@ -342,13 +342,14 @@ impl Provider for Twilio {
     async fn send(&self, req: SendRequest<'_>) -> Result<Accepted, SendError> {
         let form = self.build_form(&req)?;
         let (user, secret) = self.credentials();
-        let resp = self
+        let request = self
             .client
             .post(self.messages_url())
             .basic_auth(user, Some(secret.expose()))
             .header(reqwest::header::ACCEPT, "application/json")
-            .form(&form)
-            .send()
+            .form(&form);
+        // `channel_log::send` records the exchange (credentials redacted) for the message.
+        let resp = crate::channel_log::send(request, "provider")
             .await
             .map_err(|e| classify_transport_error(&e))?;
         let status = resp.status().as_u16();

@@ -223,15 +223,16 @@ impl Provider for Vonage {
 
     async fn send(&self, req: SendRequest<'_>) -> Result<Accepted, SendError> {
         let body = self.build_body(&req)?;
-        let resp = self
+        let request = self
             .client
             .post(format!(
                 "{}/v1/messages",
                 self.cfg.api_base.trim_end_matches('/')
             ))
             .basic_auth(&self.cfg.api_key, Some(self.cfg.api_secret.expose()))
-            .json(&body)
-            .send()
+            .json(&body);
+        // `channel_log::send` records the exchange (credentials redacted) for the message.
+        let resp = crate::channel_log::send(request, "provider")
             .await
             .map_err(|e| classify_transport_error(&e))?;
         let status = resp.status().as_u16();
