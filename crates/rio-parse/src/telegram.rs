@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::clock::now_ms;
+use crate::clock::{now_ms, plausible_ms};
 use crate::provider::{
     Accepted, InboundEvent, InboundKind, MediaRef, Receipt, SendError, WebhookRequest,
 };
@@ -314,8 +314,9 @@ pub fn parse_update(update: &Value, media_base: &str) -> Result<Vec<InboundEvent
         .get(date_key)
         .or_else(|| msg.get("date"))
         .and_then(Value::as_i64)
-        .filter(|s| *s > 0)
-        .map(|s| s * 1000)
+        .and_then(|s| s.checked_mul(1000))
+        // Before 1970 or past year 9999 is no real time (and a huge `date` would overflow).
+        .filter(|&ms| plausible_ms(ms))
         .unwrap_or_else(now_ms);
     let contact = profile(chat, msg.get("from"), group || kind == InboundKind::Echo);
     Ok(vec![InboundEvent {
@@ -568,4 +569,38 @@ fn profile(chat: &Map<String, Value>, from: Option<&Value>, shared_chat: bool) -
             .map(str::to_ascii_lowercase);
     }
     (!c.is_empty()).then_some(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `date` that is no real time (zero, negative, past year 9999, or so large that
+    /// seconds → ms overflows) reads as "now", like an absent one.
+    #[test]
+    fn implausible_dates_read_as_now() {
+        for date in [0, -5, 300_000_000_000, i64::MAX / 10] {
+            let update = serde_json::json!({
+                "update_id": 1,
+                "message": {"message_id": 2, "chat": {"id": 5, "type": "private"},
+                            "date": date, "text": "hi"}
+            });
+            let before = now_ms();
+            let events = parse_update(&update, "https://gw.test/media").unwrap();
+            let after = now_ms();
+            assert_eq!(events.len(), 1, "{date}");
+            assert!(
+                (before..=after).contains(&events[0].timestamp_ms),
+                "{date} read as {}",
+                events[0].timestamp_ms
+            );
+        }
+        let update = serde_json::json!({
+            "update_id": 1,
+            "message": {"message_id": 2, "chat": {"id": 5, "type": "private"},
+                        "date": 1_736_935_260, "text": "hi"}
+        });
+        let events = parse_update(&update, "https://gw.test/media").unwrap();
+        assert_eq!(events[0].timestamp_ms, 1_736_935_260_000);
+    }
 }

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::clock::now_ms;
+use crate::clock::{now_ms, plausible_ms};
 use crate::provider::{Accepted, InboundEvent, InboundKind, Receipt, SendError, WebhookRequest};
 use crate::secret::Secret;
 use crate::support::{excerpt, rfc3339_ms, with_plus};
@@ -178,9 +178,12 @@ fn str_at<'a>(o: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
+/// The webhook's `timestamp`; absent, unreadable or implausible (before 1970, after year
+/// 9999: it would misplace the message in respond.io's conversation) means now.
 fn timestamp_of(o: &Map<String, Value>) -> i64 {
     str_at(o, "timestamp")
         .and_then(rfc3339_ms)
+        .filter(|&ms| plausible_ms(ms))
         .unwrap_or_else(now_ms)
 }
 
