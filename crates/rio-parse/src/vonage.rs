@@ -21,7 +21,7 @@ use crate::clock::{now_ms, plausible_ms};
 use crate::provider::{Accepted, InboundEvent, InboundKind, Receipt, SendError, WebhookRequest};
 use crate::secret::Secret;
 use crate::support::{excerpt, rfc3339_ms, with_plus};
-use crate::wire::{Attachment, AttachmentKind, Contact, Message, StatusValue};
+use crate::wire::{Attachment, AttachmentKind, Contact, IdType, Message, StatusValue};
 
 /// Clock skew tolerated on `iat` in both directions.
 const IAT_SKEW_SECS: i64 = 60;
@@ -264,7 +264,12 @@ fn inbound_message(o: &Map<String, Value>) -> Result<Message, String> {
 fn inbound_event(o: &Map<String, Value>) -> Result<InboundEvent, String> {
     let uuid = str_at(o, "message_uuid").ok_or("inbound message has no message_uuid")?;
     let from = str_at(o, "from").ok_or("inbound message has no from")?;
+    // The channels we take (CHANNELS) all address contacts by phone number; anything
+    // else would be refused by respond.io later, after the webhook was acknowledged.
     let contact_id = with_plus(from);
+    IdType::Phone
+        .validate(&contact_id)
+        .map_err(|_| format!("from {from:?} is not a phone number"))?;
     let name = o
         .get("profile")
         .and_then(Value::as_object)

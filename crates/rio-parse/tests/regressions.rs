@@ -73,3 +73,17 @@ fn vonage_receipt_dated_before_1970_reads_as_now() {
         receipts[0].timestamp_ms
     );
 }
+
+/// A Vonage inbound message `from` `4477009to000` became the contact `+4477009to000`, which
+/// is no phone number: respond.io would refuse every event of it after we had acknowledged
+/// the webhook. Such a sender is now refused when the webhook is read.
+#[test]
+fn vonage_inbound_from_that_is_no_number_is_refused() {
+    let data = regression(
+        "vonage_webhook",
+        "crash-bc3ebeacdf9c34128722903c65cd6dd5121a4c36",
+    );
+    let parts = rio_parse::harness::webhook_parts(&data);
+    let err = rio_parse::vonage::parse_inbound(&parts.request()).unwrap_err();
+    assert!(err.contains("is not a phone number"), "{err}");
+}
