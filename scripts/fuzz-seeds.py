@@ -94,6 +94,40 @@ for t in ["https://api.example.com/sms?to={contact_id_digits}&text={text}&key={s
 for path in sorted(glob.glob(os.path.join(ROOT, "examples/*.toml"))):
     add("config_text", fixture(path))
 
+# Twilio, Vonage, Telegram, Plivo: webhooks with their signature/secret headers (not valid
+# signatures: the fuzzer mutates the shape) and send answers with the status they come with.
+def answer_status(name, ok):
+    digits = "".join(c for c in name.split("_")[1] if c.isdigit()) if "_" in name else ""
+    if len(digits) == 3:
+        return int(digits)
+    twilio = {"20003": 401, "20429": 429, "20500": 500}
+    if digits in twilio:
+        return twilio[digits]
+    if "unauthorized" in name:
+        return 401
+    return 400 if name.startswith("error") or "error" in name else ok
+
+
+PROVIDERS = {
+    "twilio": ("x-twilio-signature: AAAA\n", 201),
+    "vonage": ("authorization: Bearer e30.e30.AAAA\n", 202),
+    "telegram": (f"x-telegram-bot-api-secret-token: {SECRET}\n", 200),
+    "plivo": ("x-plivo-signature-v3: AAAA\nx-plivo-signature-v3-nonce: 123\n", 202),
+}
+for provider, (sig, ok) in PROVIDERS.items():
+    for path in sorted(glob.glob(os.path.join(ROOT, f"tests/fixtures/{provider}/*"))):
+        name = os.path.basename(path)
+        if "signatures" in name:
+            continue
+        body = fixture(path)
+        if name.startswith(("send_", "error_", "get_file")):
+            status = answer_status(name, ok)
+            extra = b"Retry-After: 3\n" if status == 429 else b""
+            add(f"{provider}_send_response", f"{status}\n".encode() + extra + body)
+        else:
+            ctype = JSON if name.endswith(".json") else FORM
+            add(f"{provider}_webhook", webhook("", sig + ctype, body))
+
 for target, items in seeds.items():
     d = os.path.join(ROOT, "fuzz/corpus", target)
     os.makedirs(d, exist_ok=True)

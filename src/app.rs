@@ -187,6 +187,23 @@ pub fn channel_secrets(ch: &ChannelConfig) -> Vec<&Secret> {
     if let Some(cs) = &ch.clicksend {
         out.push(&cs.api_key);
     }
+    if let Some(tw) = &ch.twilio {
+        out.push(&tw.auth_token);
+        out.extend(tw.api_key_secret.as_ref());
+    }
+    if let Some(vo) = &ch.vonage {
+        out.extend([&vo.api_secret, &vo.signature_secret]);
+    }
+    if let Some(tg) = &ch.telegram {
+        out.extend([&tg.bot_token, &tg.secret_token]);
+    }
+    if let Some(pl) = &ch.plivo {
+        out.push(&pl.auth_token);
+        out.extend(pl.main_auth_token.as_ref());
+    }
+    if let Some(http) = &ch.http {
+        out.extend(http.secrets.values());
+    }
     out
 }
 

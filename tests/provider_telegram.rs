@@ -234,3 +234,57 @@ async fn telegram_webhooks_without_the_secret_are_refused_and_other_updates_igno
     assert_eq!(stage.events().len(), 1);
     gw.shutdown().await;
 }
+
+/// Every URL, header, body and error of the channel's stored channel logs, one row per line.
+fn channel_log_text(stage: &ProviderStage) -> String {
+    let conn = rusqlite::Connection::open(stage.db_path()).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT url || ' ' || COALESCE(request_headers,'') || ' ' || COALESCE(request_body,'')
+             || ' ' || COALESCE(response_body,'') || ' ' || COALESCE(error,'') FROM channel_logs",
+        )
+        .unwrap();
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    rows.join("\n")
+}
+
+#[tokio::test]
+async fn telegram_sends_are_channel_logged_without_the_bot_token() {
+    let stage = ProviderStage::new("tg", EmulatedIdType::Custom).await;
+    let (sim, sim_base) = start_sim().await;
+    let gw = stage.start(&channel(&sim_base)).await;
+
+    // One send Telegram takes and one it refuses (its error body is logged too).
+    let (status, body) = stage
+        .send(
+            "3527065",
+            json!({"type": "text", "text": "Hello from an agent"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sim.block(3527065);
+    let (status, body) = stage
+        .send("3527065", json!({"type": "text", "text": "still there?"}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    let text = common::wait_until("both sends in the channel logs", 20, || async {
+        let text = channel_log_text(&stage);
+        (text.matches("/sendMessage").count() >= 2).then_some(text)
+    })
+    .await;
+    assert!(text.contains("Hello from an agent"), "{text}");
+    assert!(text.contains("bot was blocked by the user"), "{text}");
+    // Neither the whole token nor its secret half (after the bot id) is stored anywhere.
+    let (_, token_secret) = BOT_TOKEN.split_once(':').unwrap();
+    assert!(
+        !text.contains(token_secret),
+        "bot token in channel logs: {text}"
+    );
+    assert!(text.contains("/bot[redacted]/sendMessage"), "{text}");
+    gw.shutdown().await;
+}

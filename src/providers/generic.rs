@@ -588,8 +588,8 @@ impl Provider for HttpProvider {
         let rb = self.build_request(&req)?;
         // without_url: a URL template may carry a credential (`/bot{secret.token}/`), and
         // reasons end up in logs and in respond.io.
-        let resp = rb
-            .send()
+        // `channel_log::send` records the exchange (credentials redacted) for the message.
+        let resp = crate::channel_log::send(rb, "provider")
             .await
             .map_err(|e| classify_transport_error(&e.without_url()))?;
         let status = resp.status().as_u16();

@@ -585,7 +585,7 @@ async fn ctl_status(State(sim): State<VonageSim>, body: Bytes) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::support::rfc3339_ms;
+    use rio_parse::support::rfc3339_ms;
 
     fn cfg() -> VonageSimConfig {
         VonageSimConfig {

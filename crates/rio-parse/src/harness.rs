@@ -128,6 +128,11 @@ pub fn message_body(data: &[u8]) {
 }
 
 fn check_inbound(events: &[InboundEvent]) {
+    check_inbound_as(events, IdType::Phone);
+}
+
+/// [`check_inbound`] for a provider whose contact ids are of `id_type`.
+fn check_inbound_as(events: &[InboundEvent], id_type: IdType) {
     for e in events {
         assert!(
             !e.dedupe_key.is_empty(),
@@ -140,8 +145,8 @@ fn check_inbound(events: &[InboundEvent]) {
             e.timestamp_ms
         );
         assert!(
-            IdType::Phone.validate(&e.contact_id).is_ok(),
-            "inbound contact {:?} is not E.164",
+            id_type.validate(&e.contact_id).is_ok(),
+            "inbound contact {:?} is not a valid {id_type:?} id",
             e.contact_id
         );
         let stored = serde_json::to_string(&e.message).unwrap();
@@ -195,6 +200,123 @@ pub fn clicksend_receipts(data: &[u8]) {
 pub fn clicksend_send_response(data: &[u8]) {
     let (status, retry_after, body) = answer_parts(data);
     check_accepted(&crate::clicksend::classify(
+        status,
+        retry_after,
+        Ok(body.to_vec()),
+    ));
+}
+
+/// Twilio's webhooks (inbound and status callbacks): the signature check (with a
+/// connection-override fragment configured), then both readers, media proxied.
+pub fn twilio_webhook(data: &[u8]) {
+    let parts = webhook_parts(data);
+    let req = parts.request();
+    let _ = crate::twilio::authenticate(&Secret::new(WEBHOOK_SECRET), Some("rc=2"), &req);
+    if let Ok(events) = crate::twilio::parse_inbound(&req, true) {
+        check_inbound(&events);
+    }
+    if let Ok(receipts) = crate::twilio::parse_receipts(&req) {
+        check_receipts(&receipts);
+    }
+}
+
+/// Twilio's answer to a send.
+pub fn twilio_send_response(data: &[u8]) {
+    let (status, retry_after, body) = answer_parts(data);
+    check_accepted(&crate::twilio::classify(
+        status,
+        retry_after,
+        Ok(body.to_vec()),
+    ));
+}
+
+/// Vonage's webhooks: the Bearer JWT check (signature, claims, payload_hash), then both
+/// readers.
+pub fn vonage_webhook(data: &[u8]) {
+    let parts = webhook_parts(data);
+    let req = parts.request();
+    let _ = crate::vonage::authenticate(&Secret::new(WEBHOOK_SECRET), "abcd1234", 3600, &req);
+    if let Ok(events) = crate::vonage::parse_inbound(&req) {
+        check_inbound(&events);
+    }
+    if let Ok(receipts) = crate::vonage::parse_receipts(&req) {
+        check_receipts(&receipts);
+    }
+}
+
+/// Vonage's answer to a send (202 or an RFC 7807 problem).
+pub fn vonage_send_response(data: &[u8]) {
+    let (status, retry_after, body) = answer_parts(data);
+    check_accepted(&crate::vonage::classify(
+        status,
+        retry_after,
+        Ok(body.to_vec()),
+    ));
+}
+
+/// Telegram's webhook: the secret-token check, then the update reader. Contact ids are chat
+/// ids in respond.io's custom alphabet, and each must map back to a chat.
+pub fn telegram_webhook(data: &[u8]) {
+    let parts = webhook_parts(data);
+    let req = parts.request();
+    let _ = crate::telegram::authenticate(&Secret::new(WEBHOOK_SECRET), &req);
+    if let Ok(events) =
+        crate::telegram::parse_inbound(&req, "https://gw.example.com/channels/tg/media")
+    {
+        check_inbound_as(&events, IdType::Custom);
+        for e in &events {
+            let chat = crate::telegram::chat_id_for_contact(&e.contact_id)
+                .expect("an inbound contact id maps back to a chat");
+            assert_eq!(crate::telegram::contact_id_for_chat(chat), e.contact_id);
+        }
+    }
+    assert!(crate::telegram::parse_receipts(&req).is_err());
+}
+
+/// Telegram's answer to a send, and the same bytes as a `getFile` answer: a file path never
+/// climbs out of the bot's file directory.
+pub fn telegram_send_response(data: &[u8]) {
+    let (status, retry_after, body) = answer_parts(data);
+    check_accepted(&crate::telegram::classify(
+        status,
+        retry_after,
+        Ok(body.to_vec()),
+        -1_001_234_567_890,
+    ));
+    if let Ok(path) = crate::telegram::file_path(status, body) {
+        assert!(
+            !path.is_empty() && !path.contains(".."),
+            "file path {path:?}"
+        );
+    }
+}
+
+/// Plivo's webhooks: the V3/V2 signature check (account and main-account keys), then both
+/// readers.
+pub fn plivo_webhook(data: &[u8]) {
+    let parts = webhook_parts(data);
+    let req = parts.request();
+    let key = Secret::new(WEBHOOK_SECRET);
+    let main = Secret::new("fuzz-main-account-token");
+    let keys = [
+        ("x-plivo-signature-v3", "x-plivo-signature-v2", &key),
+        ("x-plivo-signature-ma-v3", "x-plivo-signature-ma-v2", &main),
+    ];
+    if let Ok(v) = crate::plivo::authenticate(&keys, &req) {
+        assert!(matches!(v.version, "V2" | "V3") && !v.nonce.is_empty());
+    }
+    if let Ok(events) = crate::plivo::parse_inbound(&req, IdType::Phone) {
+        check_inbound(&events);
+    }
+    if let Ok(receipts) = crate::plivo::parse_receipts(&req) {
+        check_receipts(&receipts);
+    }
+}
+
+/// Plivo's answer to a send.
+pub fn plivo_send_response(data: &[u8]) {
+    let (status, retry_after, body) = answer_parts(data);
+    check_accepted(&crate::plivo::classify(
         status,
         retry_after,
         Ok(body.to_vec()),

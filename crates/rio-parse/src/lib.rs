@@ -7,8 +7,9 @@
 //! - [`wire`]: respond.io's Custom Channel wire format, including the `/message` body.
 //! - [`provider`]: the webhook as it reached us and the canonical events, receipts and send
 //!   outcomes every provider produces; [`provider::parse_retry_after`].
-//! - [`clicksend`], [`generic`]: each provider's webhook authentication, webhook reading and
-//!   send-answer classification.
+//! - [`clicksend`], [`generic`], [`plivo`], [`telegram`], [`twilio`], [`vonage`]: each
+//!   provider's webhook authentication (signature checks included), webhook reading and
+//!   send-answer classification; [`support`]: the number and timestamp readers they share.
 //! - [`config_text`]: the config file's TOML with `${VAR}` interpolation.
 //! - [`secret`]: the redacting, constant-time-compared `Secret`.
 //! - [`harness`]: the fuzz targets' entry points, shared with the corpus replay test.
@@ -39,6 +40,11 @@ pub mod clock;
 pub mod config_text;
 pub mod generic;
 pub mod harness;
+pub mod plivo;
 pub mod provider;
 pub mod secret;
+pub mod support;
+pub mod telegram;
+pub mod twilio;
+pub mod vonage;
 pub mod wire;

@@ -23,6 +23,26 @@ const TARGETS: &[(&str, Harness)] = &[
     ("generic_template", rio_parse::harness::generic_template),
     ("retry_after", rio_parse::harness::retry_after),
     ("config_text", rio_parse::harness::config_text),
+    ("twilio_webhook", rio_parse::harness::twilio_webhook),
+    (
+        "twilio_send_response",
+        rio_parse::harness::twilio_send_response,
+    ),
+    ("vonage_webhook", rio_parse::harness::vonage_webhook),
+    (
+        "vonage_send_response",
+        rio_parse::harness::vonage_send_response,
+    ),
+    ("telegram_webhook", rio_parse::harness::telegram_webhook),
+    (
+        "telegram_send_response",
+        rio_parse::harness::telegram_send_response,
+    ),
+    ("plivo_webhook", rio_parse::harness::plivo_webhook),
+    (
+        "plivo_send_response",
+        rio_parse::harness::plivo_send_response,
+    ),
 ];
 
 fn fuzz_dir() -> PathBuf {

@@ -48,3 +48,42 @@ fn generic_webhook_date_before_1970_reads_as_now() {
         events[0].timestamp_ms
     );
 }
+
+/// A Vonage status webhook stamped `1012-01-15T10:00:00.500Z` was read as a receipt of the
+/// year 1012 (-30230373599500 ms), which would order it before everything in the message's
+/// history. Like the generic provider's, a timestamp before 1970 now reads as "now".
+#[test]
+fn vonage_receipt_dated_before_1970_reads_as_now() {
+    let data = regression(
+        "vonage_webhook",
+        "crash-6a52ade85d07ed039b3d21d3549ea54cc04f7aee",
+    );
+    let parts = rio_parse::harness::webhook_parts(&data);
+    let before = now_ms();
+    let receipts = rio_parse::vonage::parse_receipts(&parts.request()).expect("the receipt reads");
+    let after = now_ms();
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(
+        receipts[0].provider_id,
+        "aaaaaaaa-bbbb-4ccc-8ddd-0123456789ab"
+    );
+    assert!(
+        (before..=after).contains(&receipts[0].timestamp_ms),
+        "{}",
+        receipts[0].timestamp_ms
+    );
+}
+
+/// A Vonage inbound message `from` `4477009to000` became the contact `+4477009to000`, which
+/// is no phone number: respond.io would refuse every event of it after we had acknowledged
+/// the webhook. Such a sender is now refused when the webhook is read.
+#[test]
+fn vonage_inbound_from_that_is_no_number_is_refused() {
+    let data = regression(
+        "vonage_webhook",
+        "crash-bc3ebeacdf9c34128722903c65cd6dd5121a4c36",
+    );
+    let parts = rio_parse::harness::webhook_parts(&data);
+    let err = rio_parse::vonage::parse_inbound(&parts.request()).unwrap_err();
+    assert!(err.contains("is not a phone number"), "{err}");
+}

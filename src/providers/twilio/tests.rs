@@ -2,8 +2,11 @@
 //! and sends over loopback HTTP against the Twilio stand-in.
 
 use super::*;
+use crate::providers::InboundKind;
+use crate::respondio::wire::{Attachment, AttachmentKind, StatusValue};
 use crate::simulators::twilio::{MEDIA_BYTES, TwilioFault, TwilioSim, TwilioSimConfig};
 use axum::http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
+use std::time::Duration;
 
 const AC: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "12345";

@@ -2,8 +2,13 @@
 //! and sends over loopback HTTP against the Vonage stand-in.
 
 use super::*;
+use crate::clock::now_ms;
+use crate::providers::InboundKind;
+use crate::respondio::wire::{Attachment, AttachmentKind, StatusValue};
 use crate::simulators::vonage::{VonageFault, VonageSim, VonageSimConfig};
 use axum::http::{HeaderMap, HeaderValue, header::AUTHORIZATION, header::CONTENT_TYPE};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
 
 const SIG_SECRET: &str = "vonage-signature-secret-0123456789";
 

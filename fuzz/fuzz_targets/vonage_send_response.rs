@@ -1,0 +1,4 @@
+#![no_main]
+
+// See rio_parse::harness::vonage_send_response for what is read and checked.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rio_parse::harness::vonage_send_response(data));
