@@ -206,9 +206,12 @@ impl InProcess {
             rio_bridge::telemetry::init(Default::default());
         }
         let cfg = Config::load(&stage.config_path()).expect("config");
-        let listener = TcpListener::bind(("127.0.0.1", stage.port))
-            .await
-            .expect("gateway port");
+        // The port was picked free when the stage was made; a client connection may hold it
+        // as its ephemeral source port for a moment since (a loaded machine): retry briefly.
+        let listener = wait_until("gateway port free", 15, || async {
+            TcpListener::bind(("127.0.0.1", stage.port)).await.ok()
+        })
+        .await;
         let app = App::build(cfg).await.expect("build app");
         let stop = CancellationToken::new();
         let task = tokio::spawn(app.run(listener, stop.clone()));
