@@ -301,41 +301,7 @@ async fn three_nodes_one_sigkilled_lose_nothing_and_keep_the_rate() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    // Inbound repeats: same text → same mId, only from ambiguous attempts.
-    let mut by_text: HashMap<String, Vec<String>> = HashMap::new();
-    for e in stage.events_of_type("message") {
-        by_text
-            .entry(text_of(&e))
-            .or_default()
-            .push(e.event["mId"].as_str().unwrap().to_string());
-    }
-    let mut repeats = 0;
-    for (text, mids) in &by_text {
-        if mids.len() > 1 {
-            repeats += mids.len() - 1;
-            assert!(
-                mids.iter().all(|m| m == &mids[0]),
-                "{text}: repeats with different mIds {mids:?}"
-            );
-            assert!(
-                ambiguous.contains(&mids[0]),
-                "{text}: repeated but never ambiguous"
-            );
-        }
-    }
-    let mut by_mid: HashMap<String, usize> = HashMap::new();
-    for m in accepted_mids(&stage.sim) {
-        *by_mid.entry(m).or_default() += 1;
-    }
-    for (mid, n) in &by_mid {
-        if *n > 1 {
-            repeats += n - 1;
-            assert!(
-                ambiguous.contains(mid),
-                "send {mid} repeated {n}x but never ambiguous"
-            );
-        }
-    }
+    let repeats = check_repeats(&stage, &ambiguous);
     // The rate limit held for the whole cluster, as the receivers saw it.
     let rio_times: Vec<i64> = stage
         .emulator

@@ -246,42 +246,7 @@ async fn crash_run(kills: usize, respondio_dedupes: bool) {
         ambiguous.contains(&in_flight),
         "the send in flight at the first kill was not marked ambiguous"
     );
-    // Inbound repeats: same text → same mId, and only from ambiguous attempts.
-    let mut by_text: HashMap<String, Vec<String>> = HashMap::new();
-    for e in stage.events_of_type("message") {
-        by_text
-            .entry(text_of(&e))
-            .or_default()
-            .push(e.event["mId"].as_str().unwrap().to_string());
-    }
-    let mut repeats = 0;
-    for (text, mids) in &by_text {
-        if mids.len() > 1 {
-            repeats += mids.len() - 1;
-            assert!(
-                mids.iter().all(|m| m == &mids[0]),
-                "{text}: repeats with different mIds {mids:?}"
-            );
-            assert!(
-                ambiguous.contains(&mids[0]),
-                "{text}: repeated but never marked ambiguous"
-            );
-        }
-    }
-    // Outbound repeats at the provider, the same way.
-    let mut by_mid: HashMap<String, usize> = HashMap::new();
-    for m in accepted_mids(&stage.sim) {
-        *by_mid.entry(m).or_default() += 1;
-    }
-    for (mid, n) in &by_mid {
-        if *n > 1 {
-            repeats += n - 1;
-            assert!(
-                ambiguous.contains(mid),
-                "send {mid} repeated {n}x but never marked ambiguous"
-            );
-        }
-    }
+    let repeats = check_repeats(&stage, &ambiguous);
     // Statuses never went backwards.
     let mut last: HashMap<String, i32> = HashMap::new();
     let mut statuses = 0;

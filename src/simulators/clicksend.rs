@@ -806,28 +806,7 @@ async fn ctl_sent(State(sim): State<ClickSendSim>) -> Response {
     axum::Json(sim.sent()).into_response()
 }
 
-fn bad_request(e: impl std::fmt::Display) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        axum::Json(json!({ "error": e.to_string() })),
-    )
-        .into_response()
-}
-
-/// A push's outcome: the gateway's status, or 502 when it could not be reached.
-fn push_outcome(r: Result<u16, String>) -> Response {
-    match r {
-        Ok(status) => axum::Json(json!({ "status": status })).into_response(),
-        Err(e) => (StatusCode::BAD_GATEWAY, axum::Json(json!({ "error": e }))).into_response(),
-    }
-}
-
-#[derive(Deserialize)]
-struct InboundReq {
-    from: String,
-    to: String,
-    body: String,
-}
+use super::control::{InboundReq, bad_request, one_or_many, push_outcome};
 
 async fn ctl_inbound(State(sim): State<ClickSendSim>, body: Bytes) -> Response {
     match serde_json::from_slice::<InboundReq>(&body) {
@@ -836,18 +815,10 @@ async fn ctl_inbound(State(sim): State<ClickSendSim>, body: Bytes) -> Response {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(SimFault),
-    Many(Vec<SimFault>),
-}
-
 async fn ctl_faults(State(sim): State<ClickSendSim>, body: Bytes) -> Response {
-    let faults = match serde_json::from_slice::<OneOrMany>(&body) {
-        Ok(OneOrMany::One(f)) => vec![f],
-        Ok(OneOrMany::Many(fs)) => fs,
-        Err(e) => return bad_request(e),
+    let faults = match one_or_many::<SimFault>(&body) {
+        Ok(fs) => fs,
+        Err(r) => return r,
     };
     let queued = faults.len();
     faults.into_iter().for_each(|f| sim.push_fault(f));

@@ -2,6 +2,7 @@
 //! documented rules, record every raw arrival and never dedupe.
 
 pub mod clicksend;
+mod control;
 pub mod plivo;
 pub mod telegram;
 

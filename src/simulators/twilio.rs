@@ -587,37 +587,16 @@ async fn get_media(
 
 // ---- control endpoints (for tests and tools that only have a URL) ----
 
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum OneOrMany<T> {
-    One(T),
-    Many(Vec<T>),
-}
-
-fn bad_request(e: impl std::fmt::Display) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        axum::Json(json!({ "error": e.to_string() })),
-    )
-        .into_response()
-}
-
-#[derive(serde::Deserialize)]
-struct InboundReq {
-    from: String,
-    to: String,
-    body: String,
-}
+use super::control::{InboundReq, bad_request, one_or_many, push_outcome};
 
 async fn ctl_sent(State(sim): State<TwilioSim>) -> Response {
     axum::Json(sim.sent()).into_response()
 }
 
 async fn ctl_faults(State(sim): State<TwilioSim>, body: Bytes) -> Response {
-    let faults = match serde_json::from_slice::<OneOrMany<TwilioFault>>(&body) {
-        Ok(OneOrMany::One(f)) => vec![f],
-        Ok(OneOrMany::Many(fs)) => fs,
-        Err(e) => return bad_request(e),
+    let faults = match one_or_many::<TwilioFault>(&body) {
+        Ok(fs) => fs,
+        Err(r) => return r,
     };
     let queued = faults.len();
     faults.into_iter().for_each(|f| sim.push_fault(f));
@@ -635,10 +614,7 @@ async fn ctl_inbound(State(sim): State<TwilioSim>, body: Bytes) -> Response {
         body: r.body,
         ..Default::default()
     };
-    match sim.push_inbound(&msg).await {
-        Ok((status, _, _)) => axum::Json(json!({ "status": status })).into_response(),
-        Err(e) => (StatusCode::BAD_GATEWAY, axum::Json(json!({ "error": e }))).into_response(),
-    }
+    push_outcome(sim.push_inbound(&msg).await.map(|(status, _, _)| status))
 }
 
 #[derive(serde::Deserialize)]
@@ -654,10 +630,7 @@ async fn ctl_status(State(sim): State<TwilioSim>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
-    match sim.push_status(&r.sid, &r.status, r.error_code).await {
-        Ok(status) => axum::Json(json!({ "status": status })).into_response(),
-        Err(e) => (StatusCode::BAD_GATEWAY, axum::Json(json!({ "error": e }))).into_response(),
-    }
+    push_outcome(sim.push_status(&r.sid, &r.status, r.error_code).await)
 }
 
 #[cfg(test)]

@@ -518,44 +518,16 @@ async fn send_message(State(sim): State<VonageSim>, headers: HeaderMap, body: By
 
 // ---- control endpoints (for tests and tools that only have a URL) ----
 
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum OneOrMany<T> {
-    One(T),
-    Many(Vec<T>),
-}
-
-fn bad_request(e: impl std::fmt::Display) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        axum::Json(json!({ "error": e.to_string() })),
-    )
-        .into_response()
-}
-
-#[derive(serde::Deserialize)]
-struct InboundReq {
-    from: String,
-    to: String,
-    body: String,
-}
-
-fn pushed(r: Result<u16, String>) -> Response {
-    match r {
-        Ok(status) => axum::Json(json!({ "status": status })).into_response(),
-        Err(e) => (StatusCode::BAD_GATEWAY, axum::Json(json!({ "error": e }))).into_response(),
-    }
-}
+use super::control::{InboundReq, bad_request, one_or_many, push_outcome};
 
 async fn ctl_sent(State(sim): State<VonageSim>) -> Response {
     axum::Json(sim.sent()).into_response()
 }
 
 async fn ctl_faults(State(sim): State<VonageSim>, body: Bytes) -> Response {
-    let faults = match serde_json::from_slice::<OneOrMany<VonageFault>>(&body) {
-        Ok(OneOrMany::One(f)) => vec![f],
-        Ok(OneOrMany::Many(fs)) => fs,
-        Err(e) => return bad_request(e),
+    let faults = match one_or_many::<VonageFault>(&body) {
+        Ok(fs) => fs,
+        Err(r) => return r,
     };
     let queued = faults.len();
     faults.into_iter().for_each(|f| sim.push_fault(f));
@@ -564,7 +536,7 @@ async fn ctl_faults(State(sim): State<VonageSim>, body: Bytes) -> Response {
 
 async fn ctl_inbound(State(sim): State<VonageSim>, body: Bytes) -> Response {
     match serde_json::from_slice::<InboundReq>(&body) {
-        Ok(r) => pushed(sim.push_inbound_text(&r.from, &r.to, &r.body).await),
+        Ok(r) => push_outcome(sim.push_inbound_text(&r.from, &r.to, &r.body).await),
         Err(e) => bad_request(e),
     }
 }
@@ -577,7 +549,7 @@ struct StatusReq {
 
 async fn ctl_status(State(sim): State<VonageSim>, body: Bytes) -> Response {
     match serde_json::from_slice::<StatusReq>(&body) {
-        Ok(r) => pushed(sim.push_status(&r.message_uuid, &r.status, None).await),
+        Ok(r) => push_outcome(sim.push_status(&r.message_uuid, &r.status, None).await),
         Err(e) => bad_request(e),
     }
 }

@@ -476,3 +476,45 @@ pub fn busiest_second(times: &[i64]) -> usize {
     sorted.sort_unstable();
     rio_bridge::respondio::emulator::max_in_window(&sorted, 1000)
 }
+
+/// Every repeat a run produced is legitimate: a contact message seen twice at respond.io
+/// kept its mId, and it or a send the provider stand-in took twice was marked ambiguous.
+/// Returns how many repeats there were.
+pub fn check_repeats(stage: &Stage, ambiguous: &std::collections::HashSet<String>) -> usize {
+    use std::collections::HashMap;
+    let mut by_text: HashMap<String, Vec<String>> = HashMap::new();
+    for e in stage.events_of_type("message") {
+        by_text
+            .entry(text_of(&e))
+            .or_default()
+            .push(e.event["mId"].as_str().unwrap().to_string());
+    }
+    let mut repeats = 0;
+    for (text, mids) in &by_text {
+        if mids.len() > 1 {
+            repeats += mids.len() - 1;
+            assert!(
+                mids.iter().all(|m| m == &mids[0]),
+                "{text}: repeats with different mIds {mids:?}"
+            );
+            assert!(
+                ambiguous.contains(&mids[0]),
+                "{text}: repeated but never marked ambiguous"
+            );
+        }
+    }
+    let mut by_mid: HashMap<String, usize> = HashMap::new();
+    for m in accepted_mids(&stage.sim) {
+        *by_mid.entry(m).or_default() += 1;
+    }
+    for (mid, n) in &by_mid {
+        if *n > 1 {
+            repeats += n - 1;
+            assert!(
+                ambiguous.contains(mid),
+                "send {mid} repeated {n}x but never marked ambiguous"
+            );
+        }
+    }
+    repeats
+}
