@@ -179,7 +179,7 @@ async fn migrate(path: PathBuf) -> anyhow::Result<()> {
         println!(
             "{}: up to date (schema version {})",
             cfg.store.path.display(),
-            rio_bridge::store::migrate::latest()
+            rio_bridge::store::sqlite::migrate::latest()
         );
     } else {
         println!(

@@ -1036,7 +1036,7 @@ async fn a_first_release_database_is_migrated_and_its_data_survives() {
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, rio_bridge::store::migrate::latest());
+    assert_eq!(v, rio_bridge::store::sqlite::migrate::latest());
 
     // Old data through the new API.
     let d = admin.ok("/admin/messages/OLDIN").await;

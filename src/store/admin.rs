@@ -240,3 +240,25 @@ pub trait AdminStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<ChannelLogRow>>;
 }
+
+/// Shows enough of a contact id to recognise it in the audit log, not enough to keep it.
+pub fn mask_contact(contact: &str) -> String {
+    let chars: Vec<char> = contact.chars().collect();
+    if chars.len() <= 4 {
+        return "***".into();
+    }
+    let head: String = chars[..2].iter().collect();
+    let tail: String = chars[chars.len() - 2..].iter().collect();
+    format!("{head}***{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_contact_ids() {
+        assert_eq!(mask_contact("+61412345678"), "+6***78");
+        assert_eq!(mask_contact("abc"), "***");
+    }
+}

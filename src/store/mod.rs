@@ -11,11 +11,9 @@
 pub mod activity;
 pub mod admin;
 pub mod backup;
-pub mod migrate;
 pub mod postgres;
-mod postgres_admin;
+pub mod rules;
 pub mod sqlite;
-mod sqlite_admin;
 
 use async_trait::async_trait;
 

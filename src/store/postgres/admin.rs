@@ -1,5 +1,5 @@
 //! [`AdminStore`] and [`ActivityLog`] for PostgreSQL: the same answers as the SQLite
-//! implementation (`sqlite_admin.rs`), written for a database several nodes change at once.
+//! implementation (`sqlite/admin.rs`), written for a database several nodes change at once.
 //!
 //! SQLite runs every change on one writer thread, so "check, then write" cannot race
 //! there. Here each change is one transaction that decides with the write itself:
@@ -14,12 +14,11 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::activity::{ActivityLog, AttemptCounts};
-use super::admin::*;
-use super::postgres::{PAUSE_PREFIX, PgStore, db, exec, opt, rows};
-use super::sqlite_admin::mask_contact;
-use super::{ItemKind, Lane, Result};
+use super::{PAUSE_PREFIX, PgStore, db, exec, opt, rows};
 use crate::clock::now_ms;
+use crate::store::activity::{ActivityLog, AttemptCounts};
+use crate::store::admin::*;
+use crate::store::{ItemKind, Lane, Result};
 
 const MESSAGE_COLUMNS: &str = "id, channel, lane, contact, kind, mid, payload, state, status, attempts, \
      ambiguous, created_ms, updated_ms, next_ms, provider_id, last_error";

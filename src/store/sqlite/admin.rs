@@ -8,10 +8,10 @@
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
-use super::admin::*;
-use super::sqlite::SqliteStore;
-use super::{ItemKind, Lane, Result};
+use super::SqliteStore;
 use crate::clock::now_ms;
+use crate::store::admin::*;
+use crate::store::{ItemKind, Lane, Result};
 
 const MESSAGE_COLUMNS: &str = "id, channel, lane, contact, kind, mid, payload, state, status, attempts, \
      ambiguous, created_ms, updated_ms, next_ms, provider_id, last_error";
@@ -91,17 +91,6 @@ fn history(conn: &Connection, item_id: i64, event: &str, detail: &str) -> rusqli
     )?
     .execute(params![item_id, now_ms(), event, detail])?;
     Ok(())
-}
-
-/// Shows enough of a contact id to recognise it in the audit log, not enough to keep it.
-pub fn mask_contact(contact: &str) -> String {
-    let chars: Vec<char> = contact.chars().collect();
-    if chars.len() <= 4 {
-        return "***".into();
-    }
-    let head: String = chars[..2].iter().collect();
-    let tail: String = chars[chars.len() - 2..].iter().collect();
-    format!("{head}***{tail}")
 }
 
 /// Builds the WHERE clause of a message listing.
@@ -574,16 +563,5 @@ impl AdminStore for SqliteStore {
                 .collect()
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn masks_contact_ids() {
-        assert_eq!(mask_contact("+61412345678"), "+6***78");
-        assert_eq!(mask_contact("abc"), "***");
     }
 }

@@ -34,12 +34,14 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::clock::now_ms;
 use crate::config::StoreConfig;
-use crate::respondio::wire::{Event, EventType, Status};
-use crate::status::{self, Transition};
+use tx::{ITEM_COLUMNS, PgTx, item_from_row};
 
-const SCHEMA_V1: &str = include_str!("postgres_schema.sql");
+mod admin;
+mod tx;
+
+const SCHEMA_V1: &str = include_str!("schema_v1.sql");
 /// Channel logs, the audit log and the admin listings' indexes (see `postgres_admin`).
-const SCHEMA_V2: &str = include_str!("postgres_schema_v2.sql");
+const SCHEMA_V2: &str = include_str!("schema_v2.sql");
 /// (version, SQL): applied in order, each once, under an advisory lock so nodes starting
 /// together do not race.
 const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2)];
@@ -403,429 +405,22 @@ pub(super) async fn opt(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Resul
     tx.query_opt(&stmt, p).await.map_err(db)
 }
 
-const ITEM_COLUMNS: &str = "id, channel, lane, qkey, contact, kind, mid, payload, contact_json, state, \
-     attempts, ambiguous, created_ms, provider_id, status, last_error";
-
-fn item_from_row(r: &Row) -> Item {
-    Item {
-        id: r.get("id"),
-        channel: r.get("channel"),
-        lane: Lane::from_code(r.get("lane")),
-        qkey: r.get("qkey"),
-        contact: r.get("contact"),
-        kind: ItemKind::from_code(r.get("kind")),
-        mid: r.get("mid"),
-        payload: r.get("payload"),
-        contact_json: r.get("contact_json"),
-        state: r.get("state"),
-        attempts: r.get("attempts"),
-        ambiguous: r.get("ambiguous"),
-        created_ms: r.get("created_ms"),
-        provider_id: r.get("provider_id"),
-        status: r.get("status"),
-        last_error: r.get("last_error"),
-    }
-}
-
-/// Claims a dedupe key; false when a live key already exists (a redelivery). The primary
-/// key makes this atomic across nodes: a concurrent insert of the same key waits for the
-/// first to commit and then sees it.
-async fn claim_dedupe(
-    tx: &Transaction<'_>,
-    channel: &str,
-    key: &str,
-    now: i64,
-    ttl: i64,
-) -> Result<bool> {
-    let n = exec(
-        tx,
-        "INSERT INTO dedupe(channel, key, expires_ms) VALUES ($1, $2, $3)
-         ON CONFLICT(channel, key) DO UPDATE SET expires_ms = excluded.expires_ms
-         WHERE dedupe.expires_ms < $4",
-        &[&channel, &key, &now.saturating_add(ttl), &now],
-    )
-    .await?;
-    Ok(n == 1)
-}
-
-async fn history(
-    tx: &Transaction<'_>,
-    item_id: i64,
-    now: i64,
-    event: &str,
-    detail: Option<&str>,
-) -> Result<()> {
-    exec(
-        tx,
-        "INSERT INTO history(item_id, at_ms, event, detail) VALUES ($1, $2, $3, $4)",
-        &[&item_id, &now, &event, &detail],
-    )
-    .await?;
-    Ok(())
-}
-
-struct NewRow<'a> {
-    channel: &'a str,
-    lane: Lane,
-    qkey: &'a str,
-    contact: &'a str,
-    kind: ItemKind,
-    mid: &'a str,
-    payload: &'a str,
-    contact_json: Option<&'a str>,
-    provider_id: Option<&'a str>,
-    class: i64,
-}
-
-async fn insert_item(tx: &Transaction<'_>, r: NewRow<'_>, now: i64) -> Result<i64> {
-    let id: i64 = rows(
-        tx,
-        "INSERT INTO items(channel, lane, qkey, contact, kind, mid, payload, contact_json, state,
-                           created_ms, next_ms, updated_ms, provider_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $9, $9, $10) RETURNING id",
-        &[
-            &r.channel,
-            &r.lane.code(),
-            &r.qkey,
-            &r.contact,
-            &(r.kind as i64),
-            &r.mid,
-            &r.payload,
-            &r.contact_json,
-            &now,
-            &r.provider_id,
-        ],
-    )
-    .await?[0]
-        .get(0);
-    // A new queue starts due now; an existing one keeps its schedule and only moves up a
-    // class. If the lane's owner is dropping this queue row right now, the upsert waits
-    // for that and then inserts a fresh row.
-    exec(
-        tx,
-        "INSERT INTO queues(channel, lane, qkey, class, next_ms, claimed) VALUES ($1, $2, $3, $4, $5, 0)
-         ON CONFLICT(channel, lane, qkey) DO UPDATE SET class = LEAST(queues.class, excluded.class)",
-        &[&r.channel, &r.lane.code(), &r.qkey, &r.class, &now],
-    )
-    .await?;
-    Ok(id)
-}
-
-/// Queues a `message_status` toward respond.io; a pending one for the same mId is replaced.
-/// Callers hold the send's row lock, so statuses of one mId are queued one at a time; the
-/// replacement is conditional on the status still pending (the lane may be taking it).
-async fn enqueue_status(
-    tx: &Transaction<'_>,
-    channel: &str,
-    contact: &str,
-    mid: &str,
-    value: StatusValue,
-    reason: Option<&str>,
-    now: i64,
-) -> Result<()> {
-    let message = match (value, reason) {
-        (_, Some(r)) if !r.is_empty() => Some(r.to_string()),
-        (StatusValue::Failed, _) => Some("failed".to_string()),
-        _ => None,
-    };
-    let event = Event {
-        kind: EventType::MessageStatus,
-        mid: mid.to_string(),
-        timestamp: now,
-        message: None,
-        status: Some(Status { value, message }),
-    };
-    let payload = serde_json::to_string(&event).map_err(db)?;
-    let qkey = status_qkey(mid);
-    let replaced = exec(
-        tx,
-        "UPDATE items SET payload = $1, updated_ms = $2
-         WHERE id = (SELECT id FROM items WHERE channel = $3 AND lane = 0 AND qkey = $4 AND state = 0
-                     ORDER BY id DESC LIMIT 1)
-           AND state = 0",
-        &[&payload, &now, &channel, &qkey],
-    )
-    .await?;
-    if replaced == 0 {
-        insert_item(
-            tx,
-            NewRow {
-                channel,
-                lane: Lane::RespondIo,
-                qkey: &qkey,
-                contact,
-                kind: ItemKind::Status,
-                mid,
-                payload: &payload,
-                contact_json: None,
-                provider_id: None,
-                class: 1,
-            },
-            now,
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// (id, mid, contact, status) of a send, row-locked for the status machine.
-type SendRow = (i64, String, String, i64);
-
-async fn send_by_provider_id(
-    tx: &Transaction<'_>,
-    channel: &str,
-    provider_id: &str,
-) -> Result<Option<SendRow>> {
-    Ok(opt(
-        tx,
-        "SELECT id, mid, contact, status FROM items WHERE channel = $1 AND provider_id = $2 AND kind = 3
-         FOR UPDATE",
-        &[&channel, &provider_id],
-    )
-    .await?
-    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
-}
-
-/// Serialises everything about one provider id (its receipts, its send's response) across
-/// nodes, until the transaction ends.
-async fn lock_provider_id(tx: &Transaction<'_>, channel: &str, provider_id: &str) -> Result<()> {
-    let key = format!("{channel}\u{1f}{provider_id}");
-    exec(
-        tx,
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-        &[&key],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Runs a receipt's status through the status machine for one (locked) send item.
-/// Returns whether a status was queued toward respond.io.
-async fn apply_status(
-    tx: &Transaction<'_>,
-    channel: &str,
-    item: SendRow,
-    new: StatusValue,
-    reason: Option<&str>,
-    now: i64,
-) -> Result<ReceiptResult> {
-    let (id, mid, contact, current) = item;
-    match status::advance(current, new) {
-        Transition::Ignore(why) => {
-            history(
-                tx,
-                id,
-                now,
-                &format!("receipt {} ignored", new.as_str()),
-                Some(why),
-            )
-            .await?;
-            Ok(ReceiptResult::Ignored {
-                mid,
-                why: why.to_string(),
-            })
-        }
-        Transition::Forward(v) => {
-            exec(
-                tx,
-                "UPDATE items SET status = $1, updated_ms = $2 WHERE id = $3",
-                &[&status::code(v), &now, &id],
-            )
-            .await?;
-            history(tx, id, now, &format!("status {}", v.as_str()), reason).await?;
-            if v == StatusValue::Sent {
-                return Ok(ReceiptResult::Ignored {
-                    mid,
-                    why: "sent is implied by the 200".into(),
-                });
-            }
-            enqueue_status(tx, channel, &contact, &mid, v, reason, now).await?;
-            Ok(ReceiptResult::Forwarded {
-                mid,
-                contact,
-                status: v,
-            })
-        }
-    }
-}
-
-/// Locks a queue row before anything that may drop it (see the module notes).
-async fn lock_queue(tx: &Transaction<'_>, channel: &str, lane: Lane, qkey: &str) -> Result<()> {
-    exec(
-        tx,
-        "SELECT 1 FROM queues WHERE channel = $1 AND lane = $2 AND qkey = $3 FOR UPDATE",
-        &[&channel, &lane.code(), &qkey],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Hands a claimed queue back, due at `next_ms`.
-async fn release_queue_at(
-    tx: &Transaction<'_>,
-    channel: &str,
-    lane: Lane,
-    qkey: &str,
-    next_ms: i64,
-) -> Result<()> {
-    exec(
-        tx,
-        "UPDATE queues SET claimed = 0, next_ms = $1 WHERE channel = $2 AND lane = $3 AND qkey = $4",
-        &[&next_ms, &channel, &lane.code(), &qkey],
-    )
-    .await?;
-    Ok(())
-}
-
-async fn queue_has_pending(
-    tx: &Transaction<'_>,
-    channel: &str,
-    lane: Lane,
-    qkey: &str,
-) -> Result<bool> {
-    Ok(opt(
-        tx,
-        "SELECT 1 FROM items WHERE channel = $1 AND lane = $2 AND qkey = $3 AND state < 2 LIMIT 1",
-        &[&channel, &lane.code(), &qkey],
-    )
-    .await?
-    .is_some())
-}
-
-async fn drop_queue(tx: &Transaction<'_>, channel: &str, lane: Lane, qkey: &str) -> Result<()> {
-    exec(
-        tx,
-        "DELETE FROM queues WHERE channel = $1 AND lane = $2 AND qkey = $3",
-        &[&channel, &lane.code(), &qkey],
-    )
-    .await?;
-    Ok(())
-}
-
-async fn mark_dead(
-    tx: &Transaction<'_>,
-    channel: &str,
-    id: i64,
-    reason: &str,
-    report_failed: bool,
-    now: i64,
-) -> Result<()> {
-    let r = rows(
-        tx,
-        "SELECT kind, mid, contact, status FROM items WHERE id = $1 FOR UPDATE",
-        &[&id],
-    )
-    .await?;
-    let Some(r) = r.first() else {
-        return Ok(());
-    };
-    let (kind, mid, contact, current): (i64, String, String, i64) =
-        (r.get(0), r.get(1), r.get(2), r.get(3));
-    exec(
-        tx,
-        "UPDATE items SET state = 3, last_error = $1, updated_ms = $2 WHERE id = $3",
-        &[&reason, &now, &id],
-    )
-    .await?;
-    history(tx, id, now, "dead-lettered", Some(reason)).await?;
-    if ItemKind::from_code(kind) == ItemKind::Send {
-        if report_failed {
-            apply_status(
-                tx,
-                channel,
-                (id, mid, contact, current),
-                StatusValue::Failed,
-                Some(reason),
-                now,
-            )
-            .await?;
-        } else if status::advance(current, StatusValue::Failed)
-            == Transition::Forward(StatusValue::Failed)
-        {
-            exec(tx, "UPDATE items SET status = 4 WHERE id = $1", &[&id]).await?;
-        }
-    }
-    Ok(())
-}
-
-async fn set_attempt_outcome(
-    tx: &Transaction<'_>,
-    id: i64,
-    outcome: &str,
-    detail: Option<&str>,
-    dur: i64,
-    at_ms: Option<i64>,
-) -> Result<()> {
-    exec(
-        tx,
-        "UPDATE attempts SET outcome = $1, detail = $2, duration_ms = $3, at_ms = COALESCE($5, at_ms)
-         WHERE item_id = $4 AND outcome = 'attempting'",
-        &[&outcome, &detail, &dur, &id, &at_ms],
-    )
-    .await?;
-    Ok(())
-}
-
-async fn head_of_queue(
-    tx: &Transaction<'_>,
-    channel: &str,
-    lane: Lane,
-    qkey: &str,
-    limit: usize,
-) -> Result<Vec<Item>> {
-    lock_queue(tx, channel, lane, qkey).await?;
-    let sql = format!(
-        "SELECT {ITEM_COLUMNS} FROM items WHERE channel = $1 AND lane = $2 AND qkey = $3 AND state < 2
-         ORDER BY id LIMIT $4"
-    );
-    let items: Vec<Item> = rows(tx, &sql, &[&channel, &lane.code(), &qkey, &(limit as i64)])
-        .await?
-        .iter()
-        .map(item_from_row)
-        .collect();
-    if items.is_empty() {
-        drop_queue(tx, channel, lane, qkey).await?;
-    }
-    Ok(items)
-}
-
-async fn record_provider_id(
-    tx: &Transaction<'_>,
-    channel: &str,
-    id: i64,
-    pid: &str,
-    now: i64,
-) -> Result<()> {
-    lock_provider_id(tx, channel, pid).await?;
-    if send_by_provider_id(tx, channel, pid).await?.is_some() {
-        history(tx, id, now, "duplicate provider id", Some(pid)).await?;
-        return Ok(());
-    }
-    exec(
-        tx,
-        "UPDATE items SET provider_id = $1 WHERE id = $2",
-        &[&pid, &id],
-    )
-    .await?;
-    let parked: Vec<(i64, i64, Option<String>)> = rows(
-        tx,
-        "SELECT id, status, reason FROM parked_receipts WHERE channel = $1 AND provider_id = $2 ORDER BY id",
-        &[&channel, &pid],
-    )
-    .await?
-    .iter()
-    .map(|r| (r.get(0), r.get(1), r.get(2)))
-    .collect();
-    for (pk, code, reason) in parked {
-        if let (Some(v), Some(item)) = (
-            status::from_code(code),
-            send_by_provider_id(tx, channel, pid).await?,
-        ) {
-            apply_status(tx, channel, item, v, reason.as_deref(), now).await?;
-        }
-        exec(tx, "DELETE FROM parked_receipts WHERE id = $1", &[&pk]).await?;
-    }
-    Ok(())
+/// Runs a rule of `store::rules` in one transaction of this node and commits it; an error
+/// drops the transaction (rolled back).
+macro_rules! in_tx {
+    ($store:expr, |$t:ident| $rule:expr) => {{
+        let mut client = $store.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let out = {
+            let $t = &mut PgTx {
+                tx: &tx,
+                store: $store,
+            };
+            $rule.await?
+        };
+        tx.commit().await.map_err(db)?;
+        Ok(out)
+    }};
 }
 
 #[async_trait]
@@ -835,63 +430,15 @@ impl Store for PgStore {
         channel: &str,
         items: Vec<NewInbound>,
     ) -> Result<Vec<IngestResult>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let now = now_ms();
-        let mut out = Vec::with_capacity(items.len());
-        let mut promoted = false;
-        for it in items {
-            if !claim_dedupe(&tx, channel, &it.dedupe_key, now, self.dedupe_ttl_ms).await? {
-                out.push(IngestResult::Duplicate);
-                continue;
-            }
-            let qkey = message_qkey(&it.contact);
-            let id = insert_item(
-                &tx,
-                NewRow {
-                    channel,
-                    lane: Lane::RespondIo,
-                    qkey: &qkey,
-                    contact: &it.contact,
-                    kind: it.kind,
-                    mid: &it.mid,
-                    payload: &it.event_json,
-                    contact_json: it.contact_json.as_deref(),
-                    provider_id: Some(&it.provider_id),
-                    class: 0,
-                },
-                now,
-            )
-            .await?;
-            if it.kind == ItemKind::Message {
-                exec(
-                    &tx,
-                    "INSERT INTO contacts(channel, contact, last_inbound_ms) VALUES ($1, $2, $3)
-                     ON CONFLICT(channel, contact) DO UPDATE
-                     SET last_inbound_ms = GREATEST(contacts.last_inbound_ms, excluded.last_inbound_ms)",
-                    &[&channel, &it.contact, &now],
-                )
-                .await?;
-                promoted |= exec(
-                    &tx,
-                    "UPDATE queues SET class = 0 WHERE channel = $1 AND lane = 1 AND qkey = $2 AND class = 1",
-                    &[&channel, &it.contact],
-                )
-                .await?
-                    > 0;
-            }
-            out.push(IngestResult::Stored { item_id: id });
-        }
-        if out.iter().any(|r| matches!(r, IngestResult::Stored { .. })) {
-            self.announce(&tx, channel, Lane::RespondIo).await?;
-        }
-        if promoted {
-            self.announce(&tx, channel, Lane::Provider).await?;
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(out)
+        let ttl = self.dedupe_ttl_ms;
+        in_tx!(self, |t| rules::ingest_inbound(
+            t,
+            channel,
+            items,
+            ttl,
+            now_ms()
+        ))
     }
-
     async fn store_unparseable(
         &self,
         channel: &str,
@@ -920,52 +467,13 @@ impl Store for PgStore {
         item: NewOutbound,
         window_ms: i64,
     ) -> Result<AcceptedSend> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let now = now_ms();
-        let last: Option<i64> = opt(
-            &tx,
-            "SELECT last_inbound_ms FROM contacts WHERE channel = $1 AND contact = $2",
-            &[&channel, &item.contact],
-        )
-        .await?
-        .map(|r| r.get(0));
-        let class = if last.is_some_and(|l| now - l <= window_ms) {
-            0
-        } else {
-            1
-        };
-        let id = insert_item(
-            &tx,
-            NewRow {
-                channel,
-                lane: Lane::Provider,
-                qkey: &item.contact,
-                contact: &item.contact,
-                kind: ItemKind::Send,
-                mid: &item.mid,
-                payload: &item.message_json,
-                contact_json: None,
-                provider_id: None,
-                class,
-            },
-            now,
-        )
-        .await?;
-        history(
-            &tx,
-            id,
-            now,
-            "accepted",
-            Some(if class == 0 { "conversation" } else { "bulk" }),
-        )
-        .await?;
-        self.announce(&tx, channel, Lane::Provider).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(AcceptedSend {
-            item_id: id,
-            conversation: class == 0,
-        })
+        in_tx!(self, |t| rules::accept_outbound(
+            t,
+            channel,
+            item,
+            window_ms,
+            now_ms()
+        ))
     }
 
     async fn apply_receipts(
@@ -973,55 +481,15 @@ impl Store for PgStore {
         channel: &str,
         receipts: Vec<ReceiptIn>,
     ) -> Result<Vec<ReceiptResult>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let now = now_ms();
-        let mut out = Vec::with_capacity(receipts.len());
-        for r in receipts {
-            let key = format!("receipt:{}", r.dedupe_key);
-            if !claim_dedupe(&tx, channel, &key, now, self.dedupe_ttl_ms).await? {
-                out.push(ReceiptResult::Duplicate);
-                continue;
-            }
-            lock_provider_id(&tx, channel, &r.provider_id).await?;
-            let item = send_by_provider_id(&tx, channel, &r.provider_id).await?;
-            let Some(value) = r.status else {
-                out.push(ReceiptResult::Ignored {
-                    mid: item.map(|i| i.1).unwrap_or_default(),
-                    why: "informational receipt".into(),
-                });
-                continue;
-            };
-            match item {
-                Some(item) => out
-                    .push(apply_status(&tx, channel, item, value, r.reason.as_deref(), now).await?),
-                None => {
-                    exec(
-                        &tx,
-                        "INSERT INTO parked_receipts(channel, provider_id, status, reason, received_ms, expires_ms)
-                         VALUES ($1, $2, $3, $4, $5, $6)",
-                        &[
-                            &channel,
-                            &r.provider_id,
-                            &status::code(value),
-                            &r.reason,
-                            &now,
-                            &(now + self.parked_ttl_ms),
-                        ],
-                    )
-                    .await?;
-                    out.push(ReceiptResult::Parked);
-                }
-            }
-        }
-        if out
-            .iter()
-            .any(|r| matches!(r, ReceiptResult::Forwarded { .. }))
-        {
-            self.announce(&tx, channel, Lane::RespondIo).await?;
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(out)
+        let (ttl, park_ttl) = (self.dedupe_ttl_ms, self.parked_ttl_ms);
+        in_tx!(self, |t| rules::apply_receipts(
+            t,
+            channel,
+            receipts,
+            ttl,
+            park_ttl,
+            now_ms()
+        ))
     }
 
     async fn claim(
@@ -1031,53 +499,7 @@ impl Store for PgStore {
         now: i64,
         limits: [usize; 2],
     ) -> Result<ClaimBatch> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        self.fence(&tx, channel, lane).await?;
-        let mut batch = ClaimBatch::default();
-        for (class, &limit) in limits.iter().enumerate() {
-            let class = class as i64;
-            if limit > 0 {
-                // Rows another transaction holds are skipped, not waited for: two claimers
-                // never get one queue, and neither stalls behind the other.
-                let mut got: Vec<(i64, String)> = rows(
-                    &tx,
-                    // Joined on the row's ctid: a plan made on stale statistics could
-                    // otherwise scan the whole lane once per claimed row.
-                    "WITH c AS (
-                         SELECT ctid FROM queues
-                         WHERE channel = $1 AND lane = $2 AND claimed = 0 AND class = $3 AND next_ms <= $4
-                         ORDER BY next_ms LIMIT $5
-                         FOR UPDATE SKIP LOCKED)
-                     UPDATE queues q SET claimed = 1 FROM c
-                     WHERE q.ctid = c.ctid
-                     RETURNING q.next_ms, q.qkey",
-                    &[&channel, &lane.code(), &class, &now, &(limit as i64)],
-                )
-                .await?
-                .iter()
-                .map(|r| (r.get(0), r.get(1)))
-                .collect();
-                got.sort();
-                batch
-                    .claimed
-                    .extend(got.into_iter().map(|(_, k)| (k, class as u8)));
-            }
-            let next: Option<i64> = opt(
-                &tx,
-                "SELECT next_ms FROM queues WHERE channel = $1 AND lane = $2 AND claimed = 0 AND class = $3
-                 AND next_ms > $4 ORDER BY next_ms LIMIT 1",
-                &[&channel, &lane.code(), &class, &now],
-            )
-            .await?
-            .map(|r| r.get(0));
-            batch.next_due_ms = match (batch.next_due_ms, next) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(batch)
+        in_tx!(self, |t| rules::claim(t, channel, lane, now, limits))
     }
 
     async fn head_items(
@@ -1087,11 +509,9 @@ impl Store for PgStore {
         qkey: &str,
         limit: usize,
     ) -> Result<Vec<Item>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let items = head_of_queue(&tx, channel, lane, qkey, limit).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(items)
+        in_tx!(self, |t| rules::head_of_queue(
+            t, channel, lane, qkey, limit
+        ))
     }
 
     async fn take_head(
@@ -1102,28 +522,15 @@ impl Store for PgStore {
         limit: usize,
         at_ms: i64,
     ) -> Result<Vec<Item>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        self.fence(&tx, channel, lane).await?;
-        let items = head_of_queue(&tx, channel, lane, qkey, limit).await?;
-        let now = now_ms();
-        for (i, it) in items.iter().enumerate() {
-            exec(
-                &tx,
-                "UPDATE items SET state = 1, attempts = attempts + 1, updated_ms = $1 WHERE id = $2",
-                &[&now, &it.id],
-            )
-            .await?;
-            exec(
-                &tx,
-                "INSERT INTO attempts(item_id, channel, lane, at_ms, outcome, call_first)
-                 VALUES ($1, $2, $3, $4, 'attempting', $5)",
-                &[&it.id, &channel, &lane.code(), &at_ms, &((i == 0) as i64)],
-            )
-            .await?;
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(items)
+        in_tx!(self, |t| rules::take_head(
+            t,
+            channel,
+            lane,
+            qkey,
+            limit,
+            at_ms,
+            now_ms()
+        ))
     }
 
     async fn finish(
@@ -1136,104 +543,21 @@ impl Store for PgStore {
         sent_at: i64,
         dur: i64,
     ) -> Result<bool> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        self.fence(&tx, channel, lane).await?;
-        lock_queue(&tx, channel, lane, qkey).await?;
-        let now = now_ms();
-        match fin {
-            Finish::Done { provider_id } => {
-                for &id in ids {
-                    set_attempt_outcome(&tx, id, "ok", None, dur, Some(sent_at)).await?;
-                    exec(
-                        &tx,
-                        "UPDATE items SET state = 2, updated_ms = $1, last_error = NULL,
-                         status = CASE WHEN kind = 3 AND status = 0 THEN 1 ELSE status END WHERE id = $2",
-                        &[&now, &id],
-                    )
-                    .await?;
-                }
-                if let (Some(pid), Some(&id)) = (provider_id, ids.first()) {
-                    record_provider_id(&tx, channel, id, &pid, now).await?;
-                }
-            }
-            Finish::Retry {
-                next_ms,
-                error,
-                ambiguous,
-                counted,
-                outcome,
-            } => {
-                for &id in ids {
-                    set_attempt_outcome(&tx, id, outcome, Some(&error), dur, Some(sent_at)).await?;
-                    exec(
-                        &tx,
-                        "UPDATE items SET state = 0, next_ms = $1, last_error = $2, updated_ms = $3,
-                         ambiguous = ambiguous + $4, attempts = attempts - $5 WHERE id = $6",
-                        &[
-                            &next_ms,
-                            &error,
-                            &now,
-                            &(ambiguous as i64),
-                            &((!counted) as i64),
-                            &id,
-                        ],
-                    )
-                    .await?;
-                }
-                release_queue_at(&tx, channel, lane, qkey, next_ms).await?;
-                tx.commit().await.map_err(db)?;
-                return Ok(false);
-            }
-            Finish::NotSent { next_ms } => {
-                for &id in ids {
-                    exec(
-                        &tx,
-                        "DELETE FROM attempts WHERE item_id = $1 AND outcome = 'attempting'",
-                        &[&id],
-                    )
-                    .await?;
-                    exec(
-                        &tx,
-                        "UPDATE items SET state = 0, attempts = attempts - 1, updated_ms = $1 WHERE id = $2",
-                        &[&now, &id],
-                    )
-                    .await?;
-                }
-                release_queue_at(&tx, channel, lane, qkey, next_ms).await?;
-                tx.commit().await.map_err(db)?;
-                return Ok(false);
-            }
-            Finish::Dead {
-                reason,
-                report_failed,
-            } => {
-                for &id in ids {
-                    set_attempt_outcome(&tx, id, "dead", Some(&reason), dur, Some(sent_at)).await?;
-                    mark_dead(&tx, channel, id, &reason, report_failed, now).await?;
-                }
-            }
-        }
-        let more = queue_has_pending(&tx, channel, lane, qkey).await?;
-        if !more {
-            drop_queue(&tx, channel, lane, qkey).await?;
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(more)
+        in_tx!(self, |t| rules::finish(
+            t,
+            channel,
+            lane,
+            qkey,
+            ids,
+            fin,
+            sent_at,
+            dur,
+            now_ms()
+        ))
     }
 
     async fn release(&self, channel: &str, lane: Lane, qkey: &str) -> Result<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        self.fence(&tx, channel, lane).await?;
-        exec(
-            &tx,
-            "UPDATE queues SET claimed = 0 WHERE channel = $1 AND lane = $2 AND qkey = $3",
-            &[&channel, &lane.code(), &qkey],
-        )
-        .await?;
-        tx.commit().await.map_err(db)?;
-        Ok(())
+        in_tx!(self, |t| rules::release(t, channel, lane, qkey))
     }
 
     /// Recovers every lane no live node holds: each is acquired, recovered and given back.
@@ -1515,72 +839,13 @@ impl Store for PgStore {
         lane: Lane,
         policy: CrashPolicy,
     ) -> Result<RecoveryReport> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        self.fence(&tx, channel, lane).await?;
-        let now = now_ms();
-        exec(
-            &tx,
-            "UPDATE queues SET claimed = 0 WHERE channel = $1 AND lane = $2 AND claimed = 1",
-            &[&channel, &lane.code()],
-        )
-        .await?;
-        let inflight: Vec<(i64, String, i64)> = rows(
-            &tx,
-            "SELECT id, qkey, ambiguous FROM items WHERE channel = $1 AND lane = $2 AND state = 1
-             ORDER BY id FOR UPDATE",
-            &[&channel, &lane.code()],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-        let mut report = RecoveryReport::default();
-        for (id, qkey, ambiguous) in inflight {
-            // Toward respond.io a repeat carries the same mId, so it is always resent.
-            let resend = lane == Lane::RespondIo
-                || (policy.on_crash == OnCrash::Resend
-                    && ambiguous < policy.ambiguous_retry_cap as i64);
-            if resend {
-                // The request left at some moment before now: logging it at now is the
-                // conservative choice for the rate window this lane's limiter seeds from.
-                set_attempt_outcome(
-                    &tx,
-                    id,
-                    "ambiguous",
-                    Some("in flight when its node stopped"),
-                    0,
-                    Some(now),
-                )
-                .await?;
-                exec(
-                    &tx,
-                    "UPDATE items SET state = 0, ambiguous = ambiguous + 1 WHERE id = $1",
-                    &[&id],
-                )
-                .await?;
-                history(
-                    &tx,
-                    id,
-                    now,
-                    "ambiguous",
-                    Some("in flight when its node stopped; resending"),
-                )
-                .await?;
-                report.resent += 1;
-            } else {
-                let reason = "in flight when its node stopped; not resent (on_crash = fail, or ambiguous too often)";
-                set_attempt_outcome(&tx, id, "dead", Some(reason), 0, Some(now)).await?;
-                mark_dead(&tx, channel, id, reason, true, now).await?;
-                lock_queue(&tx, channel, lane, &qkey).await?;
-                if !queue_has_pending(&tx, channel, lane, &qkey).await? {
-                    drop_queue(&tx, channel, lane, &qkey).await?;
-                }
-                report.failed += 1;
-            }
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(report)
+        in_tx!(self, |t| rules::recover_lane(
+            t,
+            channel,
+            lane,
+            policy,
+            now_ms()
+        ))
     }
 
     fn work_signals(&self) -> Option<broadcast::Receiver<(String, Lane)>> {

@@ -10,8 +10,8 @@ use rusqlite::Connection;
 
 /// (version, SQL), in order. Version 1 is the schema of the first release.
 pub const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("schema.sql")),
-    (2, include_str!("migrations/0002_channel_logs_audit.sql")),
+    (1, include_str!("schema_v1.sql")),
+    (2, include_str!("schema_v2.sql")),
 ];
 
 /// The version this build writes.

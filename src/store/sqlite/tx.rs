@@ -1,0 +1,496 @@
+//! The SQLite statements the store's rules are made of (see `store::rules`).
+//!
+//! Every primitive runs synchronously on the writer thread inside the batch's transaction;
+//! the futures of this [`Tx`] are ready at their first poll. One writer serialises every
+//! write, so the locks, fences and notifications a shared database needs are no-ops here.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::store::rules::{InFlight, NewRow, ParkedReceipt, SendRow, Tx};
+use crate::store::{Item, ItemKind, Lane};
+
+pub(super) const ITEM_COLUMNS: &str = "id, channel, lane, qkey, contact, kind, mid, payload, contact_json, state, \
+     attempts, ambiguous, created_ms, provider_id, status, last_error";
+
+pub(super) fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
+    Ok(Item {
+        id: r.get("id")?,
+        channel: r.get("channel")?,
+        lane: Lane::from_code(r.get("lane")?),
+        qkey: r.get("qkey")?,
+        contact: r.get("contact")?,
+        kind: ItemKind::from_code(r.get("kind")?),
+        mid: r.get("mid")?,
+        payload: r.get("payload")?,
+        contact_json: r.get("contact_json")?,
+        state: r.get("state")?,
+        attempts: r.get("attempts")?,
+        ambiguous: r.get("ambiguous")?,
+        created_ms: r.get("created_ms")?,
+        provider_id: r.get("provider_id")?,
+        status: r.get("status")?,
+        last_error: r.get("last_error")?,
+    })
+}
+
+/// The writer's connection inside the batch's transaction.
+pub struct SqliteTx<'c>(pub &'c Connection);
+
+impl SqliteTx<'_> {
+    fn exec(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.0.prepare_cached(sql)?.execute(p)
+    }
+}
+
+impl Tx for SqliteTx<'_> {
+    type Error = rusqlite::Error;
+
+    fn invalid(msg: String) -> rusqlite::Error {
+        rusqlite::Error::ToSqlConversionFailure(msg.into())
+    }
+
+    async fn fence(&mut self, _channel: &str, _lane: Lane) -> rusqlite::Result<()> {
+        Ok(())
+    }
+
+    async fn lock_queue(
+        &mut self,
+        _channel: &str,
+        _lane: Lane,
+        _qkey: &str,
+    ) -> rusqlite::Result<()> {
+        Ok(())
+    }
+
+    async fn lock_provider_id(&mut self, _channel: &str, _pid: &str) -> rusqlite::Result<()> {
+        Ok(())
+    }
+
+    async fn announce(&mut self, _channel: &str, _lane: Lane) -> rusqlite::Result<()> {
+        Ok(())
+    }
+
+    async fn claim_dedupe(
+        &mut self,
+        channel: &str,
+        key: &str,
+        now: i64,
+        expires_ms: i64,
+    ) -> rusqlite::Result<bool> {
+        let n = self.exec(
+            "INSERT INTO dedupe(channel, key, expires_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(channel, key) DO UPDATE SET expires_ms = excluded.expires_ms
+             WHERE dedupe.expires_ms < ?4",
+            params![channel, key, expires_ms, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    async fn insert_item(&mut self, r: &NewRow<'_>, now: i64) -> rusqlite::Result<i64> {
+        self.exec(
+            "INSERT INTO items(channel, lane, qkey, contact, kind, mid, payload, contact_json, state,
+                               created_ms, next_ms, updated_ms, provider_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?9, ?9, ?10)",
+            params![
+                r.channel,
+                r.lane.code(),
+                r.qkey,
+                r.contact,
+                r.kind as i64,
+                r.mid,
+                r.payload,
+                r.contact_json,
+                now,
+                r.provider_id
+            ],
+        )?;
+        let id = self.0.last_insert_rowid();
+        self.exec(
+            "INSERT INTO queues(channel, lane, qkey, class, next_ms, claimed) VALUES (?1, ?2, ?3, ?4, ?5, 0)
+             ON CONFLICT(channel, lane, qkey) DO UPDATE SET class = MIN(class, excluded.class)",
+            params![r.channel, r.lane.code(), r.qkey, r.class, now],
+        )?;
+        Ok(id)
+    }
+
+    async fn history(
+        &mut self,
+        item_id: i64,
+        at_ms: i64,
+        event: &str,
+        detail: Option<&str>,
+    ) -> rusqlite::Result<()> {
+        self.exec(
+            "INSERT INTO history(item_id, at_ms, event, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![item_id, at_ms, event, detail],
+        )?;
+        Ok(())
+    }
+
+    async fn touch_contact(
+        &mut self,
+        channel: &str,
+        contact: &str,
+        now: i64,
+    ) -> rusqlite::Result<()> {
+        self.exec(
+            "INSERT INTO contacts(channel, contact, last_inbound_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(channel, contact) DO UPDATE
+             SET last_inbound_ms = MAX(last_inbound_ms, excluded.last_inbound_ms)",
+            params![channel, contact, now],
+        )?;
+        Ok(())
+    }
+
+    async fn promote_sends(&mut self, channel: &str, contact: &str) -> rusqlite::Result<bool> {
+        let n = self.exec(
+            "UPDATE queues SET class = 0 WHERE channel = ?1 AND lane = 1 AND qkey = ?2 AND class = 1",
+            params![channel, contact],
+        )?;
+        Ok(n > 0)
+    }
+
+    async fn last_inbound(
+        &mut self,
+        channel: &str,
+        contact: &str,
+    ) -> rusqlite::Result<Option<i64>> {
+        self.0
+            .prepare_cached(
+                "SELECT last_inbound_ms FROM contacts WHERE channel = ?1 AND contact = ?2",
+            )?
+            .query_row(params![channel, contact], |r| r.get(0))
+            .optional()
+    }
+
+    async fn send_by_provider_id(
+        &mut self,
+        channel: &str,
+        pid: &str,
+    ) -> rusqlite::Result<Option<SendRow>> {
+        self.0
+            .prepare_cached(
+                "SELECT id, mid, contact, status FROM items WHERE channel = ?1 AND provider_id = ?2 AND kind = 3",
+            )?
+            .query_row(params![channel, pid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()
+    }
+
+    async fn status_row(&mut self, id: i64) -> rusqlite::Result<Option<(ItemKind, SendRow)>> {
+        self.0
+            .prepare_cached("SELECT kind, id, mid, contact, status FROM items WHERE id = ?1")?
+            .query_row(params![id], |r| {
+                Ok((
+                    ItemKind::from_code(r.get(0)?),
+                    (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+                ))
+            })
+            .optional()
+    }
+
+    async fn set_status(&mut self, id: i64, status: i64, now: i64) -> rusqlite::Result<()> {
+        self.exec(
+            "UPDATE items SET status = ?1, updated_ms = ?2 WHERE id = ?3",
+            params![status, now, id],
+        )?;
+        Ok(())
+    }
+
+    async fn set_provider_id(&mut self, id: i64, pid: &str) -> rusqlite::Result<()> {
+        self.exec(
+            "UPDATE items SET provider_id = ?1 WHERE id = ?2",
+            params![pid, id],
+        )?;
+        Ok(())
+    }
+
+    async fn replace_pending_status(
+        &mut self,
+        channel: &str,
+        qkey: &str,
+        payload: &str,
+        now: i64,
+    ) -> rusqlite::Result<bool> {
+        let n = self.exec(
+            "UPDATE items SET payload = ?1, updated_ms = ?2
+             WHERE id = (SELECT id FROM items WHERE channel = ?3 AND lane = 0 AND qkey = ?4 AND state = 0
+                         ORDER BY id DESC LIMIT 1)",
+            params![payload, now, channel, qkey],
+        )?;
+        Ok(n > 0)
+    }
+
+    async fn park_receipt(
+        &mut self,
+        channel: &str,
+        pid: &str,
+        status: i64,
+        reason: Option<&str>,
+        now: i64,
+        expires_ms: i64,
+    ) -> rusqlite::Result<()> {
+        self.exec(
+            "INSERT INTO parked_receipts(channel, provider_id, status, reason, received_ms, expires_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![channel, pid, status, reason, now, expires_ms],
+        )?;
+        Ok(())
+    }
+
+    async fn parked_receipts(
+        &mut self,
+        channel: &str,
+        pid: &str,
+    ) -> rusqlite::Result<Vec<ParkedReceipt>> {
+        self.0
+            .prepare_cached(
+                "SELECT id, status, reason FROM parked_receipts WHERE channel = ?1 AND provider_id = ?2 ORDER BY id",
+            )?
+            .query_map(params![channel, pid], |r| {
+                Ok(ParkedReceipt { id: r.get(0)?, status: r.get(1)?, reason: r.get(2)? })
+            })?
+            .collect()
+    }
+
+    async fn delete_parked(&mut self, id: i64) -> rusqlite::Result<()> {
+        self.exec("DELETE FROM parked_receipts WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    async fn claim_queues(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        class: i64,
+        now: i64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<String>> {
+        let keys: Vec<String> = self
+            .0
+            .prepare_cached(
+                "SELECT qkey FROM queues WHERE channel = ?1 AND lane = ?2 AND claimed = 0 AND class = ?3
+                 AND next_ms <= ?4 ORDER BY next_ms LIMIT ?5",
+            )?
+            .query_map(params![channel, lane.code(), class, now, limit as i64], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut upd = self.0.prepare_cached(
+            "UPDATE queues SET claimed = 1 WHERE channel = ?1 AND lane = ?2 AND qkey = ?3",
+        )?;
+        for k in &keys {
+            upd.execute(params![channel, lane.code(), k])?;
+        }
+        Ok(keys)
+    }
+
+    async fn next_due(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        class: i64,
+        now: i64,
+    ) -> rusqlite::Result<Option<i64>> {
+        self.0
+            .prepare_cached(
+                "SELECT next_ms FROM queues WHERE channel = ?1 AND lane = ?2 AND claimed = 0 AND class = ?3
+                 AND next_ms > ?4 ORDER BY next_ms LIMIT 1",
+            )?
+            .query_row(params![channel, lane.code(), class, now], |r| r.get(0))
+            .optional()
+    }
+
+    async fn head_items(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        qkey: &str,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<Item>> {
+        let sql = format!(
+            "SELECT {ITEM_COLUMNS} FROM items WHERE channel = ?1 AND lane = ?2 AND qkey = ?3 AND state < 2
+             ORDER BY id LIMIT ?4"
+        );
+        self.0
+            .prepare_cached(&sql)?
+            .query_map(
+                params![channel, lane.code(), qkey, limit as i64],
+                item_from_row,
+            )?
+            .collect()
+    }
+
+    async fn queue_has_pending(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        qkey: &str,
+    ) -> rusqlite::Result<bool> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT 1 FROM items WHERE channel = ?1 AND lane = ?2 AND qkey = ?3 AND state < 2 LIMIT 1")?
+            .query_row(params![channel, lane.code(), qkey], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    async fn drop_queue(&mut self, channel: &str, lane: Lane, qkey: &str) -> rusqlite::Result<()> {
+        self.exec(
+            "DELETE FROM queues WHERE channel = ?1 AND lane = ?2 AND qkey = ?3",
+            params![channel, lane.code(), qkey],
+        )?;
+        Ok(())
+    }
+
+    async fn release_queue_at(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        qkey: &str,
+        next_ms: i64,
+    ) -> rusqlite::Result<()> {
+        self.exec(
+            "UPDATE queues SET claimed = 0, next_ms = ?1 WHERE channel = ?2 AND lane = ?3 AND qkey = ?4",
+            params![next_ms, channel, lane.code(), qkey],
+        )?;
+        Ok(())
+    }
+
+    async fn release_queue(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        qkey: &str,
+    ) -> rusqlite::Result<()> {
+        self.exec(
+            "UPDATE queues SET claimed = 0 WHERE channel = ?1 AND lane = ?2 AND qkey = ?3",
+            params![channel, lane.code(), qkey],
+        )?;
+        Ok(())
+    }
+
+    async fn release_claims(&mut self, channel: &str, lane: Lane) -> rusqlite::Result<()> {
+        self.exec(
+            "UPDATE queues SET claimed = 0 WHERE channel = ?1 AND lane = ?2 AND claimed = 1",
+            params![channel, lane.code()],
+        )?;
+        Ok(())
+    }
+
+    async fn mark_attempting(
+        &mut self,
+        item: &Item,
+        at_ms: i64,
+        call_first: bool,
+        now: i64,
+    ) -> rusqlite::Result<()> {
+        self.exec(
+            "UPDATE items SET state = 1, attempts = attempts + 1, updated_ms = ?1 WHERE id = ?2",
+            params![now, item.id],
+        )?;
+        self.exec(
+            "INSERT INTO attempts(item_id, channel, lane, at_ms, outcome, call_first)
+             VALUES (?1, ?2, ?3, ?4, 'attempting', ?5)",
+            params![
+                item.id,
+                item.channel,
+                item.lane.code(),
+                at_ms,
+                call_first as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn set_attempt_outcome(
+        &mut self,
+        id: i64,
+        outcome: &str,
+        detail: Option<&str>,
+        dur_ms: i64,
+        at_ms: Option<i64>,
+    ) -> rusqlite::Result<()> {
+        self.exec(
+            "UPDATE attempts SET outcome = ?1, detail = ?2, duration_ms = ?3, at_ms = COALESCE(?5, at_ms)
+             WHERE item_id = ?4 AND outcome = 'attempting'",
+            params![outcome, detail, dur_ms, id, at_ms],
+        )?;
+        Ok(())
+    }
+
+    async fn delete_open_attempt(&mut self, id: i64) -> rusqlite::Result<()> {
+        self.exec(
+            "DELETE FROM attempts WHERE item_id = ?1 AND outcome = 'attempting'",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    async fn item_done(&mut self, id: i64, now: i64) -> rusqlite::Result<()> {
+        self.exec(
+            "UPDATE items SET state = 2, updated_ms = ?1, last_error = NULL,
+             status = CASE WHEN kind = 3 AND status = 0 THEN 1 ELSE status END WHERE id = ?2",
+            params![now, id],
+        )?;
+        Ok(())
+    }
+
+    async fn item_retry(
+        &mut self,
+        id: i64,
+        next_ms: i64,
+        error: &str,
+        now: i64,
+        ambiguous: bool,
+        uncount: bool,
+    ) -> rusqlite::Result<()> {
+        self.exec(
+            "UPDATE items SET state = 0, next_ms = ?1, last_error = ?2, updated_ms = ?3,
+             ambiguous = ambiguous + ?4, attempts = attempts - ?5 WHERE id = ?6",
+            params![next_ms, error, now, ambiguous as i64, uncount as i64, id],
+        )?;
+        Ok(())
+    }
+
+    async fn item_not_sent(&mut self, id: i64, now: i64) -> rusqlite::Result<()> {
+        self.exec(
+            "UPDATE items SET state = 0, attempts = attempts - 1, updated_ms = ?1 WHERE id = ?2",
+            params![now, id],
+        )?;
+        Ok(())
+    }
+
+    async fn item_requeue_ambiguous(&mut self, id: i64) -> rusqlite::Result<()> {
+        self.exec(
+            "UPDATE items SET state = 0, ambiguous = ambiguous + 1 WHERE id = ?1",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    async fn item_dead(&mut self, id: i64, reason: &str, now: i64) -> rusqlite::Result<()> {
+        self.exec(
+            "UPDATE items SET state = 3, last_error = ?1, updated_ms = ?2 WHERE id = ?3",
+            params![reason, now, id],
+        )?;
+        Ok(())
+    }
+
+    async fn attempting_items(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+    ) -> rusqlite::Result<Vec<InFlight>> {
+        self.0
+            .prepare_cached(
+                "SELECT id, qkey, ambiguous FROM items INDEXED BY items_attempting
+                 WHERE state = 1 AND channel = ?1 AND lane = ?2 ORDER BY id",
+            )?
+            .query_map(params![channel, lane.code()], |r| {
+                Ok(InFlight {
+                    id: r.get(0)?,
+                    qkey: r.get(1)?,
+                    ambiguous: r.get(2)?,
+                })
+            })?
+            .collect()
+    }
+}
