@@ -337,10 +337,9 @@ async fn filters_and_stable_cursor_pagination() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
 async fn filters_and_stable_cursor_pagination_on_postgres() {
-    let Some(pg) = pg::PgSchema::create().await else {
-        return;
-    };
+    let pg = pg::PgSchema::create().await;
     filters_and_stable_cursor_pagination_on(Some(&pg)).await;
 }
 
@@ -559,10 +558,9 @@ async fn replay_is_idempotent_even_when_concurrent() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
 async fn replay_is_idempotent_even_when_concurrent_on_postgres() {
-    let Some(pg) = pg::PgSchema::create().await else {
-        return;
-    };
+    let pg = pg::PgSchema::create().await;
     replay_is_idempotent_even_when_concurrent_on(Some(&pg)).await;
 }
 
@@ -756,10 +754,9 @@ async fn pause_holds_sends_across_a_restart_and_resume_wakes_the_lane() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
 async fn pause_holds_sends_across_a_restart_and_resume_wakes_the_lane_on_postgres() {
-    let Some(pg) = pg::PgSchema::create().await else {
-        return;
-    };
+    let pg = pg::PgSchema::create().await;
     pause_holds_sends_across_a_restart_and_resume_wakes_the_lane_on(Some(&pg)).await;
 }
 
@@ -864,10 +861,9 @@ async fn purge_deletes_one_contact_and_keeps_the_others() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
 async fn purge_deletes_one_contact_and_keeps_the_others_on_postgres() {
-    let Some(pg) = pg::PgSchema::create().await else {
-        return;
-    };
+    let pg = pg::PgSchema::create().await;
     purge_deletes_one_contact_and_keeps_the_others_on(Some(&pg)).await;
 }
 
@@ -1178,10 +1174,9 @@ async fn channel_logs_are_pruned_after_their_retention() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
 async fn channel_logs_are_pruned_after_their_retention_on_postgres() {
-    let Some(pg) = pg::PgSchema::create().await else {
-        return;
-    };
+    let pg = pg::PgSchema::create().await;
     let cfg = rio_bridge::config::StoreConfig {
         url: Some(rio_bridge::secret::Secret::new(pg.url.clone())),
         ..Default::default()
@@ -1297,10 +1292,9 @@ mod store_level {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
     async fn concurrent_replays_from_two_postgres_nodes_move_each_item_once() {
-        let Some(schema) = pg::PgSchema::create().await else {
-            return;
-        };
+        let schema = pg::PgSchema::create().await;
         let (a, b) = (pg_node(&schema).await, pg_node(&schema).await);
         assert!(
             a.acquire_lane("ch", Lane::Provider)
@@ -1360,10 +1354,9 @@ mod store_level {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
     async fn a_pause_on_one_postgres_node_reaches_the_others() {
-        let Some(schema) = pg::PgSchema::create().await else {
-            return;
-        };
+        let schema = pg::PgSchema::create().await;
         let (a, b) = (pg_node(&schema).await, pg_node(&schema).await);
         let mut on_b = b
             .pause_signals()
@@ -1455,10 +1448,9 @@ mod store_level {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
     async fn purge_waits_for_the_attempt_in_flight_on_postgres() {
-        let Some(schema) = pg::PgSchema::create().await else {
-            return;
-        };
+        let schema = pg::PgSchema::create().await;
         let store = pg_node(&schema).await;
         assert!(
             store

@@ -33,8 +33,8 @@ impl Fixture {
         Fixture::Sqlite(tempfile::tempdir().unwrap())
     }
 
-    async fn postgres() -> Option<Fixture> {
-        pg::PgSchema::create().await.map(Fixture::Pg)
+    async fn postgres() -> Fixture {
+        Fixture::Pg(pg::PgSchema::create().await)
     }
 
     fn cfg(&self) -> StoreConfig {
@@ -92,10 +92,9 @@ macro_rules! on_both_backends {
         }
         mod postgres {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
             async fn $name() {
-                if let Some(fx) = super::Fixture::postgres().await {
-                    super::$name(&fx).await;
-                }
+                super::$name(&super::Fixture::postgres().await).await;
             })*
         }
     };
@@ -564,7 +563,7 @@ mod postgres_cluster {
     use super::*;
     use std::collections::HashSet;
 
-    async fn fixture() -> Option<Fixture> {
+    async fn fixture() -> Fixture {
         Fixture::postgres().await
     }
 
@@ -581,8 +580,9 @@ mod postgres_cluster {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
     async fn an_expired_lease_is_taken_over_and_fences_the_old_owner() {
-        let Some(fx) = fixture().await else { return };
+        let fx = fixture().await;
         let a = fx.open().await;
         let b = fx.open_node().await;
         a.accept_outbound("ch", outbound("m1", "+61400000001"), 0)
@@ -648,8 +648,9 @@ mod postgres_cluster {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
     async fn a_released_lane_is_free_at_once_and_recovery_skips_live_lanes() {
-        let Some(fx) = fixture().await else { return };
+        let fx = fixture().await;
         // A's lease outlives the test: it is live throughout, however slow the machine.
         let a = fx.open_node_with(fx.cfg_with_ttl(600_000)).await;
         assert!(
@@ -681,8 +682,9 @@ mod postgres_cluster {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
     async fn concurrent_claims_never_hand_out_a_queue_twice() {
-        let Some(fx) = fixture().await else { return };
+        let fx = fixture().await;
         let a = fx.open().await;
         let contacts: Vec<String> = (0..200).map(|i| format!("+614{i:08}")).collect();
         for (i, c) in contacts.iter().enumerate() {
@@ -723,8 +725,9 @@ mod postgres_cluster {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
     async fn dedupe_holds_under_concurrent_ingest_from_two_nodes() {
-        let Some(fx) = fixture().await else { return };
+        let fx = fixture().await;
         let nodes = [fx.open_node().await, fx.open_node().await];
         let mut tasks = tokio::task::JoinSet::new();
         for t in 0..4usize {
@@ -763,8 +766,9 @@ mod postgres_cluster {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
     async fn receipts_and_send_outcomes_from_two_nodes_never_miss_each_other() {
-        let Some(fx) = fixture().await else { return };
+        let fx = fixture().await;
         let a = fx.open().await;
         let b = fx.open_node().await;
         let n = 30;
@@ -820,8 +824,9 @@ mod postgres_cluster {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
     async fn statuses_from_two_nodes_only_move_forward() {
-        let Some(fx) = fixture().await else { return };
+        let fx = fixture().await;
         let a = fx.open().await;
         let b = fx.open_node().await;
         a.accept_outbound("ch", outbound("m1", "+61400000001"), 0)
@@ -852,8 +857,9 @@ mod postgres_cluster {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
     async fn work_for_a_lane_owned_elsewhere_is_announced_to_its_owner() {
-        let Some(fx) = fixture().await else { return };
+        let fx = fixture().await;
         let a = fx.open().await;
         let mut signals = a.work_signals().expect("a shared store announces work");
         let b = fx.open_node().await;

@@ -243,22 +243,49 @@ pub async fn wait_ready(base: &str) {
     .await;
 }
 
-/// Polls `f` every 20 ms until it yields, or panics after `secs` seconds.
+/// Polls `f` every 20 ms until it yields, or panics after `secs` seconds (stretched on a
+/// loaded machine, see [`deadline_scale`]).
 pub async fn wait_until<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let limit = scaled_deadline(secs);
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = f().await {
             return v;
         }
         if Instant::now() > deadline {
-            panic!("timed out after {secs} s waiting for: {what}");
+            panic!("timed out after {} s waiting for: {what}", limit.as_secs());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// How much longer than its nominal length a deadline may run here: `RIO_TEST_DEADLINE_SCALE`
+/// if set, else the machine's load per core (the 1-minute load average over the cores this
+/// process may use), between 1 and 5. Deadlines only stop a hang, so stretching them on a
+/// loaded machine (CI beside other builds) costs nothing when all is well, and a busy
+/// machine no longer fails a wait that was merely slow.
+pub fn deadline_scale() -> f64 {
+    if let Some(s) = std::env::var("RIO_TEST_DEADLINE_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        return s.max(1.0);
+    }
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    (load / cores).clamp(1.0, 5.0)
+}
+
+/// `secs` stretched by [`deadline_scale`].
+pub fn scaled_deadline(secs: u64) -> Duration {
+    Duration::from_secs_f64(secs as f64 * deadline_scale())
 }
 
 /// The gateway's own attempt log: request times per lane (one row per request).
