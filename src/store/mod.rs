@@ -10,6 +10,7 @@
 
 pub mod activity;
 pub mod admin;
+pub mod admin_rules;
 pub mod backup;
 pub mod postgres;
 pub mod rules;

@@ -10,14 +10,15 @@
 //!   in), and only then decides whether a message is in flight;
 //! - every audit row is written in the transaction of its change.
 
-use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+use super::tx::PgTx;
 use super::{PAUSE_PREFIX, PgStore, db, exec, opt, rows};
 use crate::clock::now_ms;
 use crate::store::activity::{ActivityLog, AttemptCounts};
 use crate::store::admin::*;
+use crate::store::admin_rules::{self, AdminTx, ContactItem, Revived};
 use crate::store::{ItemKind, Lane, Result};
 
 const MESSAGE_COLUMNS: &str = "id, channel, lane, contact, kind, mid, payload, state, status, attempts, \
@@ -80,32 +81,6 @@ fn raw_row(r: &Row) -> RawWebhookRow {
     }
 }
 
-async fn audit(
-    tx: &Transaction<'_>,
-    actor: &str,
-    action: &str,
-    target: &str,
-    detail: Option<&str>,
-) -> Result<()> {
-    exec(
-        tx,
-        "INSERT INTO audit_log(at_ms, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
-        &[&now_ms(), &actor, &action, &target, &detail],
-    )
-    .await?;
-    Ok(())
-}
-
-async fn history(tx: &Transaction<'_>, item_id: i64, event: &str, detail: &str) -> Result<()> {
-    exec(
-        tx,
-        "INSERT INTO history(item_id, at_ms, event, detail) VALUES ($1, $2, $3, $4)",
-        &[&item_id, &now_ms(), &event, &detail],
-    )
-    .await?;
-    Ok(())
-}
-
 type Arg = Box<dyn ToSql + Sync + Send>;
 
 /// Builds the WHERE clause of a message listing (the same filters as SQLite's).
@@ -148,19 +123,6 @@ fn message_where(f: &MessageFilter) -> (String, Vec<Arg>) {
 }
 
 impl PgStore {
-    /// Tells every node, at commit, that this lane's pause changed: its owner may be
-    /// another node, and a lane reads its pause from the store only when it starts.
-    async fn announce_pause(&self, tx: &Transaction<'_>, channel: &str, lane: Lane) -> Result<()> {
-        let payload = format!("{PAUSE_PREFIX}{}:{channel}", lane.code());
-        exec(
-            tx,
-            "SELECT pg_notify($1, $2)",
-            &[&self.notify_channel(), &payload],
-        )
-        .await?;
-        Ok(())
-    }
-
     /// One read outside any transaction.
     async fn read(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
         let client = self.client().await?;
@@ -268,113 +230,16 @@ impl AdminStore for PgStore {
     }
 
     async fn replay_items(&self, ids: Vec<i64>, actor: &str) -> Result<Vec<ReplayResult>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let now = now_ms();
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            // The state check is in the UPDATE itself: a concurrent replay (this node or
-            // another) waits for our row lock, then finds the item no longer dead.
-            // A send's status goes back to "none" so its receipts move it forward again.
-            let changed = opt(
-                &tx,
-                "UPDATE items SET state = 0, attempts = 0, next_ms = $1, updated_ms = $1, last_error = NULL,
-                 status = CASE WHEN kind = 3 THEN 0 ELSE status END WHERE id = $2 AND state = 3
-                 RETURNING channel, lane, qkey, mid, kind",
-                &[&now, &id],
-            )
-            .await?;
-            let Some(row) = changed else {
-                let known =
-                    opt(&tx, "SELECT channel, lane FROM items WHERE id = $1", &[&id]).await?;
-                out.push(match known {
-                    Some(r) => ReplayResult {
-                        id,
-                        outcome: ReplayOutcome::NotDead,
-                        channel: Some(r.get(0)),
-                        lane: Some(r.get(1)),
-                    },
-                    None => ReplayResult {
-                        id,
-                        outcome: ReplayOutcome::NotFound,
-                        channel: None,
-                        lane: None,
-                    },
-                });
-                continue;
-            };
-            let (channel, lane, qkey, mid, kind): (String, i64, String, String, i64) =
-                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-            // Back into its contact's FIFO. An existing queue row keeps its schedule, class
-            // and claim; a replayed send toward the provider goes with bulk (class 1), a
-            // contact's events first (class 0), as when they were accepted. DO UPDATE (a
-            // no-op) rather than DO NOTHING: it waits for a lane dropping that row right
-            // now, then inserts a fresh one.
-            let class: i64 = if kind == ItemKind::Status as i64 || kind == ItemKind::Send as i64 {
-                1
-            } else {
-                0
-            };
-            exec(
-                &tx,
-                "INSERT INTO queues(channel, lane, qkey, class, next_ms, claimed) VALUES ($1, $2, $3, $4, $5, 0)
-                 ON CONFLICT(channel, lane, qkey) DO UPDATE SET class = queues.class",
-                &[&channel, &lane, &qkey, &class, &now],
-            )
-            .await?;
-            history(&tx, id, "replayed", &format!("by {actor}")).await?;
-            audit(
-                &tx,
-                actor,
-                "replay",
-                &format!("item {id} ({channel} {mid})"),
-                None,
-            )
-            .await?;
-            // The lane's owner may be another node: tell it at commit.
-            self.announce(&tx, &channel, Lane::from_code(lane)).await?;
-            out.push(ReplayResult {
-                id,
-                outcome: ReplayOutcome::Replayed,
-                channel: Some(channel),
-                lane: Some(lane),
-            });
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(out)
+        in_tx!(self, |t| admin_rules::replay_items(t, ids, actor, now_ms()))
     }
 
     async fn discard_items(&self, ids: Vec<i64>, actor: &str) -> Result<Vec<i64>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let now = now_ms();
-        let mut out = Vec::new();
-        for id in ids {
-            // Done with a `last_error` that says so: delivered items never keep one, and
-            // retention prunes it like any finished item. Conditional, like a replay.
-            let changed = opt(
-                &tx,
-                "UPDATE items SET state = 2, updated_ms = $1,
-                 last_error = 'discarded by ' || $2::TEXT || ' (was: ' || COALESCE(last_error, '') || ')'
-                 WHERE id = $3 AND state = 3 RETURNING channel, mid",
-                &[&now, &actor, &id],
-            )
-            .await?;
-            let Some(row) = changed else { continue };
-            let (channel, mid): (String, String) = (row.get(0), row.get(1));
-            history(&tx, id, "discarded", &format!("by {actor}")).await?;
-            audit(
-                &tx,
-                actor,
-                "discard",
-                &format!("item {id} ({channel} {mid})"),
-                None,
-            )
-            .await?;
-            out.push(id);
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(out)
+        in_tx!(self, |t| admin_rules::discard_items(
+            t,
+            ids,
+            actor,
+            now_ms()
+        ))
     }
 
     async fn delete_raw_webhook(
@@ -384,28 +249,13 @@ impl AdminStore for PgStore {
         action: &str,
         detail: Option<String>,
     ) -> Result<bool> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let gone = opt(
-            &tx,
-            "DELETE FROM raw_webhooks WHERE id = $1 RETURNING channel",
-            &[&id],
-        )
-        .await?;
-        let Some(row) = gone else {
-            return Ok(false);
-        };
-        let channel: String = row.get(0);
-        audit(
-            &tx,
+        in_tx!(self, |t| admin_rules::delete_raw_webhook(
+            t,
+            id,
             actor,
             action,
-            &format!("raw webhook {id} ({channel})"),
-            detail.as_deref(),
-        )
-        .await?;
-        tx.commit().await.map_err(db)?;
-        Ok(true)
+            detail.as_deref()
+        ))
     }
 
     async fn update_raw_webhook_reason(&self, id: i64, reason: &str) -> Result<()> {
@@ -427,68 +277,15 @@ impl AdminStore for PgStore {
         until_ms: i64,
         actor: &str,
     ) -> Result<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        exec(
-            &tx,
-            "INSERT INTO lane_state(channel, lane, paused_until_ms) VALUES ($1, $2, $3)
-             ON CONFLICT(channel, lane) DO UPDATE SET paused_until_ms = excluded.paused_until_ms",
-            &[&channel, &lane.code(), &until_ms],
-        )
-        .await?;
-        audit(
-            &tx,
-            actor,
-            "pause",
-            &format!("{channel} {}", lane.name()),
-            Some(&format!("until_ms {until_ms}")),
-        )
-        .await?;
-        self.announce_pause(&tx, channel, lane).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(())
+        in_tx!(self, |t| admin_rules::pause_lane(
+            t, channel, lane, until_ms, actor
+        ))
     }
 
     async fn resume_lane(&self, channel: &str, lane: Lane, now: i64, actor: &str) -> Result<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        // Locks the lane's row, so a concurrent pause lands wholly before or after.
-        let until: i64 = opt(
-            &tx,
-            "SELECT paused_until_ms FROM lane_state WHERE channel = $1 AND lane = $2 FOR UPDATE",
-            &[&channel, &lane.code()],
-        )
-        .await?
-        .map(|r| r.get(0))
-        .unwrap_or(0);
-        exec(
-            &tx,
-            "UPDATE lane_state SET paused_until_ms = 0 WHERE channel = $1 AND lane = $2",
-            &[&channel, &lane.code()],
-        )
-        .await?;
-        // Attempts the pause stopped handed their queue back due at the pause's end:
-        // exactly those become due now (backoffs of other contacts keep their time).
-        if until > now {
-            exec(
-                &tx,
-                "UPDATE queues SET next_ms = $1 WHERE channel = $2 AND lane = $3 AND next_ms = $4",
-                &[&now, &channel, &lane.code(), &until],
-            )
-            .await?;
-        }
-        audit(
-            &tx,
-            actor,
-            "resume",
-            &format!("{channel} {}", lane.name()),
-            None,
-        )
-        .await?;
-        self.announce(&tx, channel, lane).await?;
-        self.announce_pause(&tx, channel, lane).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(())
+        in_tx!(self, |t| admin_rules::resume_lane(
+            t, channel, lane, now, actor
+        ))
     }
 
     async fn lane_activity(&self, since_ms: i64) -> Result<Vec<LaneActivity>> {
@@ -518,146 +315,9 @@ impl AdminStore for PgStore {
         contact: &str,
         actor: &str,
     ) -> Result<PurgeReport> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        // Queue rows first, then items: the order lanes lock them in, so a purge and a
-        // lane's claim or outcome wait for each other instead of deadlocking. A lane that
-        // took an item before these locks shows it as attempting below.
-        exec(
-            &tx,
-            "SELECT 1 FROM queues WHERE channel = $1 AND (lane, qkey) IN
-             (SELECT lane, qkey FROM items WHERE channel = $1 AND contact = $2)
-             ORDER BY lane, qkey FOR UPDATE",
-            &[&channel, &contact],
-        )
-        .await?;
-        let items = rows(
-            &tx,
-            "SELECT id, mid, provider_id, lane, qkey, state FROM items
-             WHERE channel = $1 AND contact = $2 ORDER BY id FOR UPDATE",
-            &[&channel, &contact],
-        )
-        .await?;
-        // A send in flight would have its outcome recorded against rows that are gone:
-        // refuse, and let the operator try again once the attempt has finished.
-        let in_flight = items.iter().filter(|r| r.get::<_, i64>(5) == 1).count() as u64;
-        let mut report = PurgeReport {
-            in_flight,
-            ..Default::default()
-        };
-        if in_flight > 0 {
-            tx.rollback().await.map_err(db)?;
-            return Ok(report);
-        }
-        let ids: Vec<i64> = items.iter().map(|r| r.get(0)).collect();
-        let mut mids = std::collections::BTreeSet::new();
-        let mut queues = std::collections::BTreeSet::new();
-        let mut provider_ids = std::collections::BTreeSet::new();
-        for r in &items {
-            mids.insert(r.get::<_, String>(1));
-            if let Some(pid) = r.get::<_, Option<String>>(2) {
-                provider_ids.insert(pid);
-            }
-            queues.insert((r.get::<_, i64>(3), r.get::<_, String>(4)));
-        }
-        report.history = exec(&tx, "DELETE FROM history WHERE item_id = ANY($1)", &[&ids]).await?;
-        report.attempts =
-            exec(&tx, "DELETE FROM attempts WHERE item_id = ANY($1)", &[&ids]).await?;
-        report.items = exec(&tx, "DELETE FROM items WHERE id = ANY($1)", &[&ids]).await?;
-        // Dedupe keys hold no contact id: they are found through the provider ids (an
-        // inbound key is the provider's id, a receipt key starts with it).
-        for pid in &provider_ids {
-            report.dedupe_keys += exec(
-                &tx,
-                "DELETE FROM dedupe WHERE channel = $1 AND key = $2",
-                &[&channel, pid],
-            )
-            .await?;
-            let prefix = format!("receipt:{pid}:");
-            report.dedupe_keys += exec(
-                &tx,
-                "DELETE FROM dedupe WHERE channel = $1 AND substr(key, 1, length($2)) = $2",
-                &[&channel, &prefix],
-            )
-            .await?;
-            report.parked_receipts += exec(
-                &tx,
-                "DELETE FROM parked_receipts WHERE channel = $1 AND provider_id = $2",
-                &[&channel, pid],
-            )
-            .await?;
-        }
-        let mids: Vec<String> = mids.into_iter().collect();
-        report.channel_logs += exec(
-            &tx,
-            "DELETE FROM channel_logs WHERE mid = ANY($1)",
-            &[&mids],
-        )
-        .await?;
-        // Exchanges tied to no message may still carry the contact id in their body or URL.
-        let pattern = format!(
-            "%{}%",
-            contact
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        );
-        report.channel_logs += exec(
-            &tx,
-            "DELETE FROM channel_logs WHERE channel = $1 AND mid IS NULL AND
-             (request_body LIKE $2 ESCAPE '\\' OR url LIKE $2 ESCAPE '\\' OR response_body LIKE $2 ESCAPE '\\')",
-            &[&channel, &pattern],
-        )
-        .await?;
-        for (lane, qkey) in &queues {
-            let left = opt(
-                &tx,
-                "SELECT 1 FROM items WHERE channel = $1 AND lane = $2 AND qkey = $3 AND state < 2 LIMIT 1",
-                &[&channel, lane, qkey],
-            )
-            .await?;
-            if left.is_none() {
-                exec(
-                    &tx,
-                    "DELETE FROM queues WHERE channel = $1 AND lane = $2 AND qkey = $3",
-                    &[&channel, lane, qkey],
-                )
-                .await?;
-            }
-        }
-        report.contact_profiles = exec(
-            &tx,
-            "DELETE FROM contacts WHERE channel = $1 AND contact = $2",
-            &[&channel, &contact],
-        )
-        .await?;
-        // Raw webhooks are few: scan the channel's bodies for the contact id.
-        let raws = rows(
-            &tx,
-            "SELECT id, body FROM raw_webhooks WHERE channel = $1",
-            &[&channel],
-        )
-        .await?;
-        let needles = crate::channel_log::redact::contact_forms(contact);
-        for r in raws {
-            let (id, body): (i64, Vec<u8>) = (r.get(0), r.get(1));
-            let text = String::from_utf8_lossy(&body);
-            if needles.iter().any(|n| text.contains(n.as_str())) {
-                report.raw_webhooks +=
-                    exec(&tx, "DELETE FROM raw_webhooks WHERE id = $1", &[&id]).await?;
-            }
-        }
-        let detail = serde_json::to_string(&report).ok();
-        audit(
-            &tx,
-            actor,
-            "purge",
-            &format!("{channel} contact {}", mask_contact(contact)),
-            detail.as_deref(),
-        )
-        .await?;
-        tx.commit().await.map_err(db)?;
-        Ok(report)
+        in_tx!(self, |t| admin_rules::purge_contact(
+            t, channel, contact, actor
+        ))
     }
 
     async fn list_audit(
@@ -824,5 +484,280 @@ impl ActivityLog for PgStore {
                 failed: r.get::<_, Option<i64>>(4).unwrap_or(0),
             })
             .collect())
+    }
+}
+
+impl AdminTx for PgTx<'_> {
+    async fn audit(
+        &mut self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: Option<&str>,
+    ) -> Result<()> {
+        exec(
+            self.tx,
+            "INSERT INTO audit_log(at_ms, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+            &[&now_ms(), &actor, &action, &target, &detail],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn announce_pause(&mut self, channel: &str, lane: Lane) -> Result<()> {
+        // The lane's owner may be another node, and a lane reads its pause from the store
+        // only when it starts.
+        let payload = format!("{PAUSE_PREFIX}{}:{channel}", lane.code());
+        exec(
+            self.tx,
+            "SELECT pg_notify($1, $2)",
+            &[&self.store.notify_channel(), &payload],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn revive_dead(&mut self, id: i64, now: i64) -> Result<Option<Revived>> {
+        // The state check is in the UPDATE itself: a concurrent replay (this node or
+        // another) waits for our row lock, then finds the item no longer dead. A send's
+        // status goes back to "none" so its receipts move it forward again.
+        Ok(opt(
+            self.tx,
+            "UPDATE items SET state = 0, attempts = 0, next_ms = $1, updated_ms = $1, last_error = NULL,
+             status = CASE WHEN kind = 3 THEN 0 ELSE status END WHERE id = $2 AND state = 3
+             RETURNING channel, lane, qkey, mid, kind",
+            &[&now, &id],
+        )
+        .await?
+        .map(|r| Revived {
+            channel: r.get(0),
+            lane: Lane::from_code(r.get(1)),
+            qkey: r.get(2),
+            mid: r.get(3),
+            kind: ItemKind::from_code(r.get(4)),
+        }))
+    }
+
+    async fn item_place(&mut self, id: i64) -> Result<Option<(String, Lane)>> {
+        Ok(opt(
+            self.tx,
+            "SELECT channel, lane FROM items WHERE id = $1",
+            &[&id],
+        )
+        .await?
+        .map(|r| (r.get(0), Lane::from_code(r.get(1)))))
+    }
+
+    async fn ensure_queue(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        qkey: &str,
+        class: i64,
+        now: i64,
+    ) -> Result<()> {
+        // DO UPDATE (a no-op) rather than DO NOTHING: it waits for a lane dropping that row
+        // right now, then inserts a fresh one.
+        exec(
+            self.tx,
+            "INSERT INTO queues(channel, lane, qkey, class, next_ms, claimed) VALUES ($1, $2, $3, $4, $5, 0)
+             ON CONFLICT(channel, lane, qkey) DO UPDATE SET class = queues.class",
+            &[&channel, &lane.code(), &qkey, &class, &now],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn discard_dead(
+        &mut self,
+        id: i64,
+        actor: &str,
+        now: i64,
+    ) -> Result<Option<(String, String)>> {
+        Ok(opt(
+            self.tx,
+            "UPDATE items SET state = 2, updated_ms = $1,
+             last_error = 'discarded by ' || $2::TEXT || ' (was: ' || COALESCE(last_error, '') || ')'
+             WHERE id = $3 AND state = 3 RETURNING channel, mid",
+            &[&now, &actor, &id],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+    }
+
+    async fn delete_raw_webhook(&mut self, id: i64) -> Result<Option<String>> {
+        Ok(opt(
+            self.tx,
+            "DELETE FROM raw_webhooks WHERE id = $1 RETURNING channel",
+            &[&id],
+        )
+        .await?
+        .map(|r| r.get(0)))
+    }
+
+    async fn set_pause(&mut self, channel: &str, lane: Lane, until_ms: i64) -> Result<()> {
+        exec(
+            self.tx,
+            "INSERT INTO lane_state(channel, lane, paused_until_ms) VALUES ($1, $2, $3)
+             ON CONFLICT(channel, lane) DO UPDATE SET paused_until_ms = excluded.paused_until_ms",
+            &[&channel, &lane.code(), &until_ms],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn pause_of(&mut self, channel: &str, lane: Lane) -> Result<i64> {
+        // Locks the lane's row, so a concurrent pause lands wholly before or after.
+        Ok(opt(
+            self.tx,
+            "SELECT paused_until_ms FROM lane_state WHERE channel = $1 AND lane = $2 FOR UPDATE",
+            &[&channel, &lane.code()],
+        )
+        .await?
+        .map(|r| r.get(0))
+        .unwrap_or(0))
+    }
+
+    async fn requeue_paused(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        was_ms: i64,
+        now: i64,
+    ) -> Result<()> {
+        exec(
+            self.tx,
+            "UPDATE queues SET next_ms = $1 WHERE channel = $2 AND lane = $3 AND next_ms = $4",
+            &[&now, &channel, &lane.code(), &was_ms],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn lock_contact_queues(&mut self, channel: &str, contact: &str) -> Result<()> {
+        // Queue rows first, then items: the order lanes lock them in, so a purge and a
+        // lane's claim or outcome wait for each other instead of deadlocking.
+        exec(
+            self.tx,
+            "SELECT 1 FROM queues WHERE channel = $1 AND (lane, qkey) IN
+             (SELECT lane, qkey FROM items WHERE channel = $1 AND contact = $2)
+             ORDER BY lane, qkey FOR UPDATE",
+            &[&channel, &contact],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn contact_items(&mut self, channel: &str, contact: &str) -> Result<Vec<ContactItem>> {
+        Ok(rows(
+            self.tx,
+            "SELECT id, mid, provider_id, lane, qkey, state FROM items
+             WHERE channel = $1 AND contact = $2 ORDER BY id FOR UPDATE",
+            &[&channel, &contact],
+        )
+        .await?
+        .iter()
+        .map(|r| ContactItem {
+            id: r.get(0),
+            mid: r.get(1),
+            provider_id: r.get(2),
+            lane: Lane::from_code(r.get(3)),
+            qkey: r.get(4),
+            attempting: r.get::<_, i64>(5) == 1,
+        })
+        .collect())
+    }
+
+    async fn delete_items(&mut self, ids: &[i64]) -> Result<(u64, u64, u64)> {
+        let ids = ids.to_vec();
+        let history = exec(
+            self.tx,
+            "DELETE FROM history WHERE item_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+        let attempts = exec(
+            self.tx,
+            "DELETE FROM attempts WHERE item_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+        let items = exec(self.tx, "DELETE FROM items WHERE id = ANY($1)", &[&ids]).await?;
+        Ok((items, history, attempts))
+    }
+
+    async fn delete_provider_id_traces(&mut self, channel: &str, pid: &str) -> Result<(u64, u64)> {
+        let mut keys = exec(
+            self.tx,
+            "DELETE FROM dedupe WHERE channel = $1 AND key = $2",
+            &[&channel, &pid],
+        )
+        .await?;
+        let prefix = format!("receipt:{pid}:");
+        keys += exec(
+            self.tx,
+            "DELETE FROM dedupe WHERE channel = $1 AND substr(key, 1, length($2)) = $2",
+            &[&channel, &prefix],
+        )
+        .await?;
+        let parked = exec(
+            self.tx,
+            "DELETE FROM parked_receipts WHERE channel = $1 AND provider_id = $2",
+            &[&channel, &pid],
+        )
+        .await?;
+        Ok((keys, parked))
+    }
+
+    async fn delete_contact_logs(
+        &mut self,
+        channel: &str,
+        mids: &[String],
+        contact: &str,
+    ) -> Result<u64> {
+        let mids = mids.to_vec();
+        let mut n = exec(
+            self.tx,
+            "DELETE FROM channel_logs WHERE mid = ANY($1)",
+            &[&mids],
+        )
+        .await?;
+        // Exchanges tied to no message may still carry the contact id in their body or URL.
+        let pattern = format!(
+            "%{}%",
+            contact
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        n += exec(
+            self.tx,
+            "DELETE FROM channel_logs WHERE channel = $1 AND mid IS NULL AND
+             (request_body LIKE $2 ESCAPE '\\' OR url LIKE $2 ESCAPE '\\' OR response_body LIKE $2 ESCAPE '\\')",
+            &[&channel, &pattern],
+        )
+        .await?;
+        Ok(n)
+    }
+
+    async fn delete_contact_profile(&mut self, channel: &str, contact: &str) -> Result<u64> {
+        exec(
+            self.tx,
+            "DELETE FROM contacts WHERE channel = $1 AND contact = $2",
+            &[&channel, &contact],
+        )
+        .await
+    }
+
+    async fn raw_webhook_bodies(&mut self, channel: &str) -> Result<Vec<(i64, Vec<u8>)>> {
+        Ok(rows(
+            self.tx,
+            "SELECT id, body FROM raw_webhooks WHERE channel = $1",
+            &[&channel],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
     }
 }

@@ -36,6 +36,24 @@ use crate::clock::now_ms;
 use crate::config::StoreConfig;
 use tx::{ITEM_COLUMNS, PgTx, item_from_row};
 
+/// Runs a rule of `store::rules` in one transaction of this node and commits it; an error
+/// drops the transaction (rolled back).
+macro_rules! in_tx {
+    ($store:expr, |$t:ident| $rule:expr) => {{
+        let mut client = $store.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let out = {
+            let $t = &mut PgTx {
+                tx: &tx,
+                store: $store,
+            };
+            $rule.await?
+        };
+        tx.commit().await.map_err(db)?;
+        Ok(out)
+    }};
+}
+
 mod admin;
 mod tx;
 
@@ -403,24 +421,6 @@ pub(super) async fn rows(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Resu
 pub(super) async fn opt(tx: &Transaction<'_>, sql: &str, p: Params<'_>) -> Result<Option<Row>> {
     let stmt = tx.prepare_cached(sql).await.map_err(db)?;
     tx.query_opt(&stmt, p).await.map_err(db)
-}
-
-/// Runs a rule of `store::rules` in one transaction of this node and commits it; an error
-/// drops the transaction (rolled back).
-macro_rules! in_tx {
-    ($store:expr, |$t:ident| $rule:expr) => {{
-        let mut client = $store.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
-        let out = {
-            let $t = &mut PgTx {
-                tx: &tx,
-                store: $store,
-            };
-            $rule.await?
-        };
-        tx.commit().await.map_err(db)?;
-        Ok(out)
-    }};
 }
 
 #[async_trait]

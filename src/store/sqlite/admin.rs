@@ -6,11 +6,13 @@
 //! (SELECT ...)` for batched deletes, and `rowid`-free deletes of WITHOUT ROWID tables.
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use rusqlite::{OptionalExtension, params, params_from_iter};
 
-use super::SqliteStore;
+use super::tx::SqliteTx;
+use super::{SqliteStore, run_rule};
 use crate::clock::now_ms;
 use crate::store::admin::*;
+use crate::store::admin_rules::{self, AdminTx, ContactItem, Revived};
 use crate::store::{ItemKind, Lane, Result};
 
 const MESSAGE_COLUMNS: &str = "id, channel, lane, contact, kind, mid, payload, state, status, attempts, \
@@ -69,28 +71,6 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawWebhookRow> {
         reason: r.get(5)?,
         received_ms: r.get(6)?,
     })
-}
-
-fn audit(
-    conn: &Connection,
-    actor: &str,
-    action: &str,
-    target: &str,
-    detail: Option<&str>,
-) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO audit_log(at_ms, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![now_ms(), actor, action, target, detail])?;
-    Ok(())
-}
-
-fn history(conn: &Connection, item_id: i64, event: &str, detail: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO history(item_id, at_ms, event, detail) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![item_id, now_ms(), event, detail])?;
-    Ok(())
 }
 
 /// Builds the WHERE clause of a message listing.
@@ -231,44 +211,12 @@ impl AdminStore for SqliteStore {
     async fn replay_items(&self, ids: Vec<i64>, actor: &str) -> Result<Vec<ReplayResult>> {
         let actor = actor.to_string();
         self.write(move |conn| {
-            let now = now_ms();
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let row: Option<(String, i64, String, String, i64, i64)> = conn
-                    .prepare_cached("SELECT channel, lane, qkey, mid, state, kind FROM items WHERE id = ?1")?
-                    .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
-                    .optional()?;
-                let Some((channel, lane, qkey, mid, _, kind)) = row else {
-                    out.push(ReplayResult { id, outcome: ReplayOutcome::NotFound, channel: None, lane: None });
-                    continue;
-                };
-                // The state check is in the UPDATE itself: of two replays, only the first
-                // finds the item dead (the writer runs jobs one after another).
-                // A send's status goes back to "none" so its receipts move it forward again.
-                let changed = conn
-                    .prepare_cached(
-                        "UPDATE items SET state = 0, attempts = 0, next_ms = ?1, updated_ms = ?1, last_error = NULL,
-                         status = CASE WHEN kind = 3 THEN 0 ELSE status END WHERE id = ?2 AND state = 3",
-                    )?
-                    .execute(params![now, id])?;
-                if changed == 0 {
-                    out.push(ReplayResult { id, outcome: ReplayOutcome::NotDead, channel: Some(channel), lane: Some(lane) });
-                    continue;
-                }
-                // Back into its contact's FIFO. An existing queue row keeps its schedule and
-                // claim; a replayed send toward the provider goes with bulk (class 1), a
-                // contact's events first (class 0), as when they were accepted.
-                let class = if kind == ItemKind::Status as i64 || kind == ItemKind::Send as i64 { 1 } else { 0 };
-                conn.prepare_cached(
-                    "INSERT INTO queues(channel, lane, qkey, class, next_ms, claimed) VALUES (?1, ?2, ?3, ?4, ?5, 0)
-                     ON CONFLICT(channel, lane, qkey) DO NOTHING",
-                )?
-                .execute(params![channel, lane, qkey, class, now])?;
-                history(conn, id, "replayed", &format!("by {actor}"))?;
-                audit(conn, &actor, "replay", &format!("item {id} ({channel} {mid})"), None)?;
-                out.push(ReplayResult { id, outcome: ReplayOutcome::Replayed, channel: Some(channel), lane: Some(lane) });
-            }
-            Ok(out)
+            run_rule(admin_rules::replay_items(
+                &mut SqliteTx(conn),
+                ids,
+                &actor,
+                now_ms(),
+            ))
         })
         .await
     }
@@ -276,24 +224,12 @@ impl AdminStore for SqliteStore {
     async fn discard_items(&self, ids: Vec<i64>, actor: &str) -> Result<Vec<i64>> {
         let actor = actor.to_string();
         self.write(move |conn| {
-            let now = now_ms();
-            let mut out = Vec::new();
-            for id in ids {
-                let reason: Option<(String, String, Option<String>)> = conn
-                    .prepare_cached("SELECT channel, mid, last_error FROM items WHERE id = ?1 AND state = 3")?
-                    .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()?;
-                let Some((channel, mid, last)) = reason else { continue };
-                // Done with a `last_error` that says so: delivered items never keep one, and
-                // retention prunes it like any finished item.
-                let note = format!("discarded by {actor} (was: {})", last.unwrap_or_default());
-                conn.prepare_cached("UPDATE items SET state = 2, updated_ms = ?1, last_error = ?2 WHERE id = ?3 AND state = 3")?
-                    .execute(params![now, note, id])?;
-                history(conn, id, "discarded", &format!("by {actor}"))?;
-                audit(conn, &actor, "discard", &format!("item {id} ({channel} {mid})"), None)?;
-                out.push(id);
-            }
-            Ok(out)
+            run_rule(admin_rules::discard_items(
+                &mut SqliteTx(conn),
+                ids,
+                &actor,
+                now_ms(),
+            ))
         })
         .await
     }
@@ -307,23 +243,14 @@ impl AdminStore for SqliteStore {
     ) -> Result<bool> {
         let (actor, action) = (actor.to_string(), action.to_string());
         self.write(move |conn| {
-            let channel: Option<String> = conn
-                .prepare_cached("SELECT channel FROM raw_webhooks WHERE id = ?1")?
-                .query_row(params![id], |r| r.get(0))
-                .optional()?;
-            let Some(channel) = channel else {
-                return Ok(false);
-            };
-            conn.prepare_cached("DELETE FROM raw_webhooks WHERE id = ?1")?
-                .execute(params![id])?;
-            audit(
-                conn,
+            let tx = &mut SqliteTx(conn);
+            run_rule(admin_rules::delete_raw_webhook(
+                tx,
+                id,
                 &actor,
                 &action,
-                &format!("raw webhook {id} ({channel})"),
                 detail.as_deref(),
-            )?;
-            Ok(true)
+            ))
         })
         .await
     }
@@ -347,12 +274,13 @@ impl AdminStore for SqliteStore {
     ) -> Result<()> {
         let (channel, actor) = (channel.to_string(), actor.to_string());
         self.write(move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO lane_state(channel, lane, paused_until_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(channel, lane) DO UPDATE SET paused_until_ms = excluded.paused_until_ms",
-            )?
-            .execute(params![channel, lane.code(), until_ms])?;
-            audit(conn, &actor, "pause", &format!("{channel} {}", lane.name()), Some(&format!("until_ms {until_ms}")))
+            run_rule(admin_rules::pause_lane(
+                &mut SqliteTx(conn),
+                &channel,
+                lane,
+                until_ms,
+                &actor,
+            ))
         })
         .await
     }
@@ -360,22 +288,13 @@ impl AdminStore for SqliteStore {
     async fn resume_lane(&self, channel: &str, lane: Lane, now: i64, actor: &str) -> Result<()> {
         let (channel, actor) = (channel.to_string(), actor.to_string());
         self.write(move |conn| {
-            let until: i64 = conn
-                .prepare_cached("SELECT paused_until_ms FROM lane_state WHERE channel = ?1 AND lane = ?2")?
-                .query_row(params![channel, lane.code()], |r| r.get(0))
-                .optional()?
-                .unwrap_or(0);
-            conn.prepare_cached("UPDATE lane_state SET paused_until_ms = 0 WHERE channel = ?1 AND lane = ?2")?
-                .execute(params![channel, lane.code()])?;
-            // Attempts the pause stopped handed their queue back due at the pause's end:
-            // exactly those become due now (backoffs of other contacts keep their time).
-            if until > now {
-                conn.prepare_cached(
-                    "UPDATE queues SET next_ms = ?1 WHERE channel = ?2 AND lane = ?3 AND next_ms = ?4",
-                )?
-                .execute(params![now, channel, lane.code(), until])?;
-            }
-            audit(conn, &actor, "resume", &format!("{channel} {}", lane.name()), None)
+            run_rule(admin_rules::resume_lane(
+                &mut SqliteTx(conn),
+                &channel,
+                lane,
+                now,
+                &actor,
+            ))
         })
         .await
     }
@@ -408,85 +327,12 @@ impl AdminStore for SqliteStore {
         let (channel, contact, actor) =
             (channel.to_string(), contact.to_string(), actor.to_string());
         self.write(move |conn| {
-            // A send in flight would have its outcome recorded against rows that are gone:
-            // refuse, and let the operator try again once the attempt has finished.
-            let in_flight = conn
-                .prepare_cached("SELECT COUNT(*) FROM items WHERE channel = ?1 AND contact = ?2 AND state = 1")?
-                .query_row(params![channel, contact], |r| r.get::<_, i64>(0))? as u64;
-            let mut report = PurgeReport { in_flight, ..Default::default() };
-            if report.in_flight > 0 {
-                return Ok(report);
-            }
-            let items: Vec<(i64, String, Option<String>, i64, String)> = conn
-                .prepare_cached("SELECT id, mid, provider_id, lane, qkey FROM items WHERE channel = ?1 AND contact = ?2")?
-                .query_map(params![channel, contact], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut mids = std::collections::BTreeSet::new();
-            let mut queues = std::collections::BTreeSet::new();
-            for (id, mid, pid, lane, qkey) in &items {
-                report.history += conn.prepare_cached("DELETE FROM history WHERE item_id = ?1")?.execute(params![id])? as u64;
-                report.attempts += conn.prepare_cached("DELETE FROM attempts WHERE item_id = ?1")?.execute(params![id])? as u64;
-                report.items += conn.prepare_cached("DELETE FROM items WHERE id = ?1")?.execute(params![id])? as u64;
-                mids.insert(mid.clone());
-                queues.insert((*lane, qkey.clone()));
-                // Dedupe keys hold no contact id: they are found through the provider ids
-                // (an inbound key is the provider's id, a receipt key starts with it).
-                if let Some(pid) = pid {
-                    report.dedupe_keys += conn
-                        .prepare_cached("DELETE FROM dedupe WHERE channel = ?1 AND key = ?2")?
-                        .execute(params![channel, pid])? as u64;
-                    let prefix = format!("receipt:{pid}:");
-                    report.dedupe_keys += conn
-                        .prepare_cached(
-                            "DELETE FROM dedupe WHERE channel = ?1 AND substr(key, 1, length(?2)) = ?2",
-                        )?
-                        .execute(params![channel, prefix])? as u64;
-                    report.parked_receipts += conn
-                        .prepare_cached("DELETE FROM parked_receipts WHERE channel = ?1 AND provider_id = ?2")?
-                        .execute(params![channel, pid])? as u64;
-                }
-            }
-            for mid in &mids {
-                report.channel_logs += conn
-                    .prepare_cached("DELETE FROM channel_logs WHERE mid = ?1")?
-                    .execute(params![mid])? as u64;
-            }
-            // Exchanges tied to no message may still carry the contact id in their body or URL.
-            let pattern = format!("%{}%", contact.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-            report.channel_logs += conn
-                .prepare_cached(
-                    "DELETE FROM channel_logs WHERE channel = ?1 AND mid IS NULL AND
-                     (request_body LIKE ?2 ESCAPE '\\' OR url LIKE ?2 ESCAPE '\\' OR response_body LIKE ?2 ESCAPE '\\')",
-                )?
-                .execute(params![channel, pattern])? as u64;
-            for (lane, qkey) in &queues {
-                let left: Option<i64> = conn
-                    .prepare_cached("SELECT id FROM items WHERE channel = ?1 AND lane = ?2 AND qkey = ?3 AND state < 2 LIMIT 1")?
-                    .query_row(params![channel, lane, qkey], |r| r.get(0))
-                    .optional()?;
-                if left.is_none() {
-                    conn.prepare_cached("DELETE FROM queues WHERE channel = ?1 AND lane = ?2 AND qkey = ?3")?
-                        .execute(params![channel, lane, qkey])?;
-                }
-            }
-            report.contact_profiles += conn
-                .prepare_cached("DELETE FROM contacts WHERE channel = ?1 AND contact = ?2")?
-                .execute(params![channel, contact])? as u64;
-            // Raw webhooks are few: scan the channel's bodies for the contact id.
-            let raws: Vec<(i64, Vec<u8>)> = conn
-                .prepare_cached("SELECT id, body FROM raw_webhooks WHERE channel = ?1")?
-                .query_map(params![channel], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let needles = crate::channel_log::redact::contact_forms(&contact);
-            for (id, body) in raws {
-                let text = String::from_utf8_lossy(&body);
-                if needles.iter().any(|n| text.contains(n.as_str())) {
-                    report.raw_webhooks += conn.prepare_cached("DELETE FROM raw_webhooks WHERE id = ?1")?.execute(params![id])? as u64;
-                }
-            }
-            let detail = serde_json::to_string(&report).ok();
-            audit(conn, &actor, "purge", &format!("{channel} contact {}", mask_contact(&contact)), detail.as_deref())?;
-            Ok(report)
+            run_rule(admin_rules::purge_contact(
+                &mut SqliteTx(conn),
+                &channel,
+                &contact,
+                &actor,
+            ))
         })
         .await
     }
@@ -563,5 +409,239 @@ impl AdminStore for SqliteStore {
                 .collect()
         })
         .await
+    }
+}
+
+impl AdminTx for SqliteTx<'_> {
+    async fn audit(
+        &mut self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: Option<&str>,
+    ) -> rusqlite::Result<()> {
+        self.exec(
+            "INSERT INTO audit_log(at_ms, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![now_ms(), actor, action, target, detail],
+        )?;
+        Ok(())
+    }
+
+    async fn announce_pause(&mut self, _channel: &str, _lane: Lane) -> rusqlite::Result<()> {
+        Ok(())
+    }
+
+    async fn revive_dead(&mut self, id: i64, now: i64) -> rusqlite::Result<Option<Revived>> {
+        // The state check is in the UPDATE itself: of two replays, only the first finds
+        // the item dead. A send's status goes back to "none" so its receipts move it
+        // forward again.
+        self.0
+            .prepare_cached(
+                "UPDATE items SET state = 0, attempts = 0, next_ms = ?1, updated_ms = ?1, last_error = NULL,
+                 status = CASE WHEN kind = 3 THEN 0 ELSE status END WHERE id = ?2 AND state = 3
+                 RETURNING channel, lane, qkey, mid, kind",
+            )?
+            .query_row(params![now, id], |r| {
+                Ok(Revived {
+                    channel: r.get(0)?,
+                    lane: Lane::from_code(r.get(1)?),
+                    qkey: r.get(2)?,
+                    mid: r.get(3)?,
+                    kind: ItemKind::from_code(r.get(4)?),
+                })
+            })
+            .optional()
+    }
+
+    async fn item_place(&mut self, id: i64) -> rusqlite::Result<Option<(String, Lane)>> {
+        self.0
+            .prepare_cached("SELECT channel, lane FROM items WHERE id = ?1")?
+            .query_row(params![id], |r| Ok((r.get(0)?, Lane::from_code(r.get(1)?))))
+            .optional()
+    }
+
+    async fn ensure_queue(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        qkey: &str,
+        class: i64,
+        now: i64,
+    ) -> rusqlite::Result<()> {
+        self.exec(
+            "INSERT INTO queues(channel, lane, qkey, class, next_ms, claimed) VALUES (?1, ?2, ?3, ?4, ?5, 0)
+             ON CONFLICT(channel, lane, qkey) DO NOTHING",
+            params![channel, lane.code(), qkey, class, now],
+        )?;
+        Ok(())
+    }
+
+    async fn discard_dead(
+        &mut self,
+        id: i64,
+        actor: &str,
+        now: i64,
+    ) -> rusqlite::Result<Option<(String, String)>> {
+        // Done with a `last_error` that says so: delivered items never keep one, and
+        // retention prunes it like any finished item.
+        self.0
+            .prepare_cached(
+                "UPDATE items SET state = 2, updated_ms = ?1,
+                 last_error = 'discarded by ' || ?2 || ' (was: ' || COALESCE(last_error, '') || ')'
+                 WHERE id = ?3 AND state = 3 RETURNING channel, mid",
+            )?
+            .query_row(params![now, actor, id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+    }
+
+    async fn delete_raw_webhook(&mut self, id: i64) -> rusqlite::Result<Option<String>> {
+        self.0
+            .prepare_cached("DELETE FROM raw_webhooks WHERE id = ?1 RETURNING channel")?
+            .query_row(params![id], |r| r.get(0))
+            .optional()
+    }
+
+    async fn set_pause(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        until_ms: i64,
+    ) -> rusqlite::Result<()> {
+        self.exec(
+            "INSERT INTO lane_state(channel, lane, paused_until_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(channel, lane) DO UPDATE SET paused_until_ms = excluded.paused_until_ms",
+            params![channel, lane.code(), until_ms],
+        )?;
+        Ok(())
+    }
+
+    async fn pause_of(&mut self, channel: &str, lane: Lane) -> rusqlite::Result<i64> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT paused_until_ms FROM lane_state WHERE channel = ?1 AND lane = ?2",
+            )?
+            .query_row(params![channel, lane.code()], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    async fn requeue_paused(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        was_ms: i64,
+        now: i64,
+    ) -> rusqlite::Result<()> {
+        self.exec(
+            "UPDATE queues SET next_ms = ?1 WHERE channel = ?2 AND lane = ?3 AND next_ms = ?4",
+            params![now, channel, lane.code(), was_ms],
+        )?;
+        Ok(())
+    }
+
+    async fn lock_contact_queues(
+        &mut self,
+        _channel: &str,
+        _contact: &str,
+    ) -> rusqlite::Result<()> {
+        Ok(())
+    }
+
+    async fn contact_items(
+        &mut self,
+        channel: &str,
+        contact: &str,
+    ) -> rusqlite::Result<Vec<ContactItem>> {
+        self.0
+            .prepare_cached(
+                "SELECT id, mid, provider_id, lane, qkey, state FROM items WHERE channel = ?1 AND contact = ?2 ORDER BY id",
+            )?
+            .query_map(params![channel, contact], |r| {
+                Ok(ContactItem {
+                    id: r.get(0)?,
+                    mid: r.get(1)?,
+                    provider_id: r.get(2)?,
+                    lane: Lane::from_code(r.get(3)?),
+                    qkey: r.get(4)?,
+                    attempting: r.get::<_, i64>(5)? == 1,
+                })
+            })?
+            .collect()
+    }
+
+    async fn delete_items(&mut self, ids: &[i64]) -> rusqlite::Result<(u64, u64, u64)> {
+        let (mut items, mut history, mut attempts) = (0, 0, 0);
+        for id in ids {
+            history += self.exec("DELETE FROM history WHERE item_id = ?1", params![id])? as u64;
+            attempts += self.exec("DELETE FROM attempts WHERE item_id = ?1", params![id])? as u64;
+            items += self.exec("DELETE FROM items WHERE id = ?1", params![id])? as u64;
+        }
+        Ok((items, history, attempts))
+    }
+
+    async fn delete_provider_id_traces(
+        &mut self,
+        channel: &str,
+        pid: &str,
+    ) -> rusqlite::Result<(u64, u64)> {
+        let mut keys = self.exec(
+            "DELETE FROM dedupe WHERE channel = ?1 AND key = ?2",
+            params![channel, pid],
+        )? as u64;
+        let prefix = format!("receipt:{pid}:");
+        keys += self.exec(
+            "DELETE FROM dedupe WHERE channel = ?1 AND substr(key, 1, length(?2)) = ?2",
+            params![channel, prefix],
+        )? as u64;
+        let parked = self.exec(
+            "DELETE FROM parked_receipts WHERE channel = ?1 AND provider_id = ?2",
+            params![channel, pid],
+        )? as u64;
+        Ok((keys, parked))
+    }
+
+    async fn delete_contact_logs(
+        &mut self,
+        channel: &str,
+        mids: &[String],
+        contact: &str,
+    ) -> rusqlite::Result<u64> {
+        let mut n = 0;
+        for mid in mids {
+            n += self.exec("DELETE FROM channel_logs WHERE mid = ?1", params![mid])? as u64;
+        }
+        // Exchanges tied to no message may still carry the contact id in their body or URL.
+        let pattern = format!(
+            "%{}%",
+            contact
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        n += self.exec(
+            "DELETE FROM channel_logs WHERE channel = ?1 AND mid IS NULL AND
+             (request_body LIKE ?2 ESCAPE '\\' OR url LIKE ?2 ESCAPE '\\' OR response_body LIKE ?2 ESCAPE '\\')",
+            params![channel, pattern],
+        )? as u64;
+        Ok(n)
+    }
+
+    async fn delete_contact_profile(
+        &mut self,
+        channel: &str,
+        contact: &str,
+    ) -> rusqlite::Result<u64> {
+        Ok(self.exec(
+            "DELETE FROM contacts WHERE channel = ?1 AND contact = ?2",
+            params![channel, contact],
+        )? as u64)
+    }
+
+    async fn raw_webhook_bodies(&mut self, channel: &str) -> rusqlite::Result<Vec<(i64, Vec<u8>)>> {
+        self.0
+            .prepare_cached("SELECT id, body FROM raw_webhooks WHERE channel = ?1")?
+            .query_map(params![channel], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
     }
 }

@@ -37,7 +37,7 @@ pub(super) fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
 pub struct SqliteTx<'c>(pub &'c Connection);
 
 impl SqliteTx<'_> {
-    fn exec(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    pub(super) fn exec(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
         self.0.prepare_cached(sql)?.execute(p)
     }
 }
