@@ -319,6 +319,25 @@ impl App {
         let router = crate::http::router(state.clone());
         tracing::info!(listen = %listener.local_addr()?, channels = state.channels().by_name.len(), "rio-bridge serving");
         let grace = Duration::from_millis(state.cfg.server.shutdown_grace_ms);
+        let longest = state
+            .cfg
+            .channels
+            .iter()
+            .map(|c| {
+                c.delivery
+                    .respondio_timeout_ms
+                    .max(c.delivery.provider_timeout_ms)
+                    + 5_000
+            })
+            .max()
+            .unwrap_or(0);
+        if state.cfg.server.shutdown_grace_ms < longest {
+            tracing::warn!(
+                shutdown_grace_ms = state.cfg.server.shutdown_grace_ms,
+                longest_attempt_ms = longest,
+                "server.shutdown_grace_ms is shorter than the longest attempt: a stop may cut attempts, which are then ambiguous at the next start"
+            );
+        }
         let header_timeout = Duration::from_millis(state.cfg.server.header_read_timeout_ms);
         let served = tokio::spawn(crate::http::serve::serve(
             listener,
@@ -367,9 +386,17 @@ impl App {
             served.abort();
         }
         house_stop.cancel();
-        if !generation.stop(deadline).await {
+        generation.stop(deadline).await;
+        // The lanes handed their queues back; attempts in flight finish and record their
+        // outcomes on their own. Wait for them: one cut now is ambiguous at the next start.
+        let live = || state.store.live_attempts();
+        while live() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if live() > 0 {
             tracing::warn!(
-                "attempts still in flight at the end of the grace period; they will be ambiguous at the next start"
+                inflight = live(),
+                "attempts still in flight at the end of the grace period (server.shutdown_grace_ms); they will be ambiguous at the next start"
             );
         }
         let _ = house.await;
@@ -460,11 +487,12 @@ async fn reload(state: &Arc<AppState>, new: Config, old: Generation) -> Generati
         .iter()
         .map(|(n, c)| (n.clone(), c.waiters.clone()))
         .collect();
+    // The old lanes stop at once and hand their queues back; their attempts in flight
+    // finish under the tenure that started them and record their outcomes (the new lanes
+    // leave those items alone until then, see `store::LiveAttempts`).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     if !old.stop(deadline).await {
-        tracing::warn!(
-            "config reload: some attempts were still in flight; they finish on their own"
-        );
+        tracing::warn!("config reload: some lanes were slow to stop");
     }
     match build_channels(&merged, &state.store, &state.channel_log, &waiters).await {
         Ok((set, lanes)) => {

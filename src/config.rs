@@ -94,7 +94,9 @@ pub struct ServerConfig {
     pub message_budget_ms: u64,
     /// Largest request body accepted on any route (413 above it).
     pub max_body_bytes: usize,
-    /// How long SIGTERM waits for in-flight work.
+    /// How long SIGTERM waits for in-flight work: requests, and attempts until their
+    /// outcome is recorded. Shorter than the longest request timeout, an attempt cut by
+    /// the stop is ambiguous at the next start (warned about at start-up).
     pub shutdown_grace_ms: u64,
     /// A client must send its request headers within this (slow-header clients are cut off).
     pub header_read_timeout_ms: u64,
@@ -113,7 +115,8 @@ impl Default for ServerConfig {
             public_url: "http://127.0.0.1:3030".into(),
             message_budget_ms: 2000,
             max_body_bytes: 1 << 20,
-            shutdown_grace_ms: 10_000,
+            // Covers the longest default request (15 s toward the provider, plus 5 s).
+            shutdown_grace_ms: 25_000,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
 

@@ -1229,6 +1229,7 @@ mod store_level {
     use rio_bridge::store::*;
 
     use super::pg;
+    use crate::common::take::TakeHeadExt;
 
     const DEAD: i64 = 3;
     const ATTEMPTING: i64 = 1;
@@ -1265,7 +1266,7 @@ mod store_level {
         let mut out = Vec::new();
         for c in contacts {
             let it = store
-                .take_head("ch", Lane::Provider, c, 1, 1)
+                .take_items("ch", Lane::Provider, c, 1, 1)
                 .await
                 .unwrap()
                 .remove(0);

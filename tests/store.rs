@@ -17,6 +17,10 @@ use rio_bridge::store::postgres::PgStore;
 use rio_bridge::store::sqlite::SqliteStore;
 use rio_bridge::store::*;
 
+#[path = "common/take.rs"]
+mod take;
+use take::TakeHeadExt;
+
 /// Channels the tests use; `Fixture::open` takes their lanes, as a node's keeper would.
 const CHANNELS: [&str; 4] = ["ch", "other", "resend", "fail"];
 /// Short, so takeover tests need not wait long; single-store tests never renew, and the
@@ -135,7 +139,7 @@ async fn send_ok(store: &Arc<dyn Store>, contact: &str, pid: &str) {
         .cloned()
         .expect("claimed");
     let items = store
-        .take_head("ch", Lane::Provider, &qkey, 1, 1)
+        .take_items("ch", Lane::Provider, &qkey, 1, 1)
         .await
         .unwrap();
 
@@ -226,7 +230,7 @@ async fn a_contact_queue_is_fifo_and_claimed_once(fx: &Fixture) {
     );
     let q = message_qkey("+61400000001");
     let head = store
-        .take_head("ch", Lane::RespondIo, &q, 3, now)
+        .take_items("ch", Lane::RespondIo, &q, 3, now)
         .await
         .unwrap();
     assert_eq!(
@@ -271,7 +275,7 @@ async fn a_retry_hands_the_queue_back_with_its_due_time(fx: &Fixture) {
         .await
         .unwrap();
     let head = store
-        .take_head("ch", Lane::RespondIo, &q, 1, now)
+        .take_items("ch", Lane::RespondIo, &q, 1, now)
         .await
         .unwrap();
 
@@ -281,6 +285,7 @@ async fn a_retry_hands_the_queue_back_with_its_due_time(fx: &Fixture) {
         ambiguous: true,
         counted: true,
         outcome: "ambiguous",
+        pause_lane_until: None,
     };
     assert!(
         !store
@@ -423,7 +428,7 @@ async fn a_send_that_dies_after_its_200_reports_failed(fx: &Fixture) {
         .unwrap();
     for (contact, report) in [("+61400000001", true), ("+61400000002", false)] {
         let it = store
-            .take_head("ch", Lane::Provider, contact, 1, 1)
+            .take_items("ch", Lane::Provider, contact, 1, 1)
             .await
             .unwrap()
             .remove(0);
@@ -470,7 +475,7 @@ async fn recovery_marks_in_flight_items_ambiguous_or_failed(fx: &Fixture) {
                 .await
                 .unwrap();
             let taken = store
-                .take_head(ch, Lane::Provider, "+61400000001", 1, 1)
+                .take_items(ch, Lane::Provider, "+61400000001", 1, 1)
                 .await
                 .unwrap();
             assert_eq!(taken.len(), 1);
@@ -533,7 +538,7 @@ async fn attempt_log_seeds_the_limiter_one_entry_per_call(fx: &Fixture) {
         .await
         .unwrap();
     let taken = store
-        .take_head("ch", Lane::RespondIo, &q, 3, 1234)
+        .take_items("ch", Lane::RespondIo, &q, 3, 1234)
         .await
         .unwrap();
     assert_eq!(taken.len(), 3, "three events, one call");
@@ -591,13 +596,37 @@ mod postgres_cluster {
         a.claim("ch", Lane::Provider, i64::MAX / 2, [10, 10])
             .await
             .unwrap();
+        // Taken long ago: its deadline has passed.
         let taken = a
-            .take_head("ch", Lane::Provider, "+61400000001", 1, 1)
+            .take_items("ch", Lane::Provider, "+61400000001", 1, 1)
             .await
             .unwrap();
         // A is paused here; its lease runs out and B takes the lane with a newer epoch.
         let grant = acquire_when_free(&b, "ch", Lane::Provider).await;
         assert!(grant.epoch >= 2, "{grant:?}");
+        assert!(matches!(
+            a.claim("ch", Lane::Provider, i64::MAX / 2, [10, 10]).await,
+            Err(StoreError::Fenced(_))
+        ));
+        assert!(matches!(
+            a.take_items("ch", Lane::Provider, "+61400000001", 1, 3)
+                .await,
+            Err(StoreError::Fenced(_))
+        ));
+        assert!(!a.renew_lane("ch", Lane::Provider).await.unwrap());
+        // B finds the attempt in flight past its deadline and settles it.
+        let report = b
+            .recover_lane("ch", Lane::Provider, CrashPolicy::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            report,
+            RecoveryReport {
+                resent: 1,
+                failed: 0
+            }
+        );
+        // A's outcome now comes too late: refused, nothing changed.
         let late = a
             .finish(
                 "ch",
@@ -612,28 +641,6 @@ mod postgres_cluster {
             )
             .await;
         assert!(matches!(late, Err(StoreError::Fenced(_))), "{late:?}");
-        assert!(matches!(
-            a.claim("ch", Lane::Provider, i64::MAX / 2, [10, 10]).await,
-            Err(StoreError::Fenced(_))
-        ));
-        assert!(matches!(
-            a.take_head("ch", Lane::Provider, "+61400000001", 1, 3)
-                .await,
-            Err(StoreError::Fenced(_))
-        ));
-        assert!(!a.renew_lane("ch", Lane::Provider).await.unwrap());
-        // The fenced write changed nothing: B finds the attempt in flight and settles it.
-        let report = b
-            .recover_lane("ch", Lane::Provider, CrashPolicy::default())
-            .await
-            .unwrap();
-        assert_eq!(
-            report,
-            RecoveryReport {
-                resent: 1,
-                failed: 0
-            }
-        );
         let item = b.item_by_mid("ch", "m1").await.unwrap().unwrap();
         assert_eq!(
             (item.state, item.ambiguous, item.provider_id),
@@ -645,6 +652,94 @@ mod postgres_cluster {
             .unwrap();
         assert_eq!(batch.claimed.len(), 1);
         assert!(b.renew_lane("ch", Lane::Provider).await.unwrap());
+    }
+
+    /// An attempt still within its deadline when the lane changes hands is left to its
+    /// owner: the new owner neither recovers nor re-takes it, and the old owner's late
+    /// outcome is recorded and hands the queue over. Nothing is sent twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
+    async fn a_takeover_leaves_an_attempt_in_flight_to_its_owner_until_its_deadline() {
+        let fx = fixture().await;
+        let a = fx.open().await;
+        let b = fx.open_node().await;
+        for mid in ["m1", "m2"] {
+            a.accept_outbound("ch", outbound(mid, "+61400000001"), 0)
+                .await
+                .unwrap();
+        }
+        a.claim("ch", Lane::Provider, i64::MAX / 2, [10, 10])
+            .await
+            .unwrap();
+        let now = rio_bridge::clock::now_ms();
+        let taken = a
+            .take_items("ch", Lane::Provider, "+61400000001", 1, now)
+            .await
+            .unwrap();
+        let grant = acquire_when_free(&b, "ch", Lane::Provider).await;
+        assert!(grant.epoch >= 2, "{grant:?}");
+        let report = b
+            .recover_lane("ch", Lane::Provider, CrashPolicy::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            report,
+            RecoveryReport::default(),
+            "still in flight: left alone"
+        );
+        let batch = b
+            .claim("ch", Lane::Provider, i64::MAX / 2, [10, 10])
+            .await
+            .unwrap();
+        assert_eq!(batch.claimed.len(), 1);
+        let how = TakeHead {
+            limit: 1,
+            at_ms: now,
+            deadline_ms: now + 60_000,
+            epoch: grant.epoch,
+            crash: CrashPolicy::default(),
+        };
+        let head = b
+            .take_head("ch", Lane::Provider, "+61400000001", how)
+            .await
+            .unwrap();
+        assert!(
+            matches!(head, Head::InFlight { until_ms } if until_ms > now),
+            "{head:?}"
+        );
+        // A's outcome arrives after the hand-over: recorded, and the queue made due for B.
+        let more = a
+            .finish(
+                "ch",
+                Lane::Provider,
+                "+61400000001",
+                &[taken[0].id],
+                Finish::Done {
+                    provider_id: Some("P1".into()),
+                },
+                now,
+                1,
+            )
+            .await
+            .unwrap();
+        assert!(!more, "a past tenure never keeps the queue");
+        let m1 = b.item_by_mid("ch", "m1").await.unwrap().unwrap();
+        assert_eq!((m1.state, m1.ambiguous), (STATE_DONE, 0));
+        let batch = b
+            .claim("ch", Lane::Provider, rio_bridge::clock::now_ms(), [10, 10])
+            .await
+            .unwrap();
+        assert_eq!(batch.claimed.len(), 1, "the queue is due again at once");
+        let next = b
+            .take_head("ch", Lane::Provider, "+61400000001", how)
+            .await
+            .unwrap()
+            .items();
+        assert_eq!(
+            next.iter().map(|i| i.mid.as_str()).collect::<Vec<_>>(),
+            ["m2"],
+            "the next message, and m1 not again"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -666,7 +761,7 @@ mod postgres_cluster {
         a.claim("ch", Lane::Provider, i64::MAX / 2, [10, 10])
             .await
             .unwrap();
-        a.take_head("ch", Lane::Provider, "+61400000001", 1, 1)
+        a.take_items("ch", Lane::Provider, "+61400000001", 1, 1)
             .await
             .unwrap();
         // A's lease is live: B can neither take the lane nor recover A's attempt.
@@ -788,7 +883,7 @@ mod postgres_cluster {
         for i in 0..n {
             let contact = format!("+6140000{i:04}");
             let it = a
-                .take_head("ch", Lane::Provider, &contact, 1, 1)
+                .take_items("ch", Lane::Provider, &contact, 1, 1)
                 .await
                 .unwrap()
                 .remove(0);

@@ -97,6 +97,7 @@ async fn tenure(
     shutdown: &CancellationToken,
 ) {
     ctx.tenure.fetch_add(1, Ordering::AcqRel);
+    ctx.epoch.store(grant.epoch, Ordering::Release);
     let until = match grant.ttl_ms {
         Some(ttl) => asked + ttl as i64 - timing.margin_ms,
         None => i64::MAX,

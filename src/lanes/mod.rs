@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::config::DeliveryConfig;
 use crate::providers::SendError;
-use crate::store::{Finish, Item, Lane, Store};
+use crate::store::{CrashPolicy, Finish, Head, Item, Lane, Store, StoreError, TakeHead};
 use deliver::Deliverer;
 use limiter::{AdaptiveGuard, SlidingWindow};
 
@@ -98,6 +98,9 @@ pub struct LaneCtx {
     /// Counts the lane's tenures on this node: an attempt dispatched in an earlier tenure
     /// never sends in a later one.
     tenure: AtomicU64,
+    /// The store's epoch of the current tenure: the attempts dispatched in it take their
+    /// items under it, so the store tells their late outcomes from the current tenure's.
+    epoch: AtomicI64,
     /// Another node owns the lane; this one stands by to take it over.
     standby: AtomicBool,
 }
@@ -136,6 +139,7 @@ impl LaneCtx {
             backlog: AtomicI64::new(0),
             lease_until: AtomicI64::new(0),
             tenure: AtomicU64::new(0),
+            epoch: AtomicI64::new(0),
             standby: AtomicBool::new(false),
             rate_limit,
             channel_log: OnceLock::new(),
@@ -272,9 +276,10 @@ impl LaneCtx {
     /// Takes a rate slot right before sending, waiting if none is free; `Err(until)` if
     /// the lane was paused (or its circuit opened) meanwhile.
     async fn take_slot(&self, probe: bool, tenure: u64) -> Result<i64, i64> {
+        let give_up = Instant::now() + SLOT_WAIT_MAX;
         loop {
             let now = now_ms();
-            if self.tenure.load(Ordering::Acquire) != tenure {
+            if self.tenure.load(Ordering::Acquire) != tenure || Instant::now() >= give_up {
                 return Err(now);
             }
             if let Some(until) = self.blocked(probe, now) {
@@ -284,6 +289,22 @@ impl LaneCtx {
                 Ok(t) => return Ok(t),
                 Err(wait) => tokio::time::sleep(Duration::from_millis(wait.min(50) as u64)).await,
             }
+        }
+    }
+
+    /// How long one request of this lane may take before it counts as unanswered.
+    fn request_timeout(&self) -> Duration {
+        Duration::from_millis(match self.lane {
+            Lane::RespondIo => self.policy.respondio_timeout_ms,
+            Lane::Provider => self.policy.provider_timeout_ms,
+        })
+    }
+
+    /// How a crash (or an owner gone silent) settles this lane's attempts.
+    fn crash_policy(&self) -> CrashPolicy {
+        CrashPolicy {
+            on_crash: self.policy.on_crash,
+            ambiguous_retry_cap: self.policy.ambiguous_retry_cap,
         }
     }
 
@@ -334,6 +355,14 @@ struct Circuit {
 const FILL_INTERVAL_MS: i64 = 20;
 
 const CIRCUIT_FIRST_PROBE_MS: i64 = 5_000;
+
+/// An attempt that got no rate slot within this long goes back unsent (the runner only
+/// dispatches against free slots, so this is a guard, not a schedule).
+const SLOT_WAIT_MAX: Duration = Duration::from_secs(10);
+/// The deadline an attempt's mark carries, beyond its slot wait and request timeout: until
+/// then another node taking the lane over leaves the item alone (its outcome may still be
+/// recorded); after it, the crash policy settles the item.
+const ATTEMPT_DEADLINE_MARGIN: Duration = Duration::from_secs(30);
 const CIRCUIT_MAX_PROBE_MS: i64 = 300_000;
 
 pub struct LaneRunner {
@@ -452,6 +481,7 @@ impl LaneRunner {
             let single = self.single.contains(&qkey);
             let (ctx2, tx) = (self.ctx.clone(), self.done_tx.clone());
             let tenure = self.ctx.tenure.load(Ordering::Acquire);
+            let epoch = self.ctx.epoch.load(Ordering::Acquire);
             tokio::spawn(async move {
                 // An attempt that panics must still report back, or its queue would stay
                 // held and the lane would count it in flight forever.
@@ -462,6 +492,7 @@ impl LaneRunner {
                     single,
                     probe,
                     tenure,
+                    epoch,
                 ));
                 let c = task.await.unwrap_or_else(|e| {
                     tracing::error!(channel = %ctx2.channel, lane = ctx2.lane.name(), error = %e, "attempt panicked");
@@ -475,22 +506,27 @@ impl LaneRunner {
         tracing::info!(channel = %ctx.channel, lane = ctx.lane.name(), "lane stopped");
     }
 
-    /// Gives in-flight attempts a moment to finish (their outcomes are recorded), then
-    /// hands every held queue back to the store.
+    /// Hands every held queue back to the store at once, those with an attempt in flight
+    /// included. Attempts in flight are not waited for and never cut: each finishes and
+    /// records its outcome on its own (the store knows them as this process's live
+    /// attempts, so the next owner of the lane, on this node or another, never re-sends
+    /// them), then hands its queue to whoever owns the lane by then.
     async fn drain(&mut self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.inflight > 0 {
-            match tokio::time::timeout_at(deadline, self.done_rx.recv()).await {
-                Ok(Some(c)) => self.complete(c),
-                _ => break,
-            }
+        if self.inflight > 0 {
+            tracing::info!(channel = %self.ctx.channel, lane = self.ctx.lane.name(), inflight = self.inflight,
+                "lane stopping: attempts in flight finish on their own");
         }
         for qkey in self.held.drain() {
-            let _ = self
+            if let Err(e) = self
                 .ctx
                 .store
                 .release(&self.ctx.channel, self.ctx.lane, &qkey)
-                .await;
+                .await
+            {
+                // Its claim is released by the lane's next owner (recovery) anyway.
+                tracing::warn!(channel = %self.ctx.channel, lane = self.ctx.lane.name(), error = %e,
+                    "could not hand a queue back while stopping");
+            }
         }
     }
 
@@ -610,18 +646,12 @@ impl LaneRunner {
                 self.ready[c.class as usize].push_back(c.qkey);
             }
             Next::Released | Next::Paused { .. } | Next::Fault(_) => {
-                // The attempt already paused the lane (see `decide`); persist the latest pause.
+                // The attempt paused the lane (see `decide`) and committed the pause with
+                // its outcome.
                 if let Next::Paused { until } = c.next
                     && until >= self.paused_until()
                 {
                     tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), pause_ms = until - now, "throttled: lane paused");
-                    let ctx2 = ctx.clone();
-                    tokio::spawn(async move {
-                        let _ = ctx2
-                            .store
-                            .set_paused_until(&ctx2.channel, ctx2.lane, until)
-                            .await;
-                    });
                 }
                 if self.reclaimed.remove(&c.qkey) {
                     self.ready[c.class as usize].push_back(c.qkey);
@@ -717,6 +747,7 @@ async fn attempt(
     single: bool,
     probe: bool,
     tenure: u64,
+    epoch: i64,
 ) -> Completion {
     let mut reservation = Reservation(&ctx.reserved, false);
     let limit = if single {
@@ -731,39 +762,58 @@ async fn attempt(
         split,
         probe,
     };
+    let now = now_ms();
+    let timeout = ctx.request_timeout();
+    let how = TakeHead {
+        limit,
+        at_ms: now,
+        deadline_ms: now + (SLOT_WAIT_MAX + timeout + ATTEMPT_DEADLINE_MARGIN).as_millis() as i64,
+        epoch,
+        crash: ctx.crash_policy(),
+    };
     let items = match ctx
         .store
-        .take_head(&ctx.channel, ctx.lane, &qkey, limit, now_ms())
+        .take_head(&ctx.channel, ctx.lane, &qkey, how)
         .await
     {
-        Ok(items) => items,
+        Ok(Head::Taken(items)) => items,
+        // Empty (the queue is gone), or its head still in flight from an earlier tenure
+        // (the queue was handed back due when that attempt's outcome is expected).
+        Ok(Head::Empty | Head::InFlight { .. }) => return done(Next::Released, false),
+        Err(StoreError::Fenced(_)) => return done(Next::Released, false),
         Err(e) => {
             tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e, "store failed before an attempt");
             tokio::time::sleep(Duration::from_millis(500)).await;
             return done(Next::StoreError, false);
         }
     };
-    if items.is_empty() {
-        return done(Next::Released, false);
-    }
     let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
     let slot_ms = match ctx.take_slot(probe, tenure).await {
         Ok(t) => t,
         Err(until) => {
-            // Paused (or the circuit opened) after this attempt was dispatched: nothing
-            // was sent, so nothing is counted.
+            // Paused (or the circuit opened, or the tenure ended) after this attempt was
+            // dispatched: nothing was sent, so nothing is counted.
             let fin = Finish::NotSent { next_ms: until };
-            return match record(&ctx, &qkey, &ids, fin, 0, 0).await {
-                Some(_) => done(Next::Released, false),
-                None => done(Next::StoreError, false),
-            };
+            record(&ctx, &qkey, &ids, fin, 0, 0).await;
+            return done(Next::Released, false);
         }
     };
     reservation.settle();
     let started = Instant::now();
-    let result = match ctx.channel_log.get() {
-        Some(log) => deliver_logged(&ctx, log, &items).await,
-        None => ctx.deliverer.deliver(&items).await,
+    let send = async {
+        match ctx.channel_log.get() {
+            Some(log) => deliver_logged(&ctx, log, &items).await,
+            None => ctx.deliverer.deliver(&items).await,
+        }
+    };
+    // A deliverer's own timeouts should answer first; this one bounds the attempt whatever
+    // it does, so its mark's deadline holds.
+    let result = match tokio::time::timeout(timeout + Duration::from_secs(5), send).await {
+        Ok(r) => r,
+        Err(_) => Err(SendError::Ambiguous(format!(
+            "no answer within {} ms",
+            (timeout + Duration::from_secs(5)).as_millis()
+        ))),
     };
     let dur = started.elapsed();
     metrics::histogram!("rio_delivery_duration_seconds", &ctx.labels()).record(dur.as_secs_f64());
@@ -771,7 +821,7 @@ async fn attempt(
     let (fin, next, split) = decide(&ctx, &items, result, dur);
     let settled = matches!(fin, Finish::Done { .. } | Finish::Dead { .. });
     let Some(more) = record(&ctx, &qkey, &ids, fin, slot_ms, dur.as_millis() as i64).await else {
-        return done(Next::StoreError, false);
+        return done(Next::Released, false);
     };
     if settled {
         ctx.settle_backlog(ids.len());
@@ -826,8 +876,11 @@ async fn deliver_logged(
     result
 }
 
-/// Records an attempt's outcome, retrying the write while the store fails: the request
-/// already went out, so it must not be sent again just because the bookkeeping failed.
+/// Records an attempt's outcome, retrying the write for as long as the store fails: the
+/// request already went out, so it must not be sent again just because the bookkeeping
+/// failed. The queue stays held meanwhile (the contact's next message waits, in order),
+/// and the item stays this process's live attempt, which no other lane generation takes.
+/// `None`: the write was fenced (another owner settled the items), nothing to record.
 async fn record(
     ctx: &LaneCtx,
     qkey: &str,
@@ -836,8 +889,9 @@ async fn record(
     slot_ms: i64,
     dur_ms: i64,
 ) -> Option<bool> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let started = Instant::now();
     let mut pause = Duration::from_millis(200);
+    let mut next_error_log = Duration::ZERO;
     loop {
         match ctx
             .store
@@ -852,22 +906,29 @@ async fn record(
             )
             .await
         {
-            Ok(more) => return Some(more),
-            Err(e @ crate::store::StoreError::Fenced(_)) => {
-                // Another node owns the lane now; it settles this attempt as ambiguous.
-                tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e,
-                    "lane taken over while an attempt was in flight; its new owner settles it");
-                return None;
+            Ok(more) => {
+                if started.elapsed() > Duration::from_secs(1) {
+                    tracing::info!(channel = %ctx.channel, lane = ctx.lane.name(), waited_ms = started.elapsed().as_millis() as u64,
+                        "attempt's outcome recorded after the store recovered");
+                }
+                return Some(more);
             }
-            Err(e) if Instant::now() < deadline => {
-                tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e, "cannot record an attempt's outcome yet; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+            Err(e @ StoreError::Fenced(_)) => {
+                tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e,
+                    "an attempt's outcome came too late: the lane's owner settled it meanwhile");
+                return None;
             }
             Err(e) => {
-                tracing::error!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e,
-                    "gave up recording an attempt's outcome; the item stays marked attempting (ambiguous at the next start)");
-                return None;
+                let waited = started.elapsed();
+                if waited >= next_error_log {
+                    tracing::error!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e, waited_s = waited.as_secs(),
+                        "cannot record an attempt's outcome; keeps retrying (the queue waits, nothing is re-sent)");
+                    next_error_log = waited + Duration::from_secs(30);
+                } else {
+                    tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e, "cannot record an attempt's outcome yet; retrying");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -924,6 +985,7 @@ fn decide(
                 ambiguous: false,
                 counted: false,
                 outcome: "split",
+                pause_lane_until: None,
             };
             (fin, Some(Next::Released), true)
         }
@@ -952,6 +1014,7 @@ fn decide(
                 ambiguous: false,
                 counted: false,
                 outcome: "fault",
+                pause_lane_until: None,
             };
             (fin, Some(Next::Fault(reason)), false)
         }
@@ -971,6 +1034,7 @@ fn decide(
                 ambiguous: false,
                 counted: false,
                 outcome: "throttled",
+                pause_lane_until: Some(until),
             };
             (fin, Some(Next::Paused { until }), false)
         }
@@ -1016,6 +1080,7 @@ fn decide(
                     ambiguous,
                     counted: true,
                     outcome,
+                    pause_lane_until: None,
                 },
                 None,
                 false,

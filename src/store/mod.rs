@@ -186,6 +186,8 @@ pub enum Finish {
         ambiguous: bool,
         counted: bool,
         outcome: &'static str,
+        /// A 429: the whole lane is paused until then, committed with this outcome.
+        pause_lane_until: Option<i64>,
     },
     /// The attempt was dispatched but never sent (the lane paused meanwhile): undo the
     /// attempting mark and its log row, hand the queue back due at `next_ms`.
@@ -198,6 +200,112 @@ pub enum Finish {
         reason: String,
         report_failed: bool,
     },
+}
+
+/// One item of an attempt this process has in flight: taken in tenure `epoch` of its lane,
+/// as its `attempt`-th attempt. Its outcome may only be recorded while the item is still
+/// attempting as that attempt: once another owner settled it, the late outcome is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    pub id: i64,
+    pub attempt: i64,
+    pub epoch: i64,
+}
+
+/// The attempts this process has in flight, by item id. An item in here is never settled
+/// by anyone else in this process (a reload's new lanes, a re-acquired lease): its own
+/// attempt records its outcome, however long the store takes to accept it. Shared by all
+/// lane generations through the store instance.
+#[derive(Debug, Default)]
+pub struct LiveAttempts(std::sync::Mutex<std::collections::HashMap<i64, Taken>>);
+
+impl LiveAttempts {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, Taken>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// `items` (as `take_head` returned them) are attempted from now on, in tenure `epoch`.
+    pub fn register(&self, items: &[Item], epoch: i64) {
+        let mut m = self.map();
+        for it in items {
+            let taken = Taken {
+                id: it.id,
+                attempt: it.attempts + 1,
+                epoch,
+            };
+            m.insert(it.id, taken);
+        }
+    }
+    pub fn remove(&self, ids: &[i64]) {
+        let mut m = self.map();
+        for id in ids {
+            m.remove(id);
+        }
+    }
+    pub fn get(&self, id: i64) -> Option<Taken> {
+        self.map().get(&id).copied()
+    }
+    pub fn contains(&self, id: i64) -> bool {
+        self.map().contains_key(&id)
+    }
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The attempts of `ids` as this process registered them. An id not registered (an item
+/// that was not taken through `take_head`) counts as the current tenure's, unchecked.
+pub(crate) fn taken_of(live: &LiveAttempts, ids: &[i64], current_epoch: i64) -> Vec<Taken> {
+    ids.iter()
+        .map(|&id| {
+            live.get(id).unwrap_or(Taken {
+                id,
+                attempt: -1,
+                epoch: current_epoch,
+            })
+        })
+        .collect()
+}
+
+/// How a lane's attempt takes the head of its queue.
+#[derive(Debug, Clone, Copy)]
+pub struct TakeHead {
+    /// At most this many items (a batch toward respond.io).
+    pub limit: usize,
+    /// Logged provisionally at this time (the slot's time replaces it).
+    pub at_ms: i64,
+    /// If no outcome is recorded by then, the attempt may be settled as ambiguous by
+    /// another node (it must have given up on its request by then).
+    pub deadline_ms: i64,
+    /// The tenure of the lane the attempt was dispatched in.
+    pub epoch: i64,
+    /// How a head item left attempting by a dead owner is settled.
+    pub crash: CrashPolicy,
+}
+
+/// What `take_head` found.
+#[derive(Debug, Clone)]
+pub enum Head {
+    /// The items, marked attempting (as they were before the mark: `attempts` counts
+    /// earlier attempts).
+    Taken(Vec<Item>),
+    /// Nothing left: the queue row is gone.
+    Empty,
+    /// The head is still being attempted (by this process's earlier lane generation, or
+    /// by another node until its deadline): the queue was handed back, due at `until_ms`.
+    InFlight { until_ms: i64 },
+}
+
+impl Head {
+    /// The items taken (none when empty or in flight).
+    pub fn items(self) -> Vec<Item> {
+        match self {
+            Head::Taken(items) => items,
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// What a channel does with sends a crash left in flight.
@@ -245,9 +353,10 @@ pub struct PruneReport {
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
-    /// This node no longer holds the lane's lease (it expired, or another node took the
-    /// lane over): the write was refused and nothing changed.
-    #[error("lane lease lost: {0}")]
+    /// The write belongs to a tenure on the lane that is over (the lease expired, another
+    /// node took the lane over), or to an attempt another owner already settled: it was
+    /// refused and nothing changed.
+    #[error("fenced: {0}")]
     Fenced(String),
 }
 
@@ -319,22 +428,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Item>>;
 
     /// The first pending items of a claimed queue, marked attempting and logged
-    /// (provisionally at `at_ms`) in one commit, before the request leaves; a crash leaves
-    /// the mark and the next start treats the items as ambiguous. Items are returned as they
-    /// were before the mark (`attempts` counts earlier attempts). Empty (and the queue row
-    /// dropped) when none.
-    async fn take_head(
-        &self,
-        channel: &str,
-        lane: Lane,
-        qkey: &str,
-        limit: usize,
-        at_ms: i64,
-    ) -> Result<Vec<Item>>;
+    /// (provisionally at `how.at_ms`) in one commit, before the request leaves; the items
+    /// stay this process's live attempt until `finish` records them. A crash leaves the
+    /// mark: the item is then settled by the crash policy (at the next start on SQLite;
+    /// after its deadline by whichever node owns the lane on PostgreSQL). Fenced when the
+    /// attempt's tenure is over.
+    async fn take_head(&self, channel: &str, lane: Lane, qkey: &str, how: TakeHead)
+    -> Result<Head>;
 
     /// Records how an attempt ended and when its request really left (`sent_at_ms`, the
     /// rate-limiter slot). Returns whether the queue has more pending items (it then stays
-    /// claimed); otherwise the queue is released or removed.
+    /// claimed); otherwise the queue is released or removed. An attempt whose tenure is
+    /// over still records its items, and hands the queue to whoever owns the lane now
+    /// (never keeps it). `Fenced` when another owner already settled the items.
     #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
@@ -395,6 +501,12 @@ pub trait Store: Send + Sync + 'static {
         lane: Lane,
         policy: CrashPolicy,
     ) -> Result<RecoveryReport>;
+
+    /// How many attempts this process has in flight on this store (a stop waits for them).
+    fn live_attempts(&self) -> usize;
+
+    /// The epoch of this store instance's current tenure on a lane (0: never acquired).
+    fn lane_epoch(&self, channel: &str, lane: Lane) -> i64;
 
     /// Other nodes may commit work for lanes this node owns: the store then tells about it
     /// through this channel (`(channel, lane)`). `None` for a single-node store.

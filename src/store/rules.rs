@@ -15,8 +15,9 @@ use crate::respondio::wire::{Event, EventType, Status, StatusValue};
 use crate::status::{self, Transition};
 
 use super::{
-    AcceptedSend, ClaimBatch, CrashPolicy, Finish, IngestResult, Item, ItemKind, Lane, NewInbound,
-    NewOutbound, ReceiptIn, ReceiptResult, RecoveryReport, message_qkey, status_qkey,
+    AcceptedSend, ClaimBatch, CrashPolicy, Finish, Head, IngestResult, Item, ItemKind, Lane,
+    LiveAttempts, NewInbound, NewOutbound, ReceiptIn, ReceiptResult, RecoveryReport,
+    STATE_ATTEMPTING, TakeHead, Taken, message_qkey, status_qkey,
 };
 
 /// A send item as the status machine sees it: (id, mId, contact, current status code).
@@ -44,11 +45,13 @@ pub struct ParkedReceipt {
     pub reason: Option<String>,
 }
 
-/// An item a lane's previous owner left attempting.
+/// An item left attempting.
 pub struct InFlight {
     pub id: i64,
     pub qkey: String,
     pub ambiguous: i64,
+    /// Its attempt's deadline: until then its owner may still be waiting for the answer.
+    pub deadline_ms: i64,
 }
 
 /// One transaction of a backend: the statements the rules are made of. Every method is one
@@ -56,12 +59,40 @@ pub struct InFlight {
 #[allow(async_fn_in_trait)] // used with concrete backends only; their futures' Send-ness shows through
 pub trait Tx {
     type Error;
+    /// Several nodes work this store: an item attempting that is not this process's may
+    /// still be in flight on another node until its deadline. (On a single-node store such
+    /// an item was left by a process that is gone.)
+    const SHARED: bool;
     /// An error of the rule itself (a value that cannot be stored).
     fn invalid(msg: String) -> Self::Error;
+    /// The write belongs to a tenure or an attempt that is over.
+    fn fenced(what: String) -> Self::Error;
 
     // What a shared database needs; a single-node store does nothing here.
     /// The node still holds the lane's lease (see `postgres`): else `Fenced`.
     async fn fence(&mut self, channel: &str, lane: Lane) -> Result<(), Self::Error>;
+    /// Whether tenure `epoch` of this node on the lane is the current one (locking the
+    /// lease against a takeover until commit, where leases are shared).
+    async fn holds(&mut self, channel: &str, lane: Lane, epoch: i64) -> Result<bool, Self::Error>;
+    /// Whether the item is still attempting as its `attempt`-th attempt.
+    async fn still_attempting(&mut self, id: i64, attempt: i64) -> Result<bool, Self::Error>;
+    /// The deadline of an item's attempt in progress (`None`: not attempting).
+    async fn attempt_deadline(&mut self, id: i64) -> Result<Option<i64>, Self::Error>;
+    /// Makes an unclaimed queue due at `next_ms` (a claimed one is left to its holder).
+    async fn nudge_queue(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        qkey: &str,
+        next_ms: i64,
+    ) -> Result<(), Self::Error>;
+    /// Pauses the lane until `until_ms`, unless it is already paused longer.
+    async fn pause_lane(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        until_ms: i64,
+    ) -> Result<(), Self::Error>;
     /// Locks a queue row before anything that may drop it.
     async fn lock_queue(
         &mut self,
@@ -201,12 +232,14 @@ pub trait Tx {
     /// Hands every claimed queue of a lane back.
     async fn release_claims(&mut self, channel: &str, lane: Lane) -> Result<(), Self::Error>;
 
-    /// Marks an item attempting and opens its attempt row (logged at `at_ms`); `call_first`
-    /// marks the one row per request that the rate limit counts.
+    /// Marks an item attempting until `deadline_ms` (kept in its `next_ms`) and opens its
+    /// attempt row (logged at `at_ms`); `call_first` marks the one row per request that
+    /// the rate limit counts.
     async fn mark_attempting(
         &mut self,
         item: &Item,
         at_ms: i64,
+        deadline_ms: i64,
         call_first: bool,
         now: i64,
     ) -> Result<(), Self::Error>;
@@ -524,51 +557,104 @@ pub async fn head_of_queue<T: Tx>(
     Ok(items)
 }
 
-/// The head of a claimed queue, marked attempting and logged (provisionally at `at_ms`)
-/// before the request leaves. Items come back as they were before the mark.
+/// The head of a claimed queue, marked attempting and logged (provisionally at
+/// `how.at_ms`) before the request leaves. The backend registers the items taken as this
+/// process's live attempt (see [`LiveAttempts`]) so that no other lane generation of this
+/// process sees the mark without knowing whose it is.
+/// A head still attempting is never taken again: if it is this process's (an earlier lane
+/// generation's attempt that has not recorded its outcome yet) or, on a shared store,
+/// another node's before its deadline, the queue is handed back for later; otherwise its
+/// owner is gone and the crash policy settles it first.
 pub async fn take_head<T: Tx>(
     tx: &mut T,
     channel: &str,
     lane: Lane,
     qkey: &str,
-    limit: usize,
-    at_ms: i64,
+    how: TakeHead,
+    live: &LiveAttempts,
     now: i64,
-) -> Result<Vec<Item>, T::Error> {
-    tx.fence(channel, lane).await?;
-    let items = head_of_queue(tx, channel, lane, qkey, limit).await?;
-    for (i, item) in items.iter().enumerate() {
-        tx.mark_attempting(item, at_ms, i == 0, now).await?;
+) -> Result<Head, T::Error> {
+    if !tx.holds(channel, lane, how.epoch).await? {
+        return Err(T::fenced(format!("{channel}/{}: tenure over", lane.name())));
     }
-    Ok(items)
+    loop {
+        let items = head_of_queue(tx, channel, lane, qkey, how.limit).await?;
+        if items.is_empty() {
+            return Ok(Head::Empty);
+        }
+        let Some(busy) = items.iter().find(|i| i.state == STATE_ATTEMPTING) else {
+            for (i, item) in items.iter().enumerate() {
+                tx.mark_attempting(item, how.at_ms, how.deadline_ms, i == 0, now)
+                    .await?;
+            }
+            return Ok(Head::Taken(items));
+        };
+        let until = if live.contains(busy.id) {
+            // Its attempt records the outcome and then makes the queue due again.
+            Some(now + 1000)
+        } else {
+            let deadline = tx.attempt_deadline(busy.id).await?.unwrap_or(0);
+            (T::SHARED && deadline > now).then_some(deadline)
+        };
+        if let Some(until_ms) = until {
+            tx.release_queue_at(channel, lane, qkey, until_ms).await?;
+            return Ok(Head::InFlight { until_ms });
+        }
+        let it = InFlight {
+            id: busy.id,
+            qkey: busy.qkey.clone(),
+            ambiguous: busy.ambiguous,
+            deadline_ms: 0,
+        };
+        settle_in_flight(tx, channel, lane, &it, how.crash, now).await?;
+    }
 }
 
 /// Records how an attempt ended. Returns whether the queue has more pending items (it then
 /// stays claimed); otherwise it is released (retrying later) or dropped (empty).
+///
+/// `taken` says which attempt of each item this is: if another owner settled an item
+/// meanwhile (a takeover after the deadline), nothing is written and the result is
+/// `fenced`. An attempt whose tenure is over still records its items (its request went
+/// out; recording it is what prevents a second send), but never keeps the queue: an
+/// unclaimed queue is made due, a claimed one is left to the lane's current holder.
 #[allow(clippy::too_many_arguments)]
 pub async fn finish<T: Tx>(
     tx: &mut T,
     channel: &str,
     lane: Lane,
     qkey: &str,
-    ids: &[i64],
+    taken: &[Taken],
     fin: Finish,
     sent_at: i64,
     dur: i64,
     now: i64,
 ) -> Result<bool, T::Error> {
-    tx.fence(channel, lane).await?;
+    let Some(first) = taken.first() else {
+        return Ok(false);
+    };
+    let current = tx.holds(channel, lane, first.epoch).await?;
     tx.lock_queue(channel, lane, qkey).await?;
-    match fin {
+    for t in taken {
+        if t.attempt >= 0 && !tx.still_attempting(t.id, t.attempt).await? {
+            return Err(T::fenced(format!(
+                "item {} was settled by another owner while its attempt was in flight",
+                t.id
+            )));
+        }
+    }
+    let ids: Vec<i64> = taken.iter().map(|t| t.id).collect();
+    let released = match fin {
         Finish::Done { provider_id } => {
-            for &id in ids {
+            for &id in &ids {
                 tx.set_attempt_outcome(id, "ok", None, dur, Some(sent_at))
                     .await?;
                 tx.item_done(id, now).await?;
             }
-            if let (Some(pid), Some(&id)) = (provider_id, ids.first()) {
-                record_provider_id(tx, channel, id, &pid, now).await?;
+            if let (Some(pid), Some(&id)) = (provider_id.as_deref(), ids.first()) {
+                record_provider_id(tx, channel, id, pid, now).await?;
             }
+            None
         }
         Finish::Retry {
             next_ms,
@@ -576,40 +662,52 @@ pub async fn finish<T: Tx>(
             ambiguous,
             counted,
             outcome,
+            pause_lane_until,
         } => {
-            for &id in ids {
+            for &id in &ids {
                 tx.set_attempt_outcome(id, outcome, Some(&error), dur, Some(sent_at))
                     .await?;
                 tx.item_retry(id, next_ms, &error, now, ambiguous, !counted)
                     .await?;
             }
-            tx.release_queue_at(channel, lane, qkey, next_ms).await?;
-            return Ok(false);
+            if let Some(until) = pause_lane_until {
+                tx.pause_lane(channel, lane, until).await?;
+            }
+            Some((next_ms, current))
         }
         Finish::NotSent { next_ms } => {
-            for &id in ids {
+            for &id in &ids {
                 tx.delete_open_attempt(id).await?;
                 tx.item_not_sent(id, now).await?;
             }
-            tx.release_queue_at(channel, lane, qkey, next_ms).await?;
-            return Ok(false);
+            Some((next_ms, current))
         }
         Finish::Dead {
             reason,
             report_failed,
         } => {
-            for &id in ids {
+            for &id in &ids {
                 tx.set_attempt_outcome(id, "dead", Some(&reason), dur, Some(sent_at))
                     .await?;
                 mark_dead(tx, channel, id, &reason, report_failed, now).await?;
             }
+            None
+        }
+    };
+    match released {
+        Some((next_ms, true)) => tx.release_queue_at(channel, lane, qkey, next_ms).await?,
+        Some((next_ms, false)) => tx.nudge_queue(channel, lane, qkey, next_ms).await?,
+        None => {
+            let more = tx.queue_has_pending(channel, lane, qkey).await?;
+            if !more {
+                tx.drop_queue(channel, lane, qkey).await?;
+            } else if !current {
+                tx.nudge_queue(channel, lane, qkey, now).await?;
+            }
+            return Ok(more && current);
         }
     }
-    let more = tx.queue_has_pending(channel, lane, qkey).await?;
-    if !more {
-        tx.drop_queue(channel, lane, qkey).await?;
-    }
-    Ok(more)
+    Ok(false)
 }
 
 /// Gives a claimed queue back.
@@ -681,53 +779,75 @@ pub async fn mark_dead<T: Tx>(
 }
 
 /// Run by a lane's new owner before it claims anything: releases the lane's claims and
-/// settles items the previous owner left attempting, per `policy`.
+/// settles items left attempting, per `policy`, except those still in flight: this
+/// process's live attempts, and on a shared store another node's before their deadline
+/// (`take_head` settles those later, once their deadline passed without an outcome).
 pub async fn recover_lane<T: Tx>(
     tx: &mut T,
     channel: &str,
     lane: Lane,
     policy: CrashPolicy,
+    live: &LiveAttempts,
     now: i64,
 ) -> Result<RecoveryReport, T::Error> {
     tx.fence(channel, lane).await?;
     tx.release_claims(channel, lane).await?;
     let mut report = RecoveryReport::default();
     for it in tx.attempting_items(channel, lane).await? {
-        // Toward respond.io a repeat carries the same mId, so it is always resent.
-        let resend = lane == Lane::RespondIo
-            || (policy.on_crash == OnCrash::Resend
-                && it.ambiguous < policy.ambiguous_retry_cap as i64);
-        if resend {
-            // The request left at some moment before now: logging it at now is the
-            // conservative choice for the rate window this lane's limiter seeds from.
-            tx.set_attempt_outcome(
-                it.id,
-                "ambiguous",
-                Some("in flight when the lane's last owner stopped"),
-                0,
-                Some(now),
-            )
-            .await?;
-            tx.item_requeue_ambiguous(it.id).await?;
-            tx.history(
-                it.id,
-                now,
-                "ambiguous",
-                Some("in flight when the lane's last owner stopped; resending"),
-            )
-            .await?;
+        if live.contains(it.id) || (T::SHARED && it.deadline_ms > now) {
+            continue;
+        }
+        if settle_in_flight(tx, channel, lane, &it, policy, now).await? {
             report.resent += 1;
         } else {
-            let reason = "in flight when the lane's last owner stopped; not resent (on_crash = fail, or ambiguous too often)";
-            tx.set_attempt_outcome(it.id, "dead", Some(reason), 0, Some(now))
-                .await?;
-            mark_dead(tx, channel, it.id, reason, true, now).await?;
-            tx.lock_queue(channel, lane, &it.qkey).await?;
-            if !tx.queue_has_pending(channel, lane, &it.qkey).await? {
-                tx.drop_queue(channel, lane, &it.qkey).await?;
-            }
             report.failed += 1;
         }
     }
     Ok(report)
+}
+
+/// Settles an item whose attempt's owner is gone (crashed, or never recorded an outcome
+/// within the deadline): resent (it may have gone out: ambiguous) or failed, per policy.
+/// Returns whether it is resent.
+async fn settle_in_flight<T: Tx>(
+    tx: &mut T,
+    channel: &str,
+    lane: Lane,
+    it: &InFlight,
+    policy: CrashPolicy,
+    now: i64,
+) -> Result<bool, T::Error> {
+    // Toward respond.io a repeat carries the same mId, so it is always resent.
+    let resend = lane == Lane::RespondIo
+        || (policy.on_crash == OnCrash::Resend && it.ambiguous < policy.ambiguous_retry_cap as i64);
+    if resend {
+        // The request left at some moment before now: logging it at now is the
+        // conservative choice for the rate window this lane's limiter seeds from.
+        tx.set_attempt_outcome(
+            it.id,
+            "ambiguous",
+            Some("in flight when its owner stopped"),
+            0,
+            Some(now),
+        )
+        .await?;
+        tx.item_requeue_ambiguous(it.id).await?;
+        tx.history(
+            it.id,
+            now,
+            "ambiguous",
+            Some("in flight when its owner stopped; resending"),
+        )
+        .await?;
+    } else {
+        let reason = "in flight when its owner stopped; not resent (on_crash = fail, or ambiguous too often)";
+        tx.set_attempt_outcome(it.id, "dead", Some(reason), 0, Some(now))
+            .await?;
+        mark_dead(tx, channel, it.id, reason, true, now).await?;
+        tx.lock_queue(channel, lane, &it.qkey).await?;
+        if !tx.queue_has_pending(channel, lane, &it.qkey).await? {
+            tx.drop_queue(channel, lane, &it.qkey).await?;
+        }
+    }
+    Ok(resend)
 }

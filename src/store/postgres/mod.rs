@@ -90,6 +90,8 @@ pub struct PgStore {
     lease_ttl_ms: i64,
     /// Epochs of the lanes this node holds, by (channel, lane code).
     held: Mutex<HashMap<(String, i64), i64>>,
+    /// Attempts in flight (see [`LiveAttempts`]).
+    live: LiveAttempts,
     dedupe_ttl_ms: i64,
     parked_ttl_ms: i64,
     signals: broadcast::Sender<(String, Lane)>,
@@ -266,6 +268,7 @@ impl PgStore {
             node: node_name(),
             lease_ttl_ms: cfg.lease_ttl_ms as i64,
             held: Mutex::new(HashMap::new()),
+            live: LiveAttempts::default(),
             dedupe_ttl_ms: (cfg.dedupe_ttl_secs as i64).saturating_mul(1000),
             parked_ttl_ms: (cfg.parked_receipt_ttl_secs as i64).saturating_mul(1000),
             signals,
@@ -519,18 +522,24 @@ impl Store for PgStore {
         channel: &str,
         lane: Lane,
         qkey: &str,
-        limit: usize,
-        at_ms: i64,
-    ) -> Result<Vec<Item>> {
-        in_tx!(self, |t| rules::take_head(
+        how: TakeHead,
+    ) -> Result<Head> {
+        let head: Result<Head> = in_tx!(self, |t| rules::take_head(
             t,
             channel,
             lane,
             qkey,
-            limit,
-            at_ms,
+            how,
+            &self.live,
             now_ms()
-        ))
+        ));
+        // Registered after the commit: until then another lane generation of this node
+        // that sees the mark takes it for another node's attempt, which it leaves alone
+        // until the deadline just the same.
+        if let Ok(Head::Taken(items)) = &head {
+            self.live.register(items, how.epoch);
+        }
+        head
     }
 
     async fn finish(
@@ -543,17 +552,22 @@ impl Store for PgStore {
         sent_at: i64,
         dur: i64,
     ) -> Result<bool> {
-        in_tx!(self, |t| rules::finish(
+        let taken = taken_of(&self.live, ids, self.epoch(channel, lane).unwrap_or(0));
+        let out: Result<bool> = in_tx!(self, |t| rules::finish(
             t,
             channel,
             lane,
             qkey,
-            ids,
+            &taken,
             fin,
             sent_at,
             dur,
             now_ms()
-        ))
+        ));
+        if matches!(out, Ok(_) | Err(StoreError::Fenced(_))) {
+            self.live.remove(ids);
+        }
+        out
     }
 
     async fn release(&self, channel: &str, lane: Lane, qkey: &str) -> Result<()> {
@@ -844,8 +858,17 @@ impl Store for PgStore {
             channel,
             lane,
             policy,
+            &self.live,
             now_ms()
         ))
+    }
+
+    fn live_attempts(&self) -> usize {
+        self.live.len()
+    }
+
+    fn lane_epoch(&self, channel: &str, lane: Lane) -> i64 {
+        self.epoch(channel, lane).unwrap_or(0)
     }
 
     fn work_signals(&self) -> Option<broadcast::Receiver<(String, Lane)>> {

@@ -42,9 +42,73 @@ pub struct PgTx<'a> {
 
 impl Tx for PgTx<'_> {
     type Error = StoreError;
+    const SHARED: bool = true;
 
     fn invalid(msg: String) -> StoreError {
         StoreError::Unavailable(msg)
+    }
+
+    fn fenced(what: String) -> StoreError {
+        StoreError::Fenced(what)
+    }
+
+    async fn holds(&mut self, channel: &str, lane: Lane, epoch: i64) -> Result<bool> {
+        // Key-share locked like `fence`: a takeover waits for this write to commit.
+        Ok(opt(
+            self.tx,
+            "SELECT 1 FROM lane_leases WHERE channel = $1 AND lane = $2 AND node = $3 AND epoch = $4 FOR KEY SHARE",
+            &[&channel, &lane.code(), &self.store.node(), &epoch],
+        )
+        .await?
+        .is_some())
+    }
+
+    async fn still_attempting(&mut self, id: i64, attempt: i64) -> Result<bool> {
+        Ok(opt(
+            self.tx,
+            "SELECT 1 FROM items WHERE id = $1 AND state = 1 AND attempts = $2 FOR UPDATE",
+            &[&id, &attempt],
+        )
+        .await?
+        .is_some())
+    }
+
+    async fn attempt_deadline(&mut self, id: i64) -> Result<Option<i64>> {
+        Ok(opt(
+            self.tx,
+            "SELECT next_ms FROM items WHERE id = $1 AND state = 1",
+            &[&id],
+        )
+        .await?
+        .map(|r| r.get(0)))
+    }
+
+    async fn nudge_queue(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        qkey: &str,
+        next_ms: i64,
+    ) -> Result<()> {
+        exec(
+            self.tx,
+            "UPDATE queues SET next_ms = $1 WHERE channel = $2 AND lane = $3 AND qkey = $4 AND claimed = 0",
+            &[&next_ms, &channel, &lane.code(), &qkey],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn pause_lane(&mut self, channel: &str, lane: Lane, until_ms: i64) -> Result<()> {
+        exec(
+            self.tx,
+            "INSERT INTO lane_state(channel, lane, paused_until_ms) VALUES ($1, $2, $3)
+             ON CONFLICT(channel, lane) DO UPDATE
+             SET paused_until_ms = GREATEST(lane_state.paused_until_ms, excluded.paused_until_ms)",
+            &[&channel, &lane.code(), &until_ms],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn fence(&mut self, channel: &str, lane: Lane) -> Result<()> {
@@ -413,13 +477,14 @@ impl Tx for PgTx<'_> {
         &mut self,
         item: &Item,
         at_ms: i64,
+        deadline_ms: i64,
         call_first: bool,
         now: i64,
     ) -> Result<()> {
         exec(
             self.tx,
-            "UPDATE items SET state = 1, attempts = attempts + 1, updated_ms = $1 WHERE id = $2",
-            &[&now, &item.id],
+            "UPDATE items SET state = 1, attempts = attempts + 1, next_ms = $1, updated_ms = $2 WHERE id = $3",
+            &[&deadline_ms, &now, &item.id],
         )
         .await?;
         exec(
@@ -536,7 +601,7 @@ impl Tx for PgTx<'_> {
     async fn attempting_items(&mut self, channel: &str, lane: Lane) -> Result<Vec<InFlight>> {
         Ok(rows(
             self.tx,
-            "SELECT id, qkey, ambiguous FROM items WHERE channel = $1 AND lane = $2 AND state = 1
+            "SELECT id, qkey, ambiguous, next_ms FROM items WHERE channel = $1 AND lane = $2 AND state = 1
              ORDER BY id FOR UPDATE",
             &[&channel, &lane.code()],
         )
@@ -546,6 +611,7 @@ impl Tx for PgTx<'_> {
             id: r.get(0),
             qkey: r.get(1),
             ambiguous: r.get(2),
+            deadline_ms: r.get(3),
         })
         .collect())
     }

@@ -212,7 +212,7 @@ impl AdminStore for SqliteStore {
         let actor = actor.to_string();
         self.write(move |conn| {
             run_rule(admin_rules::replay_items(
-                &mut SqliteTx(conn),
+                &mut SqliteTx(conn, None),
                 ids,
                 &actor,
                 now_ms(),
@@ -225,7 +225,7 @@ impl AdminStore for SqliteStore {
         let actor = actor.to_string();
         self.write(move |conn| {
             run_rule(admin_rules::discard_items(
-                &mut SqliteTx(conn),
+                &mut SqliteTx(conn, None),
                 ids,
                 &actor,
                 now_ms(),
@@ -243,7 +243,7 @@ impl AdminStore for SqliteStore {
     ) -> Result<bool> {
         let (actor, action) = (actor.to_string(), action.to_string());
         self.write(move |conn| {
-            let tx = &mut SqliteTx(conn);
+            let tx = &mut SqliteTx(conn, None);
             run_rule(admin_rules::delete_raw_webhook(
                 tx,
                 id,
@@ -275,7 +275,7 @@ impl AdminStore for SqliteStore {
         let (channel, actor) = (channel.to_string(), actor.to_string());
         self.write(move |conn| {
             run_rule(admin_rules::pause_lane(
-                &mut SqliteTx(conn),
+                &mut SqliteTx(conn, None),
                 &channel,
                 lane,
                 until_ms,
@@ -289,7 +289,7 @@ impl AdminStore for SqliteStore {
         let (channel, actor) = (channel.to_string(), actor.to_string());
         self.write(move |conn| {
             run_rule(admin_rules::resume_lane(
-                &mut SqliteTx(conn),
+                &mut SqliteTx(conn, None),
                 &channel,
                 lane,
                 now,
@@ -328,7 +328,7 @@ impl AdminStore for SqliteStore {
             (channel.to_string(), contact.to_string(), actor.to_string());
         self.write(move |conn| {
             run_rule(admin_rules::purge_contact(
-                &mut SqliteTx(conn),
+                &mut SqliteTx(conn, None),
                 &channel,
                 &contact,
                 &actor,

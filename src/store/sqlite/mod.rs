@@ -7,6 +7,7 @@
 //! COMMIT returned, so an `Ok` means the write is on disk (with `synchronous = FULL`).
 //! Statistics queries use a separate read connection so they never wait behind writes.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 
@@ -38,6 +39,31 @@ pub struct SqliteStore {
     /// readiness stays red (with this reason) until the file is repaired and the process
     /// restarted, even while writes that avoid the damaged pages still succeed.
     damaged: Arc<Mutex<Option<String>>>,
+    /// The lanes' tenures in this process (see [`LaneEpochs`]).
+    epochs: Arc<LaneEpochs>,
+    /// Attempts in flight (see [`LiveAttempts`]).
+    live: Arc<LiveAttempts>,
+}
+
+/// The current tenure of each lane: bumped each time a lane (re)starts, so an attempt of
+/// an earlier lane generation (before a reload) is told apart from the current one's.
+#[derive(Debug, Default)]
+pub struct LaneEpochs(Mutex<HashMap<(String, i64), i64>>);
+
+impl LaneEpochs {
+    /// 0 for a lane that never started.
+    pub fn current(&self, channel: &str, lane: Lane) -> i64 {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&(channel.to_string(), lane.code()))
+            .copied()
+            .unwrap_or(0)
+    }
+    fn bump(&self, channel: &str, lane: Lane) -> i64 {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.entry((channel.to_string(), lane.code())).or_insert(0);
+        *e += 1;
+        *e
+    }
 }
 
 /// SQLite found the file damaged (a bad page, or not a database at all).
@@ -61,6 +87,16 @@ fn note_corruption(damaged: &Mutex<Option<String>>, e: &rusqlite::Error) {
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// A rule's error: fenced writes keep their kind, anything else means unavailable.
+fn rule_error(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::ToSqlConversionFailure(inner) = &e
+        && let Some(f) = inner.downcast_ref::<tx::FencedWrite>()
+    {
+        return StoreError::Fenced(f.0.clone());
+    }
+    unavailable(e)
 }
 
 fn open_connection(
@@ -131,6 +167,8 @@ impl SqliteStore {
             dedupe_ttl_ms: (cfg.dedupe_ttl_secs as i64).saturating_mul(1000),
             parked_ttl_ms: (cfg.parked_receipt_ttl_secs as i64).saturating_mul(1000),
             damaged: Arc::new(Mutex::new(None)),
+            epochs: Arc::default(),
+            live: Arc::default(),
         })
     }
 
@@ -171,7 +209,7 @@ impl SqliteStore {
                 let out = match (commit, res) {
                     (Ok(()), Ok(v)) => Ok(v),
                     (Err(e), _) => Err(unavailable(format!("commit failed: {e}"))),
-                    (Ok(()), Err(e)) => Err(unavailable(e)),
+                    (Ok(()), Err(e)) => Err(rule_error(e)),
                 };
                 let _ = tx.send(out);
             })
@@ -317,7 +355,7 @@ impl Store for SqliteStore {
         let ttl = self.dedupe_ttl_ms;
         self.write(move |conn| {
             run_rule(rules::ingest_inbound(
-                &mut SqliteTx(conn),
+                &mut SqliteTx(conn, None),
                 &channel,
                 items,
                 ttl,
@@ -361,7 +399,7 @@ impl Store for SqliteStore {
         let channel = channel.to_string();
         self.write(move |conn| {
             run_rule(rules::accept_outbound(
-                &mut SqliteTx(conn),
+                &mut SqliteTx(conn, None),
                 &channel,
                 item,
                 window_ms,
@@ -379,7 +417,7 @@ impl Store for SqliteStore {
         let channel = channel.to_string();
         let (ttl, park_ttl) = (self.dedupe_ttl_ms, self.parked_ttl_ms);
         self.write(move |conn| {
-            let tx = &mut SqliteTx(conn);
+            let tx = &mut SqliteTx(conn, None);
             run_rule(rules::apply_receipts(
                 tx,
                 &channel,
@@ -402,7 +440,7 @@ impl Store for SqliteStore {
         let channel = channel.to_string();
         self.write(move |conn| {
             run_rule(rules::claim(
-                &mut SqliteTx(conn),
+                &mut SqliteTx(conn, None),
                 &channel,
                 lane,
                 now,
@@ -422,7 +460,7 @@ impl Store for SqliteStore {
         let (channel, qkey) = (channel.to_string(), qkey.to_string());
         self.write(move |conn| {
             run_rule(rules::head_of_queue(
-                &mut SqliteTx(conn),
+                &mut SqliteTx(conn, None),
                 &channel,
                 lane,
                 &qkey,
@@ -437,23 +475,40 @@ impl Store for SqliteStore {
         channel: &str,
         lane: Lane,
         qkey: &str,
-        limit: usize,
-        at_ms: i64,
-    ) -> Result<Vec<Item>> {
+        how: TakeHead,
+    ) -> Result<Head> {
         let (channel, qkey) = (channel.to_string(), qkey.to_string());
-        self.write(move |conn| {
-            let tx = &mut SqliteTx(conn);
-            run_rule(rules::take_head(
-                tx,
-                &channel,
-                lane,
-                &qkey,
-                limit,
-                at_ms,
-                now_ms(),
-            ))
-        })
-        .await
+        let (epochs, live) = (self.epochs.clone(), self.live.clone());
+        let marked = Arc::new(Mutex::new(Vec::new()));
+        let marked2 = marked.clone();
+        let head = self
+            .write(move |conn| {
+                let tx = &mut SqliteTx(conn, Some(&epochs));
+                let head = run_rule(rules::take_head(
+                    tx,
+                    &channel,
+                    lane,
+                    &qkey,
+                    how,
+                    &live,
+                    now_ms(),
+                ))?;
+                // Registered on the writer thread, in the same step as the mark: the next
+                // rule to run (another lane generation's) already knows whose mark it is.
+                if let Head::Taken(items) = &head {
+                    live.register(items, how.epoch);
+                    *marked2.lock().unwrap_or_else(|e| e.into_inner()) =
+                        items.iter().map(|i| i.id).collect();
+                }
+                Ok(head)
+            })
+            .await;
+        if head.is_err() {
+            // Not committed: those items are nobody's attempt.
+            self.live
+                .remove(&marked.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        head
     }
 
     async fn finish(
@@ -466,28 +521,43 @@ impl Store for SqliteStore {
         sent_at: i64,
         dur: i64,
     ) -> Result<bool> {
-        let (channel, qkey, ids) = (channel.to_string(), qkey.to_string(), ids.to_vec());
-        self.write(move |conn| {
-            let tx = &mut SqliteTx(conn);
-            run_rule(rules::finish(
-                tx,
-                &channel,
-                lane,
-                &qkey,
-                &ids,
-                fin,
-                sent_at,
-                dur,
-                now_ms(),
-            ))
-        })
-        .await
+        let current = self.epochs.current(channel, lane);
+        let taken = taken_of(&self.live, ids, current);
+        let (channel, qkey) = (channel.to_string(), qkey.to_string());
+        let epochs = self.epochs.clone();
+        let out = self
+            .write(move |conn| {
+                let tx = &mut SqliteTx(conn, Some(&epochs));
+                run_rule(rules::finish(
+                    tx,
+                    &channel,
+                    lane,
+                    &qkey,
+                    &taken,
+                    fin,
+                    sent_at,
+                    dur,
+                    now_ms(),
+                ))
+            })
+            .await;
+        if matches!(out, Ok(_) | Err(StoreError::Fenced(_))) {
+            self.live.remove(ids);
+        }
+        out
     }
 
     async fn release(&self, channel: &str, lane: Lane, qkey: &str) -> Result<()> {
         let (channel, qkey) = (channel.to_string(), qkey.to_string());
-        self.write(move |conn| run_rule(rules::release(&mut SqliteTx(conn), &channel, lane, &qkey)))
-            .await
+        self.write(move |conn| {
+            run_rule(rules::release(
+                &mut SqliteTx(conn, None),
+                &channel,
+                lane,
+                &qkey,
+            ))
+        })
+        .await
     }
 
     async fn recover(
@@ -508,12 +578,13 @@ impl Store for SqliteStore {
             let now = now_ms();
             for (channel, lane) in lanes {
                 let p = policy.get(&channel).copied().unwrap_or_default();
-                let tx = &mut SqliteTx(conn);
+                let tx = &mut SqliteTx(conn, None);
                 let r = run_rule(rules::recover_lane(
                     tx,
                     &channel,
                     Lane::from_code(lane),
                     p,
+                    &LiveAttempts::default(),
                     now,
                 ))?;
                 report.resent += r.resent;
@@ -660,10 +731,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    // One node owns the file: it holds every lane from the start, for good.
-    async fn acquire_lane(&self, _channel: &str, _lane: Lane) -> Result<Option<LeaseGrant>> {
+    // One node owns the file: it holds every lane for good. Each start of a lane (at
+    // start-up, after a reload) is a new tenure, so the earlier one's late writes are known.
+    async fn acquire_lane(&self, channel: &str, lane: Lane) -> Result<Option<LeaseGrant>> {
         Ok(Some(LeaseGrant {
-            epoch: 1,
+            epoch: self.epochs.bump(channel, lane),
             ttl_ms: None,
         }))
     }
@@ -683,15 +755,25 @@ impl Store for SqliteStore {
         policy: CrashPolicy,
     ) -> Result<RecoveryReport> {
         let channel = channel.to_string();
+        let live = self.live.clone();
         self.write(move |conn| {
             run_rule(rules::recover_lane(
-                &mut SqliteTx(conn),
+                &mut SqliteTx(conn, None),
                 &channel,
                 lane,
                 policy,
+                &live,
                 now_ms(),
             ))
         })
         .await
+    }
+
+    fn live_attempts(&self) -> usize {
+        self.live.len()
+    }
+
+    fn lane_epoch(&self, channel: &str, lane: Lane) -> i64 {
+        self.epochs.current(channel, lane)
     }
 }

@@ -33,8 +33,21 @@ pub(super) fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     })
 }
 
-/// The writer's connection inside the batch's transaction.
-pub struct SqliteTx<'c>(pub &'c Connection);
+/// The writer's connection inside the batch's transaction, with the lanes' tenures where
+/// a rule fences by them (lane work; admin changes need none).
+pub struct SqliteTx<'c>(pub &'c Connection, pub Option<&'c super::LaneEpochs>);
+
+/// The marker inside the rusqlite error a fenced write returns (see `StoreError::Fenced`).
+#[derive(Debug)]
+pub struct FencedWrite(pub String);
+
+impl std::fmt::Display for FencedWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FencedWrite {}
 
 impl SqliteTx<'_> {
     pub(super) fn exec(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
@@ -44,9 +57,67 @@ impl SqliteTx<'_> {
 
 impl Tx for SqliteTx<'_> {
     type Error = rusqlite::Error;
+    // One process owns the file (see `SqliteStore::open`'s lock).
+    const SHARED: bool = false;
 
     fn invalid(msg: String) -> rusqlite::Error {
         rusqlite::Error::ToSqlConversionFailure(msg.into())
+    }
+
+    fn fenced(what: String) -> rusqlite::Error {
+        rusqlite::Error::ToSqlConversionFailure(Box::new(FencedWrite(what)))
+    }
+
+    async fn holds(&mut self, channel: &str, lane: Lane, epoch: i64) -> rusqlite::Result<bool> {
+        match self.1 {
+            Some(epochs) => Ok(epochs.current(channel, lane) == epoch),
+            None => Err(Self::invalid("lane work needs the lanes' tenures".into())),
+        }
+    }
+
+    async fn still_attempting(&mut self, id: i64, attempt: i64) -> rusqlite::Result<bool> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT 1 FROM items WHERE id = ?1 AND state = 1 AND attempts = ?2")?
+            .query_row(params![id, attempt], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    async fn attempt_deadline(&mut self, id: i64) -> rusqlite::Result<Option<i64>> {
+        self.0
+            .prepare_cached("SELECT next_ms FROM items WHERE id = ?1 AND state = 1")?
+            .query_row(params![id], |r| r.get(0))
+            .optional()
+    }
+
+    async fn nudge_queue(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        qkey: &str,
+        next_ms: i64,
+    ) -> rusqlite::Result<()> {
+        self.exec(
+            "UPDATE queues SET next_ms = ?1 WHERE channel = ?2 AND lane = ?3 AND qkey = ?4 AND claimed = 0",
+            params![next_ms, channel, lane.code(), qkey],
+        )?;
+        Ok(())
+    }
+
+    async fn pause_lane(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        until_ms: i64,
+    ) -> rusqlite::Result<()> {
+        self.exec(
+            "INSERT INTO lane_state(channel, lane, paused_until_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(channel, lane) DO UPDATE
+             SET paused_until_ms = MAX(paused_until_ms, excluded.paused_until_ms)",
+            params![channel, lane.code(), until_ms],
+        )?;
+        Ok(())
     }
 
     async fn fence(&mut self, _channel: &str, _lane: Lane) -> rusqlite::Result<()> {
@@ -379,12 +450,13 @@ impl Tx for SqliteTx<'_> {
         &mut self,
         item: &Item,
         at_ms: i64,
+        deadline_ms: i64,
         call_first: bool,
         now: i64,
     ) -> rusqlite::Result<()> {
         self.exec(
-            "UPDATE items SET state = 1, attempts = attempts + 1, updated_ms = ?1 WHERE id = ?2",
-            params![now, item.id],
+            "UPDATE items SET state = 1, attempts = attempts + 1, next_ms = ?1, updated_ms = ?2 WHERE id = ?3",
+            params![deadline_ms, now, item.id],
         )?;
         self.exec(
             "INSERT INTO attempts(item_id, channel, lane, at_ms, outcome, call_first)
@@ -481,7 +553,7 @@ impl Tx for SqliteTx<'_> {
     ) -> rusqlite::Result<Vec<InFlight>> {
         self.0
             .prepare_cached(
-                "SELECT id, qkey, ambiguous FROM items INDEXED BY items_attempting
+                "SELECT id, qkey, ambiguous, next_ms FROM items INDEXED BY items_attempting
                  WHERE state = 1 AND channel = ?1 AND lane = ?2 ORDER BY id",
             )?
             .query_map(params![channel, lane.code()], |r| {
@@ -489,6 +561,7 @@ impl Tx for SqliteTx<'_> {
                     id: r.get(0)?,
                     qkey: r.get(1)?,
                     ambiguous: r.get(2)?,
+                    deadline_ms: r.get(3)?,
                 })
             })?
             .collect()
