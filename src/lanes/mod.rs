@@ -1005,6 +1005,23 @@ fn decide(
                 true,
             )
         }
+        Err(SendError::Rotated(reason)) => {
+            // Not acted on, and the next attempt uses the rotation's other credential: at
+            // once, in a slot of its own, uncounted.
+            log_item(
+                "refused with one token of a rotation; trying the other",
+                &reason,
+            );
+            let fin = Finish::Retry {
+                next_ms: now,
+                error: reason,
+                ambiguous: false,
+                counted: false,
+                outcome: "rotated",
+                pause_lane_until: None,
+            };
+            (fin, Some(Next::Released), false)
+        }
         Err(SendError::ChannelFault(reason)) => {
             metrics::counter!("rio_channel_faults_total", &labels).increment(1);
             ctx.waiters.resolve(&head.mid, FirstOutcome::Pending);
