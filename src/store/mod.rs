@@ -510,6 +510,11 @@ pub trait Store: Send + Sync + 'static {
     /// How many attempts this process has in flight on this store (a stop waits for them).
     fn live_attempts(&self) -> usize;
 
+    /// An attempt that will never record its outcome (it panicked): its items stop being
+    /// this process's live attempts, so the next take settles them as after a crash (the
+    /// `on_crash` policy, marked ambiguous) instead of waiting for them for good.
+    fn abandon_live(&self, ids: &[i64]);
+
     /// The epoch of this store instance's current tenure on a lane (0: never acquired).
     fn lane_epoch(&self, channel: &str, lane: Lane) -> i64;
 

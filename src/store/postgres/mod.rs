@@ -888,6 +888,10 @@ impl Store for PgStore {
         self.live.len()
     }
 
+    fn abandon_live(&self, ids: &[i64]) {
+        self.live.remove(ids);
+    }
+
     fn lane_epoch(&self, channel: &str, lane: Lane) -> i64 {
         self.epoch(channel, lane).unwrap_or(0)
     }

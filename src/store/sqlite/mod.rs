@@ -793,6 +793,10 @@ impl Store for SqliteStore {
         self.live.len()
     }
 
+    fn abandon_live(&self, ids: &[i64]) {
+        self.live.remove(ids);
+    }
+
     fn lane_epoch(&self, channel: &str, lane: Lane) -> i64 {
         self.epochs.current(channel, lane)
     }
