@@ -55,6 +55,7 @@ macro_rules! in_tx {
 }
 
 mod admin;
+pub mod sql;
 mod tx;
 
 const SCHEMA_V1: &str = include_str!("schema_v1.sql");

@@ -22,6 +22,7 @@ use tx::{ITEM_COLUMNS, SqliteTx, item_from_row};
 
 mod admin;
 pub mod migrate;
+pub mod sql;
 mod tx;
 
 type Reply = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;

@@ -1,0 +1,151 @@
+//! Every statement the PostgreSQL store runs on a hot path, by name: the backend executes these
+//! very constants, and `tests/store.rs` pins the plan of each (`HOT_PATH`) on a populated
+//! store, so a scan cannot creep back in unnoticed.
+
+macro_rules! item_columns {
+    () => {
+        "id, channel, lane, qkey, contact, kind, mid, payload, contact_json, state, \
+         attempts, ambiguous, created_ms, provider_id, status, last_error"
+    };
+}
+
+/// The columns an [`crate::store::Item`] is read from.
+pub const ITEM_COLUMNS: &str = item_columns!();
+
+// The statements of `store::rules`' primitives (`tx.rs`).
+
+pub const HOLDS: &str = "SELECT 1 FROM lane_leases WHERE channel = $1 AND lane = $2 AND node = $3 AND epoch = $4 FOR KEY SHARE";
+
+pub const STILL_ATTEMPTING: &str =
+    "SELECT 1 FROM items WHERE id = $1 AND state = 1 AND attempts = $2 FOR UPDATE";
+
+pub const ATTEMPT_DEADLINE: &str = "SELECT next_ms FROM items WHERE id = $1 AND state = 1";
+
+pub const NUDGE_QUEUE: &str =
+    "UPDATE queues SET next_ms = $1 WHERE channel = $2 AND lane = $3 AND qkey = $4 AND claimed = 0";
+
+pub const PAUSE_LANE: &str =
+    "INSERT INTO lane_state(channel, lane, paused_until_ms) VALUES ($1, $2, $3)
+             ON CONFLICT(channel, lane) DO UPDATE
+             SET paused_until_ms = GREATEST(lane_state.paused_until_ms, excluded.paused_until_ms)";
+
+pub const LOCK_QUEUE: &str =
+    "SELECT 1 FROM queues WHERE channel = $1 AND lane = $2 AND qkey = $3 FOR UPDATE";
+
+pub const LOCK_PROVIDER_ID: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+
+pub const CLAIM_DEDUPE: &str = "INSERT INTO dedupe(channel, key, expires_ms) VALUES ($1, $2, $3)
+             ON CONFLICT(channel, key) DO UPDATE SET expires_ms = excluded.expires_ms
+             WHERE dedupe.expires_ms < $4";
+
+pub const INSERT_ITEM: &str =
+    "INSERT INTO items(channel, lane, qkey, contact, kind, mid, payload, contact_json, state,
+                               created_ms, next_ms, updated_ms, provider_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $9, $9, $10) RETURNING id";
+
+pub const UPSERT_QUEUE: &str = "INSERT INTO queues(channel, lane, qkey, class, next_ms, claimed) VALUES ($1, $2, $3, $4, $5, 0)
+             ON CONFLICT(channel, lane, qkey) DO UPDATE SET class = LEAST(queues.class, excluded.class)";
+
+pub const HISTORY: &str =
+    "INSERT INTO history(item_id, at_ms, event, detail) VALUES ($1, $2, $3, $4)";
+
+pub const TOUCH_CONTACT: &str =
+    "INSERT INTO contacts(channel, contact, last_inbound_ms) VALUES ($1, $2, $3)
+             ON CONFLICT(channel, contact) DO UPDATE
+             SET last_inbound_ms = GREATEST(contacts.last_inbound_ms, excluded.last_inbound_ms)";
+
+pub const PROMOTE_SENDS: &str =
+    "UPDATE queues SET class = 0 WHERE channel = $1 AND lane = 1 AND qkey = $2 AND class = 1";
+
+pub const LAST_INBOUND: &str =
+    "SELECT last_inbound_ms FROM contacts WHERE channel = $1 AND contact = $2";
+
+pub const SEND_BY_PROVIDER_ID: &str = "SELECT id, mid, contact, status FROM items WHERE channel = $1 AND provider_id = $2 AND kind = 3
+             FOR UPDATE";
+
+pub const STATUS_ROW: &str =
+    "SELECT kind, id, mid, contact, status FROM items WHERE id = $1 FOR UPDATE";
+
+pub const SET_STATUS: &str = "UPDATE items SET status = $1, updated_ms = $2 WHERE id = $3";
+
+pub const SET_PROVIDER_ID: &str = "UPDATE items SET provider_id = $1 WHERE id = $2";
+
+pub const REPLACE_PENDING_STATUS: &str = "UPDATE items SET payload = $1, updated_ms = $2
+             WHERE id = (SELECT id FROM items WHERE channel = $3 AND lane = 0 AND qkey = $4 AND state = 0
+                         ORDER BY id DESC LIMIT 1)
+               AND state = 0";
+
+pub const PARK_RECEIPT: &str =
+    "INSERT INTO parked_receipts(channel, provider_id, status, reason, received_ms, expires_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)";
+
+pub const PARKED_RECEIPTS: &str = "SELECT id, status, reason FROM parked_receipts WHERE channel = $1 AND provider_id = $2 ORDER BY id";
+
+pub const DELETE_PARKED: &str = "DELETE FROM parked_receipts WHERE id = $1";
+
+pub const CLAIM_QUEUES: &str = "WITH c AS (
+                 SELECT ctid FROM queues
+                 WHERE channel = $1 AND lane = $2 AND claimed = 0 AND class = $3 AND next_ms <= $4
+                 ORDER BY next_ms LIMIT $5
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE queues q SET claimed = 1 FROM c
+             WHERE q.ctid = c.ctid
+             RETURNING q.next_ms, q.qkey";
+
+pub const NEXT_DUE: &str =
+    "SELECT next_ms FROM queues WHERE channel = $1 AND lane = $2 AND claimed = 0 AND class = $3
+             AND next_ms > $4 ORDER BY next_ms LIMIT 1";
+
+pub const HEAD_ITEMS: &str = concat!(
+    "SELECT ",
+    item_columns!(),
+    " FROM items WHERE channel = $1 AND lane = $2 AND qkey = $3 AND state < 2
+             ORDER BY id LIMIT $4"
+);
+
+pub const QUEUE_HAS_PENDING: &str =
+    "SELECT 1 FROM items WHERE channel = $1 AND lane = $2 AND qkey = $3 AND state < 2 LIMIT 1";
+
+pub const DROP_QUEUE: &str = "DELETE FROM queues WHERE channel = $1 AND lane = $2 AND qkey = $3";
+
+pub const RELEASE_QUEUE_AT: &str =
+    "UPDATE queues SET claimed = 0, next_ms = $1 WHERE channel = $2 AND lane = $3 AND qkey = $4";
+
+pub const RELEASE_QUEUE: &str =
+    "UPDATE queues SET claimed = 0 WHERE channel = $1 AND lane = $2 AND qkey = $3";
+
+pub const RELEASE_CLAIMS: &str =
+    "UPDATE queues SET claimed = 0 WHERE channel = $1 AND lane = $2 AND claimed = 1";
+
+pub const MARK_ATTEMPTING: &str = "UPDATE items SET state = 1, attempts = attempts + 1, next_ms = $1, updated_ms = $2 WHERE id = $3";
+
+pub const OPEN_ATTEMPT: &str =
+    "INSERT INTO attempts(item_id, channel, lane, at_ms, outcome, call_first)
+             VALUES ($1, $2, $3, $4, 'attempting', $5)";
+
+pub const SET_ATTEMPT_OUTCOME: &str =
+    "UPDATE attempts SET outcome = $1, detail = $2, duration_ms = $3, at_ms = COALESCE($5, at_ms)
+             WHERE item_id = $4 AND outcome = 'attempting'";
+
+pub const DELETE_OPEN_ATTEMPT: &str =
+    "DELETE FROM attempts WHERE item_id = $1 AND outcome = 'attempting'";
+
+pub const ITEM_DONE: &str = "UPDATE items SET state = 2, updated_ms = $1, last_error = NULL,
+             status = CASE WHEN kind = 3 AND status = 0 THEN 1 ELSE status END WHERE id = $2";
+
+pub const ITEM_RETRY: &str =
+    "UPDATE items SET state = 0, next_ms = $1, last_error = $2, updated_ms = $3,
+             ambiguous = ambiguous + $4, attempts = attempts - $5 WHERE id = $6";
+
+pub const ITEM_NOT_SENT: &str =
+    "UPDATE items SET state = 0, attempts = attempts - 1, updated_ms = $1 WHERE id = $2";
+
+pub const ITEM_REQUEUE_AMBIGUOUS: &str =
+    "UPDATE items SET state = 0, ambiguous = ambiguous + 1 WHERE id = $1";
+
+pub const ITEM_DEAD: &str =
+    "UPDATE items SET state = 3, last_error = $1, updated_ms = $2 WHERE id = $3";
+
+pub const ATTEMPTING_ITEMS: &str =
+    "SELECT id, qkey, ambiguous, next_ms FROM items WHERE channel = $1 AND lane = $2 AND state = 1
+             ORDER BY id FOR UPDATE";
