@@ -316,7 +316,7 @@ impl PgStore {
             .ok_or_else(|| fenced(channel, lane))?;
         let row = opt(
             tx,
-            "SELECT 1 FROM lane_leases WHERE channel = $1 AND lane = $2 AND node = $3 AND epoch = $4 FOR KEY SHARE",
+            sql::FENCE,
             &[&channel, &lane.code(), &self.node, &epoch],
         )
         .await?;
@@ -617,10 +617,7 @@ impl Store for PgStore {
     async fn recent_attempts(&self, channel: &str, lane: Lane, n: usize) -> Result<Vec<i64>> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached(
-                "SELECT at_ms FROM attempts WHERE channel = $1 AND lane = $2 AND call_first = 1
-                 ORDER BY at_ms DESC LIMIT $3",
-            )
+            .prepare_cached(sql::RECENT_ATTEMPTS)
             .await
             .map_err(db)?;
         Ok(client
@@ -661,10 +658,7 @@ impl Store for PgStore {
     async fn lane_stats(&self) -> Result<Vec<LaneStats>> {
         let client = self.client().await?;
         let mut out: Vec<LaneStats> = client
-            .query(
-                "SELECT channel, lane, COUNT(*) FROM items WHERE state < 2 GROUP BY channel, lane",
-                &[],
-            )
+            .query(sql::LANE_PENDING, &[])
             .await
             .map_err(db)?
             .iter()
@@ -678,22 +672,12 @@ impl Store for PgStore {
             .collect();
         for s in &mut out {
             s.oldest_pending_ms = client
-                .query_opt(
-                    "SELECT created_ms FROM items WHERE channel = $1 AND lane = $2 AND state < 2
-                     AND kind >= 0 ORDER BY id LIMIT 1",
-                    &[&s.channel, &s.lane.code()],
-                )
+                .query_opt(sql::LANE_OLDEST_PENDING, &[&s.channel, &s.lane.code()])
                 .await
                 .map_err(db)?
                 .map(|r| r.get(0));
         }
-        let dead = client
-            .query(
-                "SELECT channel, lane, COUNT(*) FROM items WHERE state = 3 GROUP BY channel, lane",
-                &[],
-            )
-            .await
-            .map_err(db)?;
+        let dead = client.query(sql::LANE_DEAD, &[]).await.map_err(db)?;
         for r in dead {
             let (channel, lane, n): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
             let lane = Lane::from_code(lane);
@@ -734,28 +718,11 @@ impl Store for PgStore {
             async move { client.execute(sql, &[&at]).await.map_err(db) }
         };
         // Bounded batches keep each statement short; nodes may prune at the same time.
-        let items = run(
-            "DELETE FROM items WHERE id IN (SELECT id FROM items WHERE state = 2 AND updated_ms < $1 LIMIT 5000)",
-            cutoff,
-        )
-        .await?;
-        let dedupe = run(
-            "DELETE FROM dedupe WHERE (channel, key) IN
-             (SELECT channel, key FROM dedupe WHERE expires_ms < $1 LIMIT 5000)",
-            now,
-        )
-        .await?;
-        let parked = run("DELETE FROM parked_receipts WHERE expires_ms < $1", now).await?;
-        let attempts = run(
-            "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE at_ms < $1 LIMIT 5000)",
-            cutoff,
-        )
-        .await?;
-        run(
-            "DELETE FROM history WHERE id IN (SELECT id FROM history WHERE at_ms < $1 LIMIT 5000)",
-            cutoff,
-        )
-        .await?;
+        let items = run(sql::PRUNE_ITEMS, cutoff).await?;
+        let dedupe = run(sql::PRUNE_DEDUPE, now).await?;
+        let parked = run(sql::PRUNE_PARKED, now).await?;
+        let attempts = run(sql::PRUNE_ATTEMPTS, cutoff).await?;
+        run(sql::PRUNE_HISTORY, cutoff).await?;
         Ok(PruneReport {
             items,
             dedupe,

@@ -137,3 +137,96 @@ pub const ITEM_DEAD: &str =
 pub const ATTEMPTING_ITEMS: &str =
     "SELECT id, qkey, ambiguous, next_ms FROM items INDEXED BY items_attempting
                  WHERE state = 1 AND channel = ?1 AND lane = ?2 ORDER BY id";
+
+// Lanes at start, housekeeping and retention (`mod.rs`, `admin.rs`, `store::activity`).
+
+pub const RECENT_ATTEMPTS: &str =
+    "SELECT at_ms FROM attempts WHERE channel = ?1 AND lane = ?2 AND call_first = 1
+                 ORDER BY at_ms DESC LIMIT ?3";
+
+pub const LANE_PENDING: &str =
+    "SELECT channel, lane, COUNT(*) FROM items WHERE state < 2 GROUP BY channel, lane";
+
+pub const LANE_OLDEST_PENDING: &str = "SELECT created_ms FROM items INDEXED BY items_pending
+                         WHERE channel = ?1 AND lane = ?2 AND state < 2 ORDER BY id LIMIT 1";
+
+pub const LANE_DEAD: &str =
+    "SELECT channel, lane, COUNT(*) FROM items WHERE state = 3 GROUP BY channel, lane";
+
+pub const PRUNE_ITEMS: &str = "DELETE FROM items WHERE id IN (SELECT id FROM items WHERE state = 2 AND updated_ms < ?1 LIMIT 5000)";
+
+pub const PRUNE_DEDUPE_ROWID: &str =
+    "DELETE FROM dedupe WHERE rowid IN (SELECT rowid FROM dedupe WHERE expires_ms < ?1 LIMIT 5000)";
+
+pub const PRUNE_DEDUPE: &str = "DELETE FROM dedupe WHERE (channel, key) IN
+                     (SELECT channel, key FROM dedupe WHERE expires_ms < ?1 LIMIT 5000)";
+
+pub const PRUNE_PARKED: &str = "DELETE FROM parked_receipts WHERE expires_ms < ?1";
+
+pub const PRUNE_ATTEMPTS: &str =
+    "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE at_ms < ?1 LIMIT 5000)";
+
+pub const PRUNE_HISTORY: &str =
+    "DELETE FROM history WHERE id IN (SELECT id FROM history WHERE at_ms < ?1 LIMIT 5000)";
+
+pub const PRUNE_CHANNEL_LOGS: &str = "DELETE FROM channel_logs WHERE id IN (SELECT id FROM channel_logs WHERE at_ms < ?1 ORDER BY id LIMIT ?2)";
+
+pub const ATTEMPT_COUNTS: &str = "SELECT channel, lane, SUM(call_first),
+                        SUM(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END),
+                        SUM(CASE WHEN outcome IN ('retry', 'ambiguous', 'throttled', 'fault', 'dead')
+                            THEN 1 ELSE 0 END)
+                 FROM attempts WHERE at_ms >= ?1 AND at_ms < ?2
+                 GROUP BY channel, lane ORDER BY channel, lane";
+
+/// Every statement above whose plan `tests/store.rs` pins, by name.
+pub const HOT_PATH: &[(&str, &str)] = &[
+    ("STILL_ATTEMPTING", STILL_ATTEMPTING),
+    ("ATTEMPT_DEADLINE", ATTEMPT_DEADLINE),
+    ("NUDGE_QUEUE", NUDGE_QUEUE),
+    ("PAUSE_LANE", PAUSE_LANE),
+    ("CLAIM_DEDUPE", CLAIM_DEDUPE),
+    ("INSERT_ITEM", INSERT_ITEM),
+    ("UPSERT_QUEUE", UPSERT_QUEUE),
+    ("HISTORY", HISTORY),
+    ("TOUCH_CONTACT", TOUCH_CONTACT),
+    ("PROMOTE_SENDS", PROMOTE_SENDS),
+    ("LAST_INBOUND", LAST_INBOUND),
+    ("SEND_BY_PROVIDER_ID", SEND_BY_PROVIDER_ID),
+    ("STATUS_ROW", STATUS_ROW),
+    ("SET_STATUS", SET_STATUS),
+    ("SET_PROVIDER_ID", SET_PROVIDER_ID),
+    ("REPLACE_PENDING_STATUS", REPLACE_PENDING_STATUS),
+    ("PARK_RECEIPT", PARK_RECEIPT),
+    ("PARKED_RECEIPTS", PARKED_RECEIPTS),
+    ("DELETE_PARKED", DELETE_PARKED),
+    ("CLAIM_QUEUES", CLAIM_QUEUES),
+    ("CLAIM_QUEUE_ROW", CLAIM_QUEUE_ROW),
+    ("NEXT_DUE", NEXT_DUE),
+    ("HEAD_ITEMS", HEAD_ITEMS),
+    ("QUEUE_HAS_PENDING", QUEUE_HAS_PENDING),
+    ("DROP_QUEUE", DROP_QUEUE),
+    ("RELEASE_QUEUE_AT", RELEASE_QUEUE_AT),
+    ("RELEASE_QUEUE", RELEASE_QUEUE),
+    ("RELEASE_CLAIMS", RELEASE_CLAIMS),
+    ("MARK_ATTEMPTING", MARK_ATTEMPTING),
+    ("OPEN_ATTEMPT", OPEN_ATTEMPT),
+    ("SET_ATTEMPT_OUTCOME", SET_ATTEMPT_OUTCOME),
+    ("DELETE_OPEN_ATTEMPT", DELETE_OPEN_ATTEMPT),
+    ("ITEM_DONE", ITEM_DONE),
+    ("ITEM_RETRY", ITEM_RETRY),
+    ("ITEM_NOT_SENT", ITEM_NOT_SENT),
+    ("ITEM_REQUEUE_AMBIGUOUS", ITEM_REQUEUE_AMBIGUOUS),
+    ("ITEM_DEAD", ITEM_DEAD),
+    ("ATTEMPTING_ITEMS", ATTEMPTING_ITEMS),
+    ("RECENT_ATTEMPTS", RECENT_ATTEMPTS),
+    ("LANE_PENDING", LANE_PENDING),
+    ("LANE_OLDEST_PENDING", LANE_OLDEST_PENDING),
+    ("LANE_DEAD", LANE_DEAD),
+    ("PRUNE_ITEMS", PRUNE_ITEMS),
+    ("PRUNE_DEDUPE", PRUNE_DEDUPE),
+    ("PRUNE_PARKED", PRUNE_PARKED),
+    ("PRUNE_ATTEMPTS", PRUNE_ATTEMPTS),
+    ("PRUNE_HISTORY", PRUNE_HISTORY),
+    ("PRUNE_CHANNEL_LOGS", PRUNE_CHANNEL_LOGS),
+    ("ATTEMPT_COUNTS", ATTEMPT_COUNTS),
+];
