@@ -31,7 +31,7 @@ pub trait ActivityLog: Send + Sync + 'static {
 #[async_trait]
 impl ActivityLog for SqliteStore {
     async fn attempt_counts(&self, since_ms: i64, until_ms: i64) -> Result<Vec<AttemptCounts>> {
-        // One range scan per lane on attempts_window (channel, lane, at_ms).
+        // One range scan of the window on attempts_at (at_ms).
         self.read(move |conn| {
             conn.prepare_cached(super::sqlite::sql::ATTEMPT_COUNTS)?
                 .query_map(params![since_ms, until_ms], |r| {

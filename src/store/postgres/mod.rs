@@ -61,9 +61,11 @@ mod tx;
 const SCHEMA_V1: &str = include_str!("schema_v1.sql");
 /// Channel logs, the audit log and the admin listings' indexes (see `postgres_admin`).
 const SCHEMA_V2: &str = include_str!("schema_v2.sql");
+/// Indexes for retention and claims on an aged store.
+const SCHEMA_V3: &str = include_str!("schema_v3.sql");
 /// (version, SQL): applied in order, each once, under an advisory lock so nodes starting
 /// together do not race.
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
 /// Any constant: the key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7269_6f62_7269_6467;
 pub(super) const NOTIFY_CHANNEL: &str = "rio_work";
@@ -710,24 +712,36 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn prune(&self, now: i64, retention_ms: i64) -> Result<PruneReport> {
+    async fn prune_batch(&self, now: i64, retention_ms: i64, batch: usize) -> Result<PruneReport> {
         let client = self.client().await?;
         let cutoff = now - retention_ms;
-        let run = |sql: &'static str, at: i64| {
-            let client = &client;
-            async move { client.execute(sql, &[&at]).await.map_err(db) }
-        };
-        // Bounded batches keep each statement short; nodes may prune at the same time.
-        let items = run(sql::PRUNE_ITEMS, cutoff).await?;
-        let dedupe = run(sql::PRUNE_DEDUPE, now).await?;
-        let parked = run(sql::PRUNE_PARKED, now).await?;
-        let attempts = run(sql::PRUNE_ATTEMPTS, cutoff).await?;
-        run(sql::PRUNE_HISTORY, cutoff).await?;
+        // Each statement commits on its own (no transaction): short, on an index, and rows
+        // another node is pruning at the same moment are skipped rather than waited for.
+        let mut counts = [0u64; 5];
+        for (n, (sql, at)) in [
+            (sql::PRUNE_ITEMS, cutoff),
+            (sql::PRUNE_DEDUPE, now),
+            (sql::PRUNE_PARKED, now),
+            (sql::PRUNE_ATTEMPTS, cutoff),
+            (sql::PRUNE_HISTORY, cutoff),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let stmt = client.prepare_cached(sql).await.map_err(db)?;
+            counts[n] = client
+                .execute(&stmt, &[&at, &(batch as i64)])
+                .await
+                .map_err(db)?;
+        }
+        let [items, dedupe, parked, attempts, history] = counts;
         Ok(PruneReport {
             items,
             dedupe,
             parked,
             attempts,
+            history,
+            caught_up: counts.iter().all(|&n| n < batch as u64),
         })
     }
 

@@ -24,8 +24,11 @@ pub const STILL_ATTEMPTING: &str =
 
 pub const ATTEMPT_DEADLINE: &str = "SELECT next_ms FROM items WHERE id = $1 AND state = 1";
 
-pub const NUDGE_QUEUE: &str =
-    "UPDATE queues SET next_ms = $1 WHERE channel = $2 AND lane = $3 AND qkey = $4 AND claimed = 0";
+/// `claimed <> 1` rather than `= 0` (the same, claimed is 0 or 1): a planner without
+/// statistics would otherwise pick the partial index `queues_due` (`WHERE claimed = 0`) and
+/// walk the lane's queues instead of the primary key.
+pub const NUDGE_QUEUE: &str = "UPDATE queues SET next_ms = $1
+     WHERE channel = $2 AND lane = $3 AND qkey = $4 AND claimed <> 1";
 
 pub const PAUSE_LANE: &str =
     "INSERT INTO lane_state(channel, lane, paused_until_ms) VALUES ($1, $2, $3)
@@ -73,10 +76,13 @@ pub const SET_STATUS: &str = "UPDATE items SET status = $1, updated_ms = $2 WHER
 
 pub const SET_PROVIDER_ID: &str = "UPDATE items SET provider_id = $1 WHERE id = $2";
 
+/// The newest pending status of a status queue, on `items_queue` (`state < 2` named, as on
+/// SQLite, so no planner has to prove it from `state = 0`). Conditional on the status still
+/// pending: the lane's owner may be taking it.
 pub const REPLACE_PENDING_STATUS: &str = "UPDATE items SET payload = $1, updated_ms = $2
-             WHERE id = (SELECT id FROM items WHERE channel = $3 AND lane = 0 AND qkey = $4 AND state = 0
-                         ORDER BY id DESC LIMIT 1)
-               AND state = 0";
+     WHERE id = (SELECT id FROM items WHERE channel = $3 AND lane = 0 AND qkey = $4 AND state < 2
+                 AND state = 0 ORDER BY id DESC LIMIT 1)
+       AND state = 0";
 
 pub const PARK_RECEIPT: &str =
     "INSERT INTO parked_receipts(channel, provider_id, status, reason, received_ms, expires_ms)
@@ -86,14 +92,17 @@ pub const PARKED_RECEIPTS: &str = "SELECT id, status, reason FROM parked_receipt
 
 pub const DELETE_PARKED: &str = "DELETE FROM parked_receipts WHERE id = $1";
 
-pub const CLAIM_QUEUES: &str = "WITH c AS (
-                 SELECT ctid FROM queues
-                 WHERE channel = $1 AND lane = $2 AND claimed = 0 AND class = $3 AND next_ms <= $4
-                 ORDER BY next_ms LIMIT $5
-                 FOR UPDATE SKIP LOCKED)
-             UPDATE queues q SET claimed = 1 FROM c
-             WHERE q.ctid = c.ctid
-             RETURNING q.next_ms, q.qkey";
+/// Rows another transaction holds are skipped, not waited for: two claimers never get one
+/// queue, and neither stalls behind the other. The rows are found by their ctids, computed
+/// once (`= ANY(ARRAY(..))` is a TID scan): a join on ctid was planned as a hash join over
+/// every queue of the store once statistics were realistic.
+pub const CLAIM_QUEUES: &str = "UPDATE queues SET claimed = 1
+     WHERE ctid = ANY(ARRAY(
+         SELECT ctid FROM queues
+         WHERE channel = $1 AND lane = $2 AND claimed = 0 AND class = $3 AND next_ms <= $4
+         ORDER BY next_ms LIMIT $5
+         FOR UPDATE SKIP LOCKED))
+     RETURNING next_ms, qkey";
 
 pub const NEXT_DUE: &str =
     "SELECT next_ms FROM queues WHERE channel = $1 AND lane = $2 AND claimed = 0 AND class = $3
@@ -117,6 +126,7 @@ pub const RELEASE_QUEUE_AT: &str =
 pub const RELEASE_QUEUE: &str =
     "UPDATE queues SET claimed = 0 WHERE channel = $1 AND lane = $2 AND qkey = $3";
 
+/// On `queues_claimed` (schema version 3): the claimed rows only.
 pub const RELEASE_CLAIMS: &str =
     "UPDATE queues SET claimed = 0 WHERE channel = $1 AND lane = $2 AND claimed = 1";
 
@@ -169,22 +179,37 @@ pub const LANE_OLDEST_PENDING: &str =
 pub const LANE_DEAD: &str =
     "SELECT channel, lane, COUNT(*) FROM items WHERE state = 3 GROUP BY channel, lane";
 
-pub const PRUNE_ITEMS: &str = "DELETE FROM items WHERE id IN (SELECT id FROM items WHERE state = 2 AND updated_ms < $1 LIMIT 5000)";
+// Retention: each a batch of at most $2 rows, oldest first, found on the index of the time
+// it is pruned by (schema version 3 adds those of attempts, history, channel logs and
+// parked receipts) and deleted by ctid, computed once (a TID scan; `id IN (subquery)` was
+// planned as a hash join over the whole table). SKIP LOCKED: nodes pruning at the same
+// time take different rows instead of waiting for each other.
 
-pub const PRUNE_DEDUPE: &str = "DELETE FROM dedupe WHERE (channel, key) IN
-             (SELECT channel, key FROM dedupe WHERE expires_ms < $1 LIMIT 5000)";
+pub const PRUNE_ITEMS: &str = "DELETE FROM items WHERE ctid = ANY(ARRAY(
+     SELECT ctid FROM items WHERE state = 2 AND updated_ms < $1 ORDER BY updated_ms LIMIT $2
+     FOR UPDATE SKIP LOCKED))";
 
-pub const PRUNE_PARKED: &str = "DELETE FROM parked_receipts WHERE expires_ms < $1";
+pub const PRUNE_DEDUPE: &str = "DELETE FROM dedupe WHERE ctid = ANY(ARRAY(
+     SELECT ctid FROM dedupe WHERE expires_ms < $1 ORDER BY expires_ms LIMIT $2
+     FOR UPDATE SKIP LOCKED))";
 
-pub const PRUNE_ATTEMPTS: &str =
-    "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE at_ms < $1 LIMIT 5000)";
+pub const PRUNE_PARKED: &str = "DELETE FROM parked_receipts WHERE ctid = ANY(ARRAY(
+     SELECT ctid FROM parked_receipts WHERE expires_ms < $1 ORDER BY expires_ms LIMIT $2
+     FOR UPDATE SKIP LOCKED))";
 
-pub const PRUNE_HISTORY: &str =
-    "DELETE FROM history WHERE id IN (SELECT id FROM history WHERE at_ms < $1 LIMIT 5000)";
+pub const PRUNE_ATTEMPTS: &str = "DELETE FROM attempts WHERE ctid = ANY(ARRAY(
+     SELECT ctid FROM attempts WHERE at_ms < $1 ORDER BY at_ms LIMIT $2
+     FOR UPDATE SKIP LOCKED))";
 
-pub const PRUNE_CHANNEL_LOGS: &str = "DELETE FROM channel_logs WHERE id IN
-                 (SELECT id FROM channel_logs WHERE at_ms < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)";
+pub const PRUNE_HISTORY: &str = "DELETE FROM history WHERE ctid = ANY(ARRAY(
+     SELECT ctid FROM history WHERE at_ms < $1 ORDER BY at_ms LIMIT $2
+     FOR UPDATE SKIP LOCKED))";
 
+pub const PRUNE_CHANNEL_LOGS: &str = "DELETE FROM channel_logs WHERE ctid = ANY(ARRAY(
+     SELECT ctid FROM channel_logs WHERE at_ms < $1 ORDER BY at_ms LIMIT $2
+     FOR UPDATE SKIP LOCKED))";
+
+/// A window of the attempt log (seconds), on `attempts_at`.
 pub const ATTEMPT_COUNTS: &str = "SELECT channel, lane, SUM(call_first)::BIGINT,
                         SUM(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END)::BIGINT,
                         SUM(CASE WHEN outcome IN ('retry', 'ambiguous', 'throttled', 'fault', 'dead')

@@ -280,9 +280,7 @@ impl Tx for PgTx<'_> {
         now: i64,
         limit: usize,
     ) -> Result<Vec<String>> {
-        // Rows another transaction holds are skipped, not waited for: two claimers never get
-        // one queue, and neither stalls behind the other. Joined on the row's ctid: a plan
-        // made on stale statistics could otherwise scan the whole lane once per claimed row.
+        // See `sql::CLAIM_QUEUES`; RETURNING comes in no particular order.
         let mut got: Vec<(i64, String)> = rows(
             self.tx,
             sql::CLAIM_QUEUES,

@@ -691,28 +691,38 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn prune(&self, now: i64, retention_ms: i64) -> Result<PruneReport> {
-        self.write(move |conn| {
-            let cutoff = now - retention_ms;
-            // Bounded batches keep each group commit short, so lanes never stall behind a prune.
-            let items = conn.execute(sql::PRUNE_ITEMS, params![cutoff])? as u64;
-            let dedupe = conn.execute(sql::PRUNE_DEDUPE_ROWID, params![now]);
-            // `dedupe` is WITHOUT ROWID: delete by key instead.
-            let dedupe = match dedupe {
-                Ok(n) => n as u64,
-                Err(_) => conn.execute(sql::PRUNE_DEDUPE, params![now])? as u64,
-            };
-            let parked = conn.execute(sql::PRUNE_PARKED, params![now])? as u64;
-            let attempts = conn.execute(sql::PRUNE_ATTEMPTS, params![cutoff])? as u64;
-            conn.execute(sql::PRUNE_HISTORY, params![cutoff])?;
-            Ok(PruneReport {
-                items,
-                dedupe,
-                parked,
-                attempts,
-            })
+    async fn prune_batch(&self, now: i64, retention_ms: i64, batch: usize) -> Result<PruneReport> {
+        let cutoff = now - retention_ms;
+        // Each table its own job of the writer: one indexed DELETE of at most `batch` rows,
+        // so the group commits around it stay short.
+        let mut counts = [0u64; 5];
+        for (n, (sql, at)) in [
+            (sql::PRUNE_ITEMS, cutoff),
+            (sql::PRUNE_DEDUPE, now),
+            (sql::PRUNE_PARKED, now),
+            (sql::PRUNE_ATTEMPTS, cutoff),
+            (sql::PRUNE_HISTORY, cutoff),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            counts[n] = self
+                .write(move |conn| {
+                    Ok(conn
+                        .prepare_cached(sql)?
+                        .execute(params![at, batch as i64])? as u64)
+                })
+                .await?;
+        }
+        let [items, dedupe, parked, attempts, history] = counts;
+        Ok(PruneReport {
+            items,
+            dedupe,
+            parked,
+            attempts,
+            history,
+            caught_up: counts.iter().all(|&n| n < batch as u64),
         })
-        .await
     }
 
     async fn item_by_mid(&self, channel: &str, mid: &str) -> Result<Option<Item>> {

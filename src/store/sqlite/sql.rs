@@ -61,9 +61,12 @@ pub const SET_STATUS: &str = "UPDATE items SET status = ?1, updated_ms = ?2 WHER
 
 pub const SET_PROVIDER_ID: &str = "UPDATE items SET provider_id = ?1 WHERE id = ?2";
 
+/// The newest pending status of a status queue. `state < 2` as well as `state = 0`: only
+/// the first is the predicate of `items_queue`, which SQLite can use only when the query
+/// names it; without it the lookup walked the channel's items.
 pub const REPLACE_PENDING_STATUS: &str = "UPDATE items SET payload = ?1, updated_ms = ?2
-             WHERE id = (SELECT id FROM items WHERE channel = ?3 AND lane = 0 AND qkey = ?4 AND state = 0
-                         ORDER BY id DESC LIMIT 1)";
+     WHERE id = (SELECT id FROM items WHERE channel = ?3 AND lane = 0 AND qkey = ?4 AND state < 2
+                 AND state = 0 ORDER BY id DESC LIMIT 1)";
 
 pub const PARK_RECEIPT: &str =
     "INSERT INTO parked_receipts(channel, provider_id, status, reason, received_ms, expires_ms)
@@ -153,24 +156,29 @@ pub const LANE_OLDEST_PENDING: &str = "SELECT created_ms FROM items INDEXED BY i
 pub const LANE_DEAD: &str =
     "SELECT channel, lane, COUNT(*) FROM items WHERE state = 3 GROUP BY channel, lane";
 
-pub const PRUNE_ITEMS: &str = "DELETE FROM items WHERE id IN (SELECT id FROM items WHERE state = 2 AND updated_ms < ?1 LIMIT 5000)";
+// Retention: each a batch of at most ?2 rows, oldest first, found on the index of the time
+// it is pruned by (schema version 3 adds those of attempts, history, channel logs and
+// parked receipts), deleted by primary key.
 
-pub const PRUNE_DEDUPE_ROWID: &str =
-    "DELETE FROM dedupe WHERE rowid IN (SELECT rowid FROM dedupe WHERE expires_ms < ?1 LIMIT 5000)";
+pub const PRUNE_ITEMS: &str = "DELETE FROM items WHERE id IN
+     (SELECT id FROM items WHERE state = 2 AND updated_ms < ?1 ORDER BY updated_ms LIMIT ?2)";
 
 pub const PRUNE_DEDUPE: &str = "DELETE FROM dedupe WHERE (channel, key) IN
-                     (SELECT channel, key FROM dedupe WHERE expires_ms < ?1 LIMIT 5000)";
+     (SELECT channel, key FROM dedupe WHERE expires_ms < ?1 ORDER BY expires_ms LIMIT ?2)";
 
-pub const PRUNE_PARKED: &str = "DELETE FROM parked_receipts WHERE expires_ms < ?1";
+pub const PRUNE_PARKED: &str = "DELETE FROM parked_receipts WHERE id IN
+     (SELECT id FROM parked_receipts WHERE expires_ms < ?1 ORDER BY expires_ms LIMIT ?2)";
 
-pub const PRUNE_ATTEMPTS: &str =
-    "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE at_ms < ?1 LIMIT 5000)";
+pub const PRUNE_ATTEMPTS: &str = "DELETE FROM attempts WHERE id IN
+     (SELECT id FROM attempts WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)";
 
-pub const PRUNE_HISTORY: &str =
-    "DELETE FROM history WHERE id IN (SELECT id FROM history WHERE at_ms < ?1 LIMIT 5000)";
+pub const PRUNE_HISTORY: &str = "DELETE FROM history WHERE id IN
+     (SELECT id FROM history WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)";
 
-pub const PRUNE_CHANNEL_LOGS: &str = "DELETE FROM channel_logs WHERE id IN (SELECT id FROM channel_logs WHERE at_ms < ?1 ORDER BY id LIMIT ?2)";
+pub const PRUNE_CHANNEL_LOGS: &str = "DELETE FROM channel_logs WHERE id IN
+     (SELECT id FROM channel_logs WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)";
 
+/// A window of the attempt log (seconds), on `attempts_at`.
 pub const ATTEMPT_COUNTS: &str = "SELECT channel, lane, SUM(call_first),
                         SUM(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END),
                         SUM(CASE WHEN outcome IN ('retry', 'ambiguous', 'throttled', 'fault', 'dead')
