@@ -603,6 +603,29 @@ async fn one_prune_cycle_removes_every_old_row(fx: &Fixture) {
     );
 }
 
+/// A cycle whose budget is spent stops after its batch, says it is behind, and the next
+/// cycle goes on from there.
+async fn a_prune_cycle_out_of_budget_says_it_is_behind(fx: &Fixture) {
+    let store = fx.open_node().await;
+    let raw = aged::Raw::open(fx).await;
+    aged::fill(&raw).await;
+    let (now, day) = (now_ms(), 86_400_000);
+    let first = prune(&*store, now, day, Duration::ZERO).await.unwrap();
+    assert!(!first.caught_up, "{first:?}");
+    let batch = PRUNE_BATCH as u64;
+    assert_eq!(
+        (first.items, first.dedupe, first.attempts, first.history),
+        (batch, batch, batch, batch),
+        "one batch per table"
+    );
+    let rest = prune(&*store, now, day, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert!(rest.caught_up, "{rest:?}");
+    assert_eq!(first.attempts + rest.attempts, aged::ROWS as u64);
+    assert_eq!(first.history + rest.history, aged::ROWS as u64);
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -621,6 +644,7 @@ on_both_backends!(
     recovery_marks_in_flight_items_ambiguous_or_failed,
     attempt_log_seeds_the_limiter_one_entry_per_call,
     one_prune_cycle_removes_every_old_row,
+    a_prune_cycle_out_of_budget_says_it_is_behind,
 );
 
 /// What several nodes sharing one PostgreSQL database rely on.
