@@ -428,9 +428,7 @@ impl AdminStore for PgStore {
 
     async fn prune_channel_logs(&self, cutoff_ms: i64, batch: usize) -> Result<u64> {
         let client = self.client().await?;
-        // Rows are written in about time order: walking ids from the lowest finds the old
-        // ones first and stops after `batch`. SKIP LOCKED: nodes pruning at the same time
-        // take different rows instead of waiting for each other.
+        // The oldest `batch` rows on `channel_logs_at` (see `sql::PRUNE_CHANNEL_LOGS`).
         client
             .execute(sql::PRUNE_CHANNEL_LOGS, &[&cutoff_ms, &(batch as i64)])
             .await
