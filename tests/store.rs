@@ -1521,3 +1521,42 @@ mod plans {
         assert!(failures.is_empty(), "\n{}", failures.join("\n"));
     }
 }
+
+/// The aged-store builder on PostgreSQL: a template database with a week of history, a run
+/// database copied from it that the store opens and prunes like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
+async fn postgres_aged_store_opens_and_prunes_like_any_other() {
+    use rio_bridge::store::aged::AgeSpec;
+    use rio_bridge::store::postgres::aged::{aged_database, drop_database};
+    let base = pg::base_url();
+    let run_db = format!("rio_aged_t_{}", std::process::id());
+    let spec = AgeSpec {
+        contacts: 97,
+        ..AgeSpec::week("sms", 20_000)
+    };
+    let (url, report) = aged_database(&spec, &base, &run_db).await.unwrap();
+    assert_eq!(report.items, 20_000);
+    let cfg = StoreConfig {
+        url: Some(rio_bridge::secret::Secret::new(url.clone())),
+        ..StoreConfig::default()
+    };
+    let store = PgStore::connect(&cfg, &url).await.unwrap();
+    let item = store
+        .item_by_mid("sms", "01AGED00000000000000000042")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(item.state, 2);
+    assert!(item.payload.contains("aged message 42"));
+    let pruned = store
+        .prune_batch(now_ms(), 6 * 86_400_000, 100_000)
+        .await
+        .unwrap();
+    assert!(pruned.items > 0 && pruned.attempts > 0);
+    // A second run reuses the template.
+    drop(store);
+    let (_, again) = aged_database(&spec, &base, &run_db).await.unwrap();
+    assert!(again.cached);
+    drop_database(&base, &run_db).await.unwrap();
+}

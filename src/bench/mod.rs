@@ -63,6 +63,20 @@ pub enum BenchCommand {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Builds (or reuses from the cache) a store aged by a week of history, as the soak
+    /// suite and the aged-store scenarios run on, and copies it to `--out`.
+    Aged {
+        /// Items of history.
+        #[arg(long, default_value_t = 10_000_000)]
+        items: u64,
+        /// The channel the history belongs to.
+        #[arg(long, default_value = "sms")]
+        channel: String,
+        /// Where the copy goes: a SQLite file, or with `--pg-url` the name of the database
+        /// made from the cached template.
+        #[arg(long)]
+        out: String,
+    },
 }
 
 /// One figure of a scenario, with its target if it has one.
@@ -134,8 +148,45 @@ fn print_report(r: &Report, quick: bool) {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let Some(BenchCommand::BareServer { listen }) = args.command {
-        return serve_bare(listen).await;
+    match args.command {
+        Some(BenchCommand::BareServer { listen }) => return serve_bare(listen).await,
+        Some(BenchCommand::Aged {
+            items,
+            channel,
+            out,
+        }) => {
+            let spec = crate::store::aged::AgeSpec::week(&channel, items);
+            let r = match &args.pg_url {
+                Some(url) => {
+                    let (run_url, r) =
+                        crate::store::postgres::aged::aged_database(&spec, url, &out).await?;
+                    println!("database: {run_url}");
+                    r
+                }
+                None => {
+                    tokio::task::spawn_blocking(move || {
+                        crate::store::sqlite::aged::aged_copy(
+                            &spec,
+                            &crate::store::aged::cache_dir(),
+                            std::path::Path::new(&out),
+                        )
+                    })
+                    .await??
+                }
+            };
+            println!(
+                "aged store: {} items, {} in {:.1} s",
+                r.items,
+                if r.cached {
+                    "copied from the cache"
+                } else {
+                    "built"
+                },
+                r.build_secs
+            );
+            return Ok(());
+        }
+        None => {}
     }
     let tmp;
     let dir = match &args.dir {

@@ -11,6 +11,7 @@
 pub mod activity;
 pub mod admin;
 pub mod admin_rules;
+pub mod aged;
 pub mod backup;
 pub mod postgres;
 pub mod rules;

@@ -55,6 +55,7 @@ macro_rules! in_tx {
 }
 
 mod admin;
+pub mod aged;
 pub mod sql;
 mod tx;
 
@@ -66,6 +67,9 @@ const SCHEMA_V3: &str = include_str!("schema_v3.sql");
 /// (version, SQL): applied in order, each once, under an advisory lock so nodes starting
 /// together do not race.
 const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
+
+/// The schema version this build writes.
+pub const LATEST_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 /// Any constant: the key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7269_6f62_7269_6467;
 pub(super) const NOTIFY_CHANNEL: &str = "rio_work";

@@ -21,6 +21,7 @@ use crate::config::{StoreConfig, Synchronous};
 use tx::{ITEM_COLUMNS, SqliteTx, item_from_row};
 
 mod admin;
+pub mod aged;
 pub mod migrate;
 pub mod sql;
 mod tx;
