@@ -436,6 +436,7 @@ async fn a_send_that_dies_after_its_200_reports_failed(fx: &Fixture) {
         let fin = Finish::Dead {
             reason: "INVALID_RECIPIENT".into(),
             report_failed: report,
+            ambiguous: false,
         };
         assert!(
             !store

@@ -11,7 +11,7 @@ use crate::store::rules::{InFlight, NewRow, ParkedReceipt, SendRow, Tx};
 use crate::store::{Item, ItemKind, Lane, Result, StoreError};
 
 pub(super) const ITEM_COLUMNS: &str = "id, channel, lane, qkey, contact, kind, mid, payload, contact_json, state, \
-     attempts, ambiguous, created_ms, provider_id, status, last_error";
+     attempts, ambiguous, created_ms, COALESCE(queued_ms, created_ms) AS queued_ms, provider_id, status, last_error";
 
 pub(super) fn item_from_row(r: &Row) -> Item {
     Item {
@@ -28,6 +28,7 @@ pub(super) fn item_from_row(r: &Row) -> Item {
         attempts: r.get("attempts"),
         ambiguous: r.get("ambiguous"),
         created_ms: r.get("created_ms"),
+        queued_ms: r.get("queued_ms"),
         provider_id: r.get("provider_id"),
         status: r.get("status"),
         last_error: r.get("last_error"),
@@ -164,8 +165,8 @@ impl Tx for PgTx<'_> {
         let id: i64 = rows(
             self.tx,
             "INSERT INTO items(channel, lane, qkey, contact, kind, mid, payload, contact_json, state,
-                               created_ms, next_ms, updated_ms, provider_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $9, $9, $10) RETURNING id",
+                               created_ms, next_ms, updated_ms, provider_id, queued_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $9, $9, $10, $9) RETURNING id",
             &[
                 &r.channel,
                 &r.lane.code(),
@@ -596,6 +597,46 @@ impl Tx for PgTx<'_> {
         )
         .await?;
         Ok(())
+    }
+
+    async fn count_ambiguous(&mut self, id: i64) -> Result<()> {
+        exec(
+            self.tx,
+            "UPDATE items SET ambiguous = ambiguous + 1 WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn aged_pending(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>> {
+        Ok(rows(
+            self.tx,
+            "SELECT id, qkey FROM items
+             WHERE channel = $1 AND lane = $2 AND state = 0 AND queued_ms < $3
+             ORDER BY queued_ms LIMIT $4",
+            &[&channel, &lane.code(), &before_ms, &(limit as i64)],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+    }
+
+    async fn is_pending(&mut self, id: i64) -> Result<bool> {
+        Ok(opt(
+            self.tx,
+            "SELECT 1 FROM items WHERE id = $1 AND state = 0",
+            &[&id],
+        )
+        .await?
+        .is_some())
     }
 
     async fn attempting_items(&mut self, channel: &str, lane: Lane) -> Result<Vec<InFlight>> {

@@ -10,7 +10,7 @@ use crate::store::rules::{InFlight, NewRow, ParkedReceipt, SendRow, Tx};
 use crate::store::{Item, ItemKind, Lane};
 
 pub(super) const ITEM_COLUMNS: &str = "id, channel, lane, qkey, contact, kind, mid, payload, contact_json, state, \
-     attempts, ambiguous, created_ms, provider_id, status, last_error";
+     attempts, ambiguous, created_ms, COALESCE(queued_ms, created_ms) AS queued_ms, provider_id, status, last_error";
 
 pub(super) fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     Ok(Item {
@@ -27,6 +27,7 @@ pub(super) fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
         attempts: r.get("attempts")?,
         ambiguous: r.get("ambiguous")?,
         created_ms: r.get("created_ms")?,
+        queued_ms: r.get("queued_ms")?,
         provider_id: r.get("provider_id")?,
         status: r.get("status")?,
         last_error: r.get("last_error")?,
@@ -160,8 +161,8 @@ impl Tx for SqliteTx<'_> {
     async fn insert_item(&mut self, r: &NewRow<'_>, now: i64) -> rusqlite::Result<i64> {
         self.exec(
             "INSERT INTO items(channel, lane, qkey, contact, kind, mid, payload, contact_json, state,
-                               created_ms, next_ms, updated_ms, provider_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?9, ?9, ?10)",
+                               created_ms, next_ms, updated_ms, provider_id, queued_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?9, ?9, ?10, ?9)",
             params![
                 r.channel,
                 r.lane.code(),
@@ -544,6 +545,42 @@ impl Tx for SqliteTx<'_> {
             params![reason, now, id],
         )?;
         Ok(())
+    }
+
+    async fn count_ambiguous(&mut self, id: i64) -> rusqlite::Result<()> {
+        self.exec(
+            "UPDATE items SET ambiguous = ambiguous + 1 WHERE id = ?1",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    async fn aged_pending(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        before_ms: i64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<(i64, String)>> {
+        self.0
+            .prepare_cached(
+                "SELECT id, qkey FROM items INDEXED BY items_queued
+                 WHERE channel = ?1 AND lane = ?2 AND state = 0 AND queued_ms < ?3
+                 ORDER BY queued_ms LIMIT ?4",
+            )?
+            .query_map(
+                params![channel, lane.code(), before_ms, limit as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .collect()
+    }
+
+    async fn is_pending(&mut self, id: i64) -> rusqlite::Result<bool> {
+        self.0
+            .prepare_cached("SELECT 1 FROM items WHERE id = ?1 AND state = 0")?
+            .query_row(params![id], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
     }
 
     async fn attempting_items(

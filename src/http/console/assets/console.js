@@ -737,8 +737,21 @@
 
   async function replay(ids, stay) {
     try {
-      const r = await api('POST', '/admin/dead-letters/replay', { ids });
+      let r = await api('POST', '/admin/dead-letters/replay', { ids });
+      let forced = [];
+      // A send whose earlier attempt may already have reached the contact is replayed
+      // only when asked again with force (and the audit log says so).
+      if (r.needs_force && r.needs_force.length && confirm(
+        `${r.needs_force.length === 1 ? 'One send' : `${r.needs_force.length} sends`} may already ` +
+        'have reached the contact (an earlier attempt got no answer). Send again anyway?')) {
+        const f = await api('POST', '/admin/dead-letters/replay', { ids: r.needs_force, force: true });
+        forced = f.replayed;
+        r = Object.assign({}, r, { replayed: r.replayed.concat(f.replayed), needs_force: f.needs_force });
+      }
       const parts = [`Replayed ${r.replayed.length}: queued to be sent again.`];
+      if (forced.length) parts.push(`${forced.length} of them forced (may reach the contact twice).`);
+      if (r.needs_force && r.needs_force.length) parts.push(`${r.needs_force.length} left dead: may already have been sent (replay with force).`);
+      if (r.superseded && r.superseded.length) parts.push(`${r.superseded.length} superseded: a later status went out, so not sent (settled).`);
       if (r.not_dead.length) parts.push(`${r.not_dead.length} no longer dead (left alone).`);
       if (r.not_found.length) parts.push(`${r.not_found.length} not found.`);
       banner(r.replayed.length ? 'ok' : 'warn', parts.join(' '));
