@@ -116,7 +116,10 @@ async fn build_channels(
             ch.respondio_token_next.clone(),
             ch.respondio_channel_id.clone(),
             Duration::from_millis(ch.delivery.respondio_timeout_ms),
-        );
+        )
+        .remember_in(store.clone(), format!("respondio_token_in_use/{}", ch.name))
+        .await;
+        warn_open_rotations(ch);
         let to_respondio = LaneCtx::new(
             ch.name.clone(),
             Lane::RespondIo,
@@ -177,6 +180,17 @@ fn build_provider(cfg: &Config, ch: &ChannelConfig) -> anyhow::Result<Arc<dyn Pr
             client: http_client(ch.delivery.provider_timeout_ms)?,
         },
     )
+}
+
+/// Says at start-up and on each reload which secrets still accept an earlier value, so an
+/// operator does not leave a rotation open for good.
+fn warn_open_rotations(ch: &ChannelConfig) {
+    let open: usize = channel_secrets(ch).iter().map(|s| s.previous_count()).sum();
+    if open > 0 || ch.respondio_token_next.is_some() {
+        tracing::info!(channel = %ch.name, earlier_values_accepted = open,
+            respondio_token_next = ch.respondio_token_next.is_some(),
+            "a secret rotation is open: remove the old values from the config once the other side uses the new ones");
+    }
 }
 
 /// The secrets of a channel's config, for value redaction in channel logs. A provider's

@@ -949,6 +949,86 @@ async fn token_rotation_switches_to_the_next_token_without_losing_anything() {
     gw.shutdown().await;
 }
 
+/// A rotation done in respond.io before the config, under a burst: every request the
+/// gateway makes (the refused ones included) takes a rate slot and has its attempt row, so
+/// respond.io never sees more than the limit in any second; which token works is kept in
+/// the store, so after a restart the first call already uses it.
+#[tokio::test]
+async fn a_refused_token_costs_a_logged_slot_and_the_working_one_survives_a_restart() {
+    use rio_bridge::respondio::emulator::EmulatedChannel;
+    const NEXT: &str = "rio-next-token-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    let stage = Stage::new(Opts {
+        channel_extra: format!("respondio_token_next = \"{NEXT}\""),
+        max_events_per_call: 1,
+        ..Opts::default()
+    })
+    .await;
+    // respond.io regenerated the token before the gateway started: only NEXT works.
+    stage
+        .emulator
+        .add_channel(EmulatedChannel::new(CHANNEL_ID, NEXT));
+    let gw = InProcess::start(&stage).await;
+    let contacts: Vec<String> = (0..60).map(|i| format!("+6140010{i:04}")).collect();
+    push_from_contacts(&stage.sim, &contacts, 1).await;
+    wait_until("60 events at respond.io", 60, || async {
+        (stage.events_of_type("message").len() >= 60).then_some(())
+    })
+    .await;
+    let calls = stage.emulator.calls(CHANNEL_ID);
+    let refused = calls.iter().filter(|c| c.status == 401).count();
+    assert!(refused >= 1, "the old token was tried first");
+    let arrivals: Vec<i64> = calls.iter().map(|c| c.arrival_ms).collect();
+    assert!(
+        busiest_second(&arrivals) <= 20,
+        "respond.io counted {} requests in one second (limit 20)",
+        busiest_second(&arrivals)
+    );
+    // Every request is one attempt row: none bypassed the limiter or the log.
+    assert_eq!(attempt_times(&stage.db_path(), 0).len(), calls.len());
+    let rotated = attempt_rows(&stage.db_path(), 0)
+        .iter()
+        .filter(|r| r.outcome == "rotated")
+        .count();
+    assert_eq!(rotated, refused, "each refused call is logged as such");
+    let mids: std::collections::HashSet<String> = stage
+        .events_of_type("message")
+        .iter()
+        .map(|e| e.event["mId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(mids.len(), 60, "nothing lost, nothing doubled");
+    assert_eq!(stage.events_of_type("message").len(), 60);
+    // The store knows which token works, never the token itself.
+    let conn = rusqlite::Connection::open(stage.db_path()).unwrap();
+    let noted: String = conn
+        .query_row(
+            "SELECT v FROM meta WHERE k = 'respondio_token_in_use/sms'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!noted.contains(NEXT) && !noted.contains(TOKEN));
+    drop(conn);
+    gw.shutdown().await;
+
+    let gw = InProcess::start(&stage).await;
+    push_from_contacts(&stage.sim, &contacts[..5], 1).await;
+    wait_until("65 events at respond.io", 60, || async {
+        (stage.events_of_type("message").len() >= 65).then_some(())
+    })
+    .await;
+    let refused_after = stage
+        .emulator
+        .calls(CHANNEL_ID)
+        .iter()
+        .filter(|c| c.status == 401)
+        .count();
+    assert_eq!(
+        refused_after, refused,
+        "after the restart the working token is used at once"
+    );
+    gw.shutdown().await;
+}
+
 /// `backup` while messages keep arriving: the copy passes its integrity check and holds
 /// every message acknowledged before it started; an existing backup is never overwritten.
 #[tokio::test]

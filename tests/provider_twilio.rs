@@ -286,3 +286,73 @@ async fn twilio_media_behind_http_auth_reaches_respondio_through_the_media_proxy
     assert_eq!(http.get(&twilio_url).send().await.unwrap().status(), 401);
     stage.shutdown().await;
 }
+
+/// An auth token rotation: with `auth_token = ["new", "old"]` the gateway sends with the new
+/// token and accepts webhooks signed with either, so nothing Twilio signed before the switch
+/// is refused; a token in neither place is still refused.
+#[tokio::test]
+async fn an_auth_token_in_rotation_accepts_webhooks_signed_with_the_old_one() {
+    const NEW_TOKEN: &str = "twilio-auth-token-rotated-987654";
+    let (emulator, emulator_url) = start_emulator().await;
+    let port = free_port();
+    let sim = TwilioSim::new(TwilioSimConfig {
+        account_sid: AC.into(),
+        auth_token: NEW_TOKEN.into(),
+        inbound_url: Some(format!("http://127.0.0.1:{port}/channels/tw/inbound")),
+        auto_receipts: false,
+        receipt_delay_ms: 0,
+        media_auth: false,
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim_base = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(sim.clone().serve(l));
+    let section = format!(
+        r#"account_sid = "{AC}"
+auth_token = ["{NEW_TOKEN}", "{AUTH_TOKEN}"]
+from = "{OUR_NUMBER}"
+api_base = "{sim_base}"
+rate_limit = 50"#
+    );
+    let stage = ProviderStage::start(emulator, &emulator_url, port, "tw", "twilio", &section).await;
+    let inbound = stage.url("inbound");
+    let form = |text: &str| {
+        sim.inbound_form(&TwilioInbound {
+            from: ALICE.into(),
+            to: OUR_NUMBER.into(),
+            body: text.into(),
+            ..Default::default()
+        })
+    };
+    for (key, text) in [
+        (NEW_TOKEN, "signed with the new token"),
+        (AUTH_TOKEN, "signed with the old token"),
+    ] {
+        let (s, _, _) = sim
+            .post_signed(&inbound, &form(text), Some(key))
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "{text}");
+        stage
+            .wait_event(text, "message", |e| e.event["message"]["text"] == text)
+            .await;
+    }
+    let (s, _, _) = sim
+        .post_signed(
+            &inbound,
+            &form("forged"),
+            Some("twilio-auth-token-never-configured"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 403);
+    // Sends use the new token (the stand-in accepts only it).
+    let (status, answer) = stage
+        .send(ALICE, json!({"type": "text", "text": "reply"}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    wait_until("send accepted at Twilio", 20, || async {
+        sim.sent().into_iter().find(|a| a.status == 201)
+    })
+    .await;
+    stage.shutdown().await;
+}

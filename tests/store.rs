@@ -552,8 +552,22 @@ async fn attempt_log_seeds_the_limiter_one_entry_per_call(fx: &Fixture) {
     );
 }
 
+/// A note (which token of a rotation works) is kept across a reopen, and replaced.
+async fn a_note_survives_a_reopen_and_is_replaced(fx: &Fixture) {
+    let key = "respondio_token_in_use/ch";
+    {
+        let store = fx.open().await;
+        assert_eq!(store.note(key).await.unwrap(), None);
+        store.set_note(key, "fp-one").await.unwrap();
+        store.set_note(key, "fp-two").await.unwrap();
+    }
+    let store = fx.open().await;
+    assert_eq!(store.note(key).await.unwrap().as_deref(), Some("fp-two"));
+}
+
 on_both_backends!(
     redelivered_webhook_is_a_duplicate,
+    a_note_survives_a_reopen_and_is_replaced,
     a_contact_queue_is_fifo_and_claimed_once,
     a_retry_hands_the_queue_back_with_its_due_time,
     bulk_sends_are_promoted_when_the_contact_writes_in,

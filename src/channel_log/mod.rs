@@ -131,8 +131,8 @@ impl ChannelLog {
     pub fn add_secrets<'a>(&self, channel: &str, secrets: impl IntoIterator<Item = &'a Secret>) {
         let values: Vec<String> = secrets
             .into_iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| s.expose().to_string())
+            .flat_map(Secret::accepted)
+            .map(str::to_string)
             .collect();
         let mut map = self.secrets.write().unwrap_or_else(|e| e.into_inner());
         map.entry(channel.to_string()).or_default().extend(values);

@@ -1089,6 +1089,23 @@ fn decide(
         // (dead-lettering the item instead would let the next one hit the same wall at
         // once): the lane pauses or opens its circuit, and while it sends nothing the
         // runner's sweep expires items past `max_age_secs`.
+        Err(SendError::Rotated(reason)) => {
+            // Not acted on, and the next attempt uses the rotation's other credential: at
+            // once, in a slot of its own, uncounted.
+            log_item(
+                "refused with one token of a rotation; trying the other",
+                &reason,
+            );
+            let fin = Finish::Retry {
+                next_ms: now,
+                error: reason,
+                ambiguous: false,
+                counted: false,
+                outcome: "rotated",
+                pause_lane_until: None,
+            };
+            (fin, Some(Next::Released), false)
+        }
         Err(SendError::ChannelFault(reason)) => {
             metrics::counter!("rio_channel_faults_total", &labels).increment(1);
             ctx.waiters.resolve(&head.mid, FirstOutcome::Pending);

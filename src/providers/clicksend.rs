@@ -784,6 +784,7 @@ mod tests {
                 Err(SendError::ChannelFault(_)) => "channel",
                 Err(SendError::Throttled { .. }) => "throttled",
                 Err(SendError::Unsent(_)) => "unsent",
+                Err(SendError::Rotated(_)) => "rotated",
             };
             assert_eq!(kind, want, "{name}: {got:?}");
         }
@@ -896,6 +897,7 @@ mod tests {
                     retry_after: None, ..
                 }) => "throttled".into(),
                 Err(SendError::Unsent(_)) => "unsent".into(),
+                Err(SendError::Rotated(_)) => "rotated".into(),
             };
             assert_eq!(kind, want, "{name}: {got:?}");
         }

@@ -882,6 +882,7 @@ mod tests {
             Ok(a) => format!("ok {}", a.provider_id),
             Err(SendError::Ambiguous(_)) => "ambiguous".into(),
             Err(SendError::Unsent(_)) => "unsent".into(),
+            Err(SendError::Rotated(_)) => "rotated".into(),
             Err(SendError::Permanent(r)) => format!("permanent {r}"),
             Err(SendError::ChannelFault(_)) => "channel".into(),
             Err(SendError::Throttled {

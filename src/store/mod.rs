@@ -491,6 +491,11 @@ pub trait Store: Send + Sync + 'static {
     /// A tiny committed write: readiness means the store accepts writes.
     async fn probe_write(&self) -> Result<()>;
 
+    /// A small fact the gateway keeps across restarts (e.g. which token of a rotation
+    /// respond.io accepts, as a fingerprint). Never a secret itself.
+    async fn note(&self, key: &str) -> Result<Option<String>>;
+    async fn set_note(&self, key: &str, value: &str) -> Result<()>;
+
     /// Deletes finished items, expired dedupe keys and parked receipts, and old attempts.
     async fn prune(&self, now_ms: i64, retention_ms: i64) -> Result<PruneReport>;
 

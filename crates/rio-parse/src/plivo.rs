@@ -62,15 +62,19 @@ pub fn authenticate(keys: &[SigningKey<'_>], req: &WebhookRequest<'_>) -> Result
     let nonce = header(nonce_header).ok_or_else(|| format!("no {version} nonce header"))?;
     // V3 present decides alone: falling back to V2 would let a replayed V2 header set
     // carry a forged body past a failing V3.
+    // Every value of a key in rotation is tried (`Secret::accepted`).
     let valid = keys.iter().any(|&(h3, h2, key)| {
-        if v3 {
-            header(h3).is_some_and(|sig| {
-                let expected = signature_v3(key, req, nonce);
-                sig.split(',').any(|s| ct_eq(s.trim(), &expected))
-            })
-        } else {
-            header(h2).is_some_and(|sig| ct_eq(sig, &signature_v2(key, req.public_url, nonce)))
-        }
+        key.accepted().any(|value| {
+            let key = &Secret::new(value);
+            if v3 {
+                header(h3).is_some_and(|sig| {
+                    let expected = signature_v3(key, req, nonce);
+                    sig.split(',').any(|s| ct_eq(s.trim(), &expected))
+                })
+            } else {
+                header(h2).is_some_and(|sig| ct_eq(sig, &signature_v2(key, req.public_url, nonce)))
+            }
+        })
     });
     if !valid {
         return Err(format!("X-Plivo-Signature-{version} does not match"));

@@ -115,6 +115,10 @@ pub enum SendError {
     /// The channel itself is broken (credentials rejected, no credit): the lane pauses
     /// and probes instead of burning every queued message into dead letters.
     ChannelFault(String),
+    /// Refused (401) with one credential of a rotation that has another not yet tried: the
+    /// request was not acted on, and the next attempt (its own rate slot, its own log row)
+    /// uses the other credential.
+    Rotated(String),
 }
 
 impl SendError {
@@ -123,7 +127,8 @@ impl SendError {
             SendError::Unsent(r)
             | SendError::Ambiguous(r)
             | SendError::Permanent(r)
-            | SendError::ChannelFault(r) => r,
+            | SendError::ChannelFault(r)
+            | SendError::Rotated(r) => r,
             SendError::Throttled { reason, .. } => reason,
         }
     }

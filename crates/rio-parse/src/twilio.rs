@@ -168,13 +168,16 @@ pub fn verify_signature(
     } else {
         url::form_urlencoded::parse(body).into_owned().collect()
     };
-    for url in url_variants(public_url) {
-        let mut mac = HmacSha1::new_from_slice(auth_token.expose().as_bytes())
-            .expect("HMAC takes a key of any length");
-        mac.update(signing_string(&url, &params).as_bytes());
-        // verify_slice compares in constant time.
-        if mac.verify_slice(&tag).is_ok() {
-            return Ok(());
+    // Every value of an auth token in rotation is tried (`Secret::accepted`).
+    for key in auth_token.accepted() {
+        for url in url_variants(public_url) {
+            let mut mac =
+                HmacSha1::new_from_slice(key.as_bytes()).expect("HMAC takes a key of any length");
+            mac.update(signing_string(&url, &params).as_bytes());
+            // verify_slice compares in constant time.
+            if mac.verify_slice(&tag).is_ok() {
+                return Ok(());
+            }
         }
     }
     Err("X-Twilio-Signature does not match (check server.public_url against the URL configured at Twilio)".into())

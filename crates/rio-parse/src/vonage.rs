@@ -108,11 +108,16 @@ pub fn verify_hs256(token: &str, secret: &Secret) -> Result<Map<String, Value>, 
         return Err("JWT algorithm is not HS256".into());
     }
     let sig = decode(s, "signature")?;
-    let mut mac = HmacSha256::new_from_slice(secret.expose().as_bytes())
-        .expect("HMAC takes a key of any length");
-    mac.update(format!("{h}.{p}").as_bytes());
-    mac.verify_slice(&sig)
-        .map_err(|_| "JWT signature does not match the signature secret".to_string())?;
+    // Every value of a signature secret in rotation is tried (`Secret::accepted`).
+    let signed = secret.accepted().any(|key| {
+        let mut mac =
+            HmacSha256::new_from_slice(key.as_bytes()).expect("HMAC takes a key of any length");
+        mac.update(format!("{h}.{p}").as_bytes());
+        mac.verify_slice(&sig).is_ok()
+    });
+    if !signed {
+        return Err("JWT signature does not match the signature secret".to_string());
+    }
     match serde_json::from_slice(&decode(p, "payload")?) {
         Ok(Value::Object(claims)) => Ok(claims),
         _ => Err("JWT payload is not a JSON object".into()),

@@ -566,6 +566,7 @@ async fn vonage_answers_are_typed() {
                 format!("permanent {}", r.rsplit(": ").next().unwrap_or(""))
             }
             Err(SendError::Unsent(_)) => "unsent".into(),
+            Err(SendError::Rotated(_)) => "rotated".into(),
         };
         assert_eq!(kind, *want, "{name} {status}: {got:?}");
     }

@@ -458,6 +458,7 @@ fn kind(r: &Result<Accepted, SendError>) -> String {
         }) => format!("throttled {}s", d.as_secs()),
         Err(SendError::Throttled { .. }) => "throttled".into(),
         Err(SendError::Unsent(_)) => "unsent".into(),
+        Err(SendError::Rotated(_)) => "rotated".into(),
     }
 }
 

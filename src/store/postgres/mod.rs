@@ -747,6 +747,27 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn note(&self, key: &str) -> Result<Option<String>> {
+        let client = self.client().await?;
+        Ok(client
+            .query_opt("SELECT v FROM meta WHERE k = $1", &[&key])
+            .await
+            .map_err(db)?
+            .map(|r| r.get(0)))
+    }
+
+    async fn set_note(&self, key: &str, value: &str) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO meta(k, v) VALUES ($1, $2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                &[&key, &value],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
     async fn prune(&self, now: i64, retention_ms: i64) -> Result<PruneReport> {
         let client = self.client().await?;
         let cutoff = now - retention_ms;

@@ -710,6 +710,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn note(&self, key: &str) -> Result<Option<String>> {
+        let key = key.to_string();
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT v FROM meta WHERE k = ?1")?
+                .query_row(params![key], |r| r.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    async fn set_note(&self, key: &str, value: &str) -> Result<()> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.write(move |conn| {
+            conn.prepare_cached("INSERT INTO meta(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v")?
+                .execute(params![key, value])?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn prune(&self, now: i64, retention_ms: i64) -> Result<PruneReport> {
         self.write(move |conn| {
             let cutoff = now - retention_ms;

@@ -218,12 +218,15 @@ fn verify<M: Mac + hmac::digest::KeyInit>(
     body: &[u8],
     sig: &[u8],
 ) -> bool {
-    let Ok(mut mac) = <M as hmac::digest::KeyInit>::new_from_slice(key.expose().as_bytes()) else {
-        return false;
-    };
-    mac.update(prefix);
-    mac.update(body);
-    mac.verify_slice(sig).is_ok()
+    // Every value of a secret in rotation is tried (`Secret::accepted`).
+    key.accepted().any(|key| {
+        let Ok(mut mac) = <M as hmac::digest::KeyInit>::new_from_slice(key.as_bytes()) else {
+            return false;
+        };
+        mac.update(prefix);
+        mac.update(body);
+        mac.verify_slice(sig).is_ok()
+    })
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {

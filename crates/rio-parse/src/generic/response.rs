@@ -289,6 +289,7 @@ mod tests {
             }) => format!("throttled {}s", d.as_secs()),
             Err(SendError::Throttled { .. }) => "throttled".into(),
             Err(SendError::Unsent(_)) => "unsent".into(),
+            Err(SendError::Rotated(_)) => "rotated".into(),
         }
     }
 
