@@ -1535,6 +1535,112 @@ async fn a_replayed_failed_send_stays_failed_on_postgres() {
     a_replayed_failed_send_stays_failed_on(Some(&pg)).await;
 }
 
+// ---- A reload that removes a channel with queued items ----
+
+/// Issue 11 §10c: a reload that removes a channel keeps its queued items parked and
+/// visible (`/admin/lanes` lists its lanes with `configured: false` and their depth, and
+/// `rio_unconfigured_items` counts them); when the channel comes back, they are sent.
+async fn a_removed_channel_keeps_its_items_parked_and_visible_on(pg: Option<&pg::PgSchema>) {
+    let mut opts = admin_opts("");
+    opts.budget_ms = 50;
+    opts.push_receipts = false;
+    let stage = admin_stage(opts, pg).await;
+    let with_sms = rio_bridge::config::Config::load(&stage.config_path()).unwrap();
+    let text = std::fs::read_to_string(stage.config_path()).unwrap();
+    let without_path = stage.dir.path().join("without-sms.toml");
+    std::fs::write(
+        &without_path,
+        text.replacen("name = \"sms\"", "name = \"spare\"", 1),
+    )
+    .unwrap();
+    let without_sms = rio_bridge::config::Config::load(&without_path).unwrap();
+
+    let listener = wait_until("gateway port free", 15, || async {
+        tokio::net::TcpListener::bind(("127.0.0.1", stage.port))
+            .await
+            .ok()
+    })
+    .await;
+    let app = rio_bridge::app::App::build(with_sms.clone()).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (reload, reloads) = tokio::sync::mpsc::channel(4);
+    let task = tokio::spawn(app.run_with_reloads(listener, stop.clone(), Some(reloads)));
+    wait_ready(&stage.base()).await;
+    let admin = Admin::new(&stage.base());
+
+    // Three sends wait behind an operator's pause.
+    admin
+        .ok_post("/admin/lanes/sms/to_provider/pause", json!({}))
+        .await;
+    for n in 0..3 {
+        let (s, b) = stage.send(&format!("+614000080{n:02}"), "parked").await;
+        assert_eq!(s, 200, "{b}");
+    }
+    reload.send(without_sms).await.unwrap();
+    let parked = wait_until("the removed channel's lane listed", 30, || async {
+        let lanes = admin.ok("/admin/lanes").await;
+        lanes["lanes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["channel"] == "sms" && l["direction"] == "to_provider")
+            .filter(|l| l["configured"] == false)
+            .cloned()
+    })
+    .await;
+    assert_eq!(parked["depth"], 3, "{parked}");
+    let metrics = reqwest::get(format!("{}/metrics", stage.base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("rio_unconfigured_items")
+                && l.contains("channel=\"sms\"")
+                && l.contains("to_provider")
+                && l.ends_with(" 3")),
+        "{metrics}"
+    );
+    assert_eq!(stage.sim.sent_count(), 0, "nothing sent while removed");
+
+    // The channel comes back: its items are there, and go once the lane is resumed.
+    reload.send(with_sms).await.unwrap();
+    wait_until("the channel configured again", 30, || async {
+        let lanes = admin.ok("/admin/lanes").await;
+        lanes["lanes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["channel"] == "sms" && l["configured"] == true && l["running"] == true)
+            .then_some(())
+    })
+    .await;
+    admin
+        .ok_post("/admin/lanes/sms/to_provider/resume", json!({}))
+        .await;
+    wait_until("the parked sends delivered", 30, || async {
+        (stage.sim.sent().iter().filter(|a| a.status == 200).count() == 3).then_some(())
+    })
+    .await;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}
+
+#[tokio::test]
+async fn a_removed_channel_keeps_its_items_parked_and_visible() {
+    a_removed_channel_keeps_its_items_parked_and_visible_on(None).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
+async fn a_removed_channel_keeps_its_items_parked_and_visible_on_postgres() {
+    let pg = pg::PgSchema::create().await;
+    a_removed_channel_keeps_its_items_parked_and_visible_on(Some(&pg)).await;
+}
+
 // ---- The store's side of replays and purges, with two PostgreSQL nodes ----
 
 mod store_level {

@@ -334,8 +334,11 @@
       if (l.paused) {
         state.push(el('span', { class: 'badge warn' }, l.paused_indefinitely ? 'paused' : `paused until ${fmtTime(l.paused_until_ms).slice(11, 19)}`));
       }
+      if (l.configured === false) {
+        state.push(el('span', { class: 'badge warn', title: 'a reload removed this channel: its items are kept and go out if it is configured again' }, 'not configured (parked)'));
+      }
       if (!state.length) state.push(el('span', { class: 'badge ok' }, 'running'));
-      const action = l.paused
+      const action = l.configured === false ? null : l.paused
         ? el('button', { type: 'button', 'data-action': 'resume', onclick: () => laneAction(l, 'resume') }, 'Resume')
         : el('button', { type: 'button', class: 'quiet', 'data-action': 'pause', onclick: () => laneAction(l, 'pause') }, 'Pause');
       const deadLink = `#/dead?channel=${encodeURIComponent(l.channel)}&direction=${l.direction}`;
@@ -343,7 +346,7 @@
         el('th', { scope: 'row', title: LANE_HELP[l.direction] || '' }, laneName(l.direction)),
         el('td', { class: 'num' }, l.depth),
         el('td', { class: 'num' }, fmtAge(l.oldest_pending_age_ms)),
-        el('td', { class: 'num' }, `${fmtRate(l.requests_per_sec)} / ${l.rate_limit_per_sec}`),
+        el('td', { class: 'num' }, l.configured === false ? '-' : `${fmtRate(l.requests_per_sec)} / ${l.rate_limit_per_sec}`),
         el('td', { class: 'num' }, fmtRate(l.delivered_per_sec)),
         el('td', { class: `num ${failed5 ? 'bad' : ''}` }, failed5),
         el('td', { class: 'num' }, l.dead ? el('a', { href: deadLink, class: 'bad' }, l.dead) : '0'),
