@@ -301,14 +301,14 @@ api_key = "k"
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let first = run();
-    assert!(first.contains("applied migrations [2]"), "{first}");
+    assert!(first.contains("applied migrations [2, 3]"), "{first}");
     let second = run();
     assert!(second.contains("up to date"), "{second}");
     let conn = rusqlite::Connection::open(&db).unwrap();
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 2);
+    assert_eq!(v, rio_bridge::store::sqlite::migrate::latest());
     let kept: i64 = conn
         .query_row("SELECT COUNT(*) FROM dedupe", [], |r| r.get(0))
         .unwrap();
