@@ -656,12 +656,19 @@ async fn wake_on_other_nodes_work(state: Arc<AppState>, stop: CancellationToken)
     }
 }
 
+/// How long one prune cycle may run before housekeeping gets back to its gauges. Each
+/// batch inside it is a short write of its own; a cycle that is not caught up when its
+/// budget is spent is continued at the next tick, not a minute later.
+const PRUNE_BUDGET: Duration = Duration::from_secs(4);
+
 /// Publishes queue gauges (and the lanes' backlog counts: the first tick is at once, so
 /// start-up does not wait for a count of a million queued items) and prunes old rows,
-/// off the lanes' path.
+/// off the lanes' path: once a minute when retention is caught up, at every tick while it
+/// is behind (so it keeps up with any sustained ingest the store can take).
 async fn housekeeping(state: Arc<AppState>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut last_prune = 0i64;
+    let mut behind = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -669,14 +676,17 @@ async fn housekeeping(state: Arc<AppState>, stop: CancellationToken) {
         }
         crate::http::metrics::publish_lane_stats(&state).await;
         let now = now_ms();
-        if now - last_prune >= 60_000 {
+        if behind || now - last_prune >= 60_000 {
             last_prune = now;
             let retention = (state.cfg.store.retention_secs as i64) * 1000;
-            match state.store.prune(now, retention).await {
-                Ok(r) if r.items + r.dedupe + r.parked + r.attempts > 0 => {
-                    tracing::info!(?r, "pruned")
+            behind = false;
+            match crate::store::prune(&*state.store, now, retention, PRUNE_BUDGET).await {
+                Ok(r) => {
+                    behind |= !r.caught_up;
+                    if r.rows() > 0 {
+                        tracing::info!(?r, "pruned");
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "prune failed"),
             }
             let media = state.media.clone();
@@ -684,35 +694,42 @@ async fn housekeeping(state: Arc<AppState>, stop: CancellationToken) {
                 Ok(n) if n > 0 => tracing::info!(files = n, "pruned expired media"),
                 _ => {}
             }
-            prune_channel_logs(&state, now).await;
+            behind |= !prune_channel_logs(&state, now).await;
         }
     }
 }
 
-/// Deletes expired channel logs in small batches (each its own short write), so a large
-/// backlog of old rows never holds the writer for long; at most a bounded number of
-/// batches per housekeeping round.
-async fn prune_channel_logs(state: &AppState, now: i64) {
-    const BATCH: usize = 2000;
-    const ROUNDS: usize = 20;
+/// Deletes expired channel logs in small batches (each its own short write, on the
+/// `at_ms` index), so a large backlog of old rows never holds the writer for long, until
+/// caught up or [`PRUNE_BUDGET`] is spent. Returns whether it caught up.
+async fn prune_channel_logs(state: &AppState, now: i64) -> bool {
     let cutoff = now - (state.cfg.store.channel_log_retention_secs as i64).saturating_mul(1000);
+    let started = std::time::Instant::now();
     let mut total = 0u64;
-    for _ in 0..ROUNDS {
-        match state.admin_store.prune_channel_logs(cutoff, BATCH).await {
+    let caught_up = loop {
+        match state
+            .admin_store
+            .prune_channel_logs(cutoff, crate::store::PRUNE_BATCH)
+            .await
+        {
             Ok(n) => {
                 total += n;
-                if (n as usize) < BATCH {
-                    break;
+                if (n as usize) < crate::store::PRUNE_BATCH {
+                    break true;
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "channel log prune failed");
-                break;
+                break true;
             }
         }
+        if started.elapsed() >= PRUNE_BUDGET {
+            break false;
+        }
         tokio::task::yield_now().await;
-    }
+    };
     if total > 0 {
         tracing::info!(rows = total, "channel logs pruned");
     }
+    caught_up
 }

@@ -415,3 +415,216 @@ async fn three_nodes_one_sigkilled_lose_nothing_and_keep_the_rate() {
         ambiguous.len(),
     );
 }
+
+// ---- a send in flight across a database outage and a lease hand-over ----
+
+/// A TCP relay in front of PostgreSQL whose connections can be cut (an outage, a network
+/// partition) and restored.
+struct PgRelay {
+    port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl PgRelay {
+    async fn start(upstream: &'static str) -> PgRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, _) = tokio::sync::watch::channel(false);
+        let watch = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut_rx = watch.subscribe();
+                if *cut_rx.borrow() {
+                    continue; // refused while cut: dropped at once
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        PgRelay { port, cut }
+    }
+
+    /// The schema's URL, through the relay.
+    fn url(&self, schema: &pg::PgSchema) -> String {
+        assert!(schema.url.contains("127.0.0.1:5432"), "{}", schema.url);
+        schema
+            .url
+            .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", self.port))
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+/// Send calls for `mid` that reached the provider stand-in, whatever they were answered.
+fn calls_for(stage: &Stage, mid: &str) -> usize {
+    stage
+        .sim
+        .sent()
+        .iter()
+        .filter(|a| a.body["messages"][0]["custom_string"] == mid)
+        .count()
+}
+
+fn accepted(stage: &Stage, mid: &str) -> bool {
+    stage
+        .sim
+        .sent()
+        .iter()
+        .any(|a| a.status == 200 && a.body["messages"][0]["custom_string"] == mid)
+}
+
+async fn send_to(stage: &Stage, port: u16, contact: &str, text: &str) -> String {
+    let url = format!("http://127.0.0.1:{port}/channels/sms/message");
+    let message = serde_json::json!({"type": "text", "text": text});
+    let (status, body) = stage
+        .emulator
+        .send_to_gateway(&url, CHANNEL_ID, contact, message)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["mId"].as_str().unwrap().to_string()
+}
+
+/// The database is unreachable for longer than the lease while a send is in flight: the
+/// node loses its lanes and takes them again when the database is back, and the send it
+/// still has in flight is neither taken again nor repeated; its outcome is recorded late,
+/// and the contact's next message follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
+async fn a_database_outage_past_the_lease_never_repeats_a_send_in_flight() {
+    let schema = pg::PgSchema::create().await;
+    let relay = PgRelay::start("127.0.0.1:5432").await;
+    let stage = Stage::new(Opts::default()).await;
+    let logs = NodeLogs::default();
+    let mut node = start_node(&stage, &relay.url(&schema), stage.port, &logs).await;
+    const ERIN: &str = "+61400000901";
+    stage.sim.push_fault(SimFault::Delay(8000));
+    let first = send_to(&stage, node.port, ERIN, "in flight through the outage").await;
+    wait_until("the send in flight", 30, || async {
+        (calls_for(&stage, &first) > 0).then_some(())
+    })
+    .await;
+    // Longer than the lease (3 s) and than the send (8 s): its answer comes while the
+    // database is gone.
+    relay.set_cut(true);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    relay.set_cut(false);
+    wait_until("the slow send answered", 30, || async {
+        accepted(&stage, &first).then_some(())
+    })
+    .await;
+    let second = send_to(&stage, node.port, ERIN, "after the outage").await;
+    wait_until("the next message sent", 60, || async {
+        accepted(&stage, &second).then_some(())
+    })
+    .await;
+    // Give a wrongly recovered first send time to show up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        calls_for(&stage, &first),
+        1,
+        "the send in flight was repeated"
+    );
+    assert_eq!(calls_for(&stage, &second), 1);
+    let (db, conn) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let row = db
+        .query_one(
+            "SELECT state, ambiguous FROM items WHERE mid = $1",
+            &[&first],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (2, 0));
+    if let Some(c) = node.child.as_mut() {
+        c.start_kill().ok();
+    }
+}
+
+/// The provider lane's owner is stopped (SIGTERM, a rolling deploy) while a send takes 8 s:
+/// the other node takes the lane at once but leaves the send in flight to its owner, who
+/// records it before exiting; nothing is sent twice and the contact's next message follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
+async fn a_lease_hand_over_on_a_planned_stop_never_repeats_a_send_in_flight() {
+    let schema = pg::PgSchema::create().await;
+    let stage = Stage::new(Opts::default()).await;
+    let path = stage.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("shutdown_grace_ms = 3000", "shutdown_grace_ms = 25000"),
+    )
+    .unwrap();
+    let logs = NodeLogs::default();
+    let mut nodes = vec![
+        start_node(&stage, &schema.url, stage.port, &logs).await,
+        start_node(&stage, &schema.url, free_port(), &logs).await,
+    ];
+    let (db, conn) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let owner = wait_until("the provider lane owned", 30, || async {
+        lane_owners(&db).await.get(&1).copied()
+    })
+    .await;
+    let idx = nodes
+        .iter()
+        .position(|n| n.child.as_ref().and_then(|c| c.id()) == Some(owner))
+        .unwrap();
+    let other = nodes[1 - idx].port;
+    const FRANK: &str = "+61400000902";
+    stage.sim.push_fault(SimFault::Delay(8000));
+    let first = send_to(&stage, other, FRANK, "in flight through the hand-over").await;
+    wait_until("the send in flight", 30, || async {
+        (calls_for(&stage, &first) > 0).then_some(())
+    })
+    .await;
+    let mut child = nodes[idx].child.take().unwrap();
+    // SAFETY: signalling a child process we own.
+    unsafe {
+        libc::kill(owner as i32, libc::SIGTERM);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("the stopped node exited")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let second = send_to(&stage, other, FRANK, "after the hand-over").await;
+    wait_until("the next message sent by the other node", 60, || async {
+        accepted(&stage, &second).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        calls_for(&stage, &first),
+        1,
+        "the hand-over repeated the send in flight"
+    );
+    assert_eq!(calls_for(&stage, &second), 1);
+    let row = db
+        .query_one(
+            "SELECT state, ambiguous FROM items WHERE mid = $1",
+            &[&first],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (2, 0));
+    for n in &mut nodes {
+        if let Some(c) = n.child.as_mut() {
+            c.start_kill().ok();
+        }
+    }
+}

@@ -530,3 +530,232 @@ async fn a_corrupted_database_never_acknowledges_and_says_so() {
         after.start_kill().ok();
     }
 }
+
+// ---- an attempt in flight across the events of a deployment's life ----
+//
+// One rule under all of these: an attempt that went out is never sent again unless a crash
+// left it ambiguous. A store stall, a reload, a planned stop and a 429's pause must keep it.
+
+/// Rewrites the stage's config file (before the gateway reads it).
+fn edit_config(stage: &Stage, edit: impl FnOnce(String) -> String) {
+    let path = stage.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, edit(text)).unwrap();
+}
+
+/// Another process's write lock on the store, as a backup tool or a stuck sqlite3 shell
+/// holds it: taken before this returns, released after `hold`.
+async fn hold_write_lock(db: std::path::PathBuf, hold: Duration) -> tokio::task::JoinHandle<()> {
+    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::task::spawn_blocking(move || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.busy_timeout(Duration::from_secs(30)).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let _ = locked_tx.send(());
+        std::thread::sleep(hold);
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    locked_rx.await.expect("write lock taken");
+    task
+}
+
+/// Send calls for `mid` that reached the provider stand-in, whatever they were answered.
+fn calls_for(stage: &Stage, mid: &str) -> Vec<rio_bridge::simulators::clicksend::SimArrival> {
+    stage
+        .sim
+        .sent()
+        .into_iter()
+        .filter(|a| a.body["messages"][0]["custom_string"] == mid)
+        .collect()
+}
+
+async fn send_mid(stage: &Stage, contact: &str, text: &str) -> String {
+    let (s, b) = stage.send(contact, text).await;
+    assert_eq!(s, 200, "{b}");
+    b["mId"].as_str().unwrap().to_string()
+}
+
+async fn wait_in_flight(stage: &Stage, mid: &str) {
+    wait_until("the send in flight at the provider", 30, || async {
+        (!calls_for(stage, mid).is_empty()).then_some(())
+    })
+    .await;
+}
+
+async fn wait_accepted(stage: &Stage, mid: &str, secs: u64) {
+    wait_until(&format!("{mid} accepted by the provider"), secs, || async {
+        calls_for(stage, mid)
+            .iter()
+            .any(|a| a.status == 200)
+            .then_some(())
+    })
+    .await;
+}
+
+fn item_state(db: &std::path::Path, mid: &str) -> (i64, i64) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row(
+        "SELECT state, ambiguous FROM items WHERE mid = ?1 AND lane = 1",
+        [mid],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap()
+}
+
+/// Another process holds the store's write lock for longer than the lane ever waited for a
+/// write (over a minute) while a send is in flight: the outcome is kept and recorded when
+/// the lock goes, the send is not repeated, and the contact's next message follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_stall_during_a_send_never_repeats_it() {
+    use rio_bridge::simulators::clicksend::SimFault;
+    let stage = Stage::new(Opts::default()).await;
+    edit_config(&stage, |t| {
+        t.replace("[store]\n", "[store]\nbusy_timeout_ms = 1000\n")
+    });
+    let mut child = spawn(&stage, "stall.log", false);
+    wait_ready(&stage.base()).await;
+    const BOB: &str = "+61400000801";
+    stage.sim.push_fault(SimFault::Delay(3000));
+    let first = send_mid(&stage, BOB, "sent during the stall").await;
+    wait_in_flight(&stage, &first).await;
+    let lock = hold_write_lock(stage.db_path(), Duration::from_secs(70)).await;
+    lock.await.unwrap();
+    wait_until("the outcome recorded", 60, || async {
+        (item_state(&stage.db_path(), &first).0 == 2).then_some(())
+    })
+    .await;
+    let second = send_mid(&stage, BOB, "after the stall").await;
+    wait_accepted(&stage, &second, 30).await;
+    assert_eq!(
+        calls_for(&stage, &first).len(),
+        1,
+        "the stalled send was repeated"
+    );
+    assert_eq!(calls_for(&stage, &second).len(), 1);
+    let log = std::fs::read_to_string(stage.dir.path().join("stall.log")).unwrap();
+    assert!(
+        log.contains("cannot record an attempt's outcome"),
+        "the stall is logged"
+    );
+    child.start_kill().ok();
+}
+
+/// SIGHUP while a send takes 8 s: the reload neither re-sends it nor strands the contact's
+/// queue; the outcome is recorded by the attempt that started it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_during_a_slow_send_never_repeats_it() {
+    use rio_bridge::simulators::clicksend::SimFault;
+    let stage = Stage::new(Opts::default()).await;
+    let mut child = spawn(&stage, "slow-reload.log", false);
+    wait_ready(&stage.base()).await;
+    const CAROL: &str = "+61400000802";
+    stage.sim.push_fault(SimFault::Delay(8000));
+    let first = send_mid(&stage, CAROL, "slow across the reload").await;
+    wait_in_flight(&stage, &first).await;
+    sighup(&child);
+    wait_accepted(&stage, &first, 30).await;
+    let second = send_mid(&stage, CAROL, "after the reload").await;
+    wait_accepted(&stage, &second, 30).await;
+    wait_until("the slow send recorded", 30, || async {
+        (item_state(&stage.db_path(), &first).0 == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        calls_for(&stage, &first).len(),
+        1,
+        "the reload re-sent the slow send"
+    );
+    assert_eq!(calls_for(&stage, &second).len(), 1);
+    assert_eq!(
+        item_state(&stage.db_path(), &first).1,
+        0,
+        "never marked ambiguous"
+    );
+    child.start_kill().ok();
+}
+
+/// SIGTERM (a systemd restart, a deploy) while a send takes 8 s: the stop waits for its
+/// outcome within `shutdown_grace_ms`, so the next start does not send it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_stop_during_a_slow_send_never_repeats_it() {
+    use rio_bridge::simulators::clicksend::SimFault;
+    let stage = Stage::new(Opts::default()).await;
+    edit_config(&stage, |t| {
+        t.replace("shutdown_grace_ms = 3000", "shutdown_grace_ms = 25000")
+    });
+    let mut child = spawn(&stage, "slow-stop.log", false);
+    wait_ready(&stage.base()).await;
+    const DAVE: &str = "+61400000803";
+    stage.sim.push_fault(SimFault::Delay(8000));
+    let first = send_mid(&stage, DAVE, "slow across the stop").await;
+    wait_in_flight(&stage, &first).await;
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("exited")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(
+        item_state(&stage.db_path(), &first),
+        (2, 0),
+        "recorded before the exit"
+    );
+    let mut child = spawn(&stage, "slow-stop-2.log", false);
+    wait_ready(&stage.base()).await;
+    let second = send_mid(&stage, DAVE, "after the restart").await;
+    wait_accepted(&stage, &second, 30).await;
+    assert_eq!(
+        calls_for(&stage, &first).len(),
+        1,
+        "the restart re-sent the slow send"
+    );
+    child.start_kill().ok();
+}
+
+/// A 429 with Retry-After 30 while the store is briefly locked, then SIGKILL: the pause was
+/// committed with the attempt's outcome, so the next start keeps the lane quiet until it
+/// ends instead of sending the next contact's message at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_pause_survives_a_locked_store_and_a_kill() {
+    use rio_bridge::simulators::clicksend::SimFault;
+    let stage = Stage::new(Opts::default()).await;
+    edit_config(&stage, |t| {
+        t.replace("[store]\n", "[store]\nbusy_timeout_ms = 1000\n")
+    });
+    let mut child = spawn(&stage, "pause.log", false);
+    wait_ready(&stage.base()).await;
+    stage.sim.push_fault(SimFault::Delayed(
+        1500,
+        Box::new(SimFault::Throttle {
+            retry_after: Some(30),
+        }),
+    ));
+    let first = send_mid(&stage, "+61400000804", "throttled").await;
+    wait_in_flight(&stage, &first).await;
+    // Held across the 429's arrival and past the store's busy timeout.
+    let lock = hold_write_lock(stage.db_path(), Duration::from_secs(4)).await;
+    lock.await.unwrap();
+    wait_until("the 429's outcome recorded", 30, || async {
+        attempt_rows(&stage.db_path(), 1)
+            .iter()
+            .any(|r| r.outcome == "throttled")
+            .then_some(())
+    })
+    .await;
+    child.kill().await.unwrap();
+    let throttled_at = calls_for(&stage, &first)[0].arrival_ms;
+    let mut child = spawn(&stage, "pause-2.log", false);
+    wait_ready(&stage.base()).await;
+    let before = stage.sim.sent_count();
+    let second = send_mid(&stage, "+61400000805", "must wait for the pause").await;
+    // Watch the lane for a while well inside the 30 s pause: nothing may go out.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let early: Vec<_> = stage.sim.sent_since(before);
+    assert!(
+        early.iter().all(|a| a.arrival_ms >= throttled_at + 29_000),
+        "sent inside the pause after the restart: {} calls",
+        early.len()
+    );
+    assert!(calls_for(&stage, &second).is_empty());
+    child.start_kill().ok();
+}

@@ -565,6 +565,88 @@ async fn a_note_survives_a_reopen_and_is_replaced(fx: &Fixture) {
     assert_eq!(store.note(key).await.unwrap().as_deref(), Some("fp-two"));
 }
 
+/// One prune cycle catches up with a backlog of old rows far above a batch, whatever the
+/// backlog (retention keeps up with ingest), and keeps what is not old or not settled.
+async fn one_prune_cycle_removes_every_old_row(fx: &Fixture) {
+    let store = fx.open_node().await;
+    let raw = aged::Raw::open(fx).await;
+    aged::fill(&raw).await;
+    let unsettled = "SELECT COUNT(*) FROM items WHERE state <> 2";
+    let kept = raw.count(unsettled).await;
+    assert!(kept > 0);
+    let now = now_ms();
+    let day = 86_400_000;
+    // A budget no run comes near: the cycle stops when it is caught up.
+    let report = prune(&*store, now, day, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert!(report.caught_up, "{report:?}");
+    let cutoff = now - day;
+    for (what, sql) in [
+        (
+            "delivered items",
+            format!("SELECT COUNT(*) FROM items WHERE state = 2 AND updated_ms < {cutoff}"),
+        ),
+        (
+            "expired dedupe keys",
+            format!("SELECT COUNT(*) FROM dedupe WHERE expires_ms < {now}"),
+        ),
+        (
+            "expired parked receipts",
+            format!("SELECT COUNT(*) FROM parked_receipts WHERE expires_ms < {now}"),
+        ),
+        (
+            "old attempts",
+            format!("SELECT COUNT(*) FROM attempts WHERE at_ms < {cutoff}"),
+        ),
+        (
+            "old history",
+            format!("SELECT COUNT(*) FROM history WHERE at_ms < {cutoff}"),
+        ),
+    ] {
+        assert_eq!(
+            raw.count(&sql).await,
+            0,
+            "{what} left after one prune cycle"
+        );
+    }
+    assert_eq!(
+        raw.count(unsettled).await,
+        kept,
+        "pending, attempting and dead items stay"
+    );
+}
+
+/// A cycle whose budget is spent stops after its batch, says it is behind, and the next
+/// cycle goes on from there.
+async fn a_prune_cycle_out_of_budget_says_it_is_behind(fx: &Fixture) {
+    let store = fx.open_node().await;
+    let raw = aged::Raw::open(fx).await;
+    aged::fill(&raw).await;
+    let (now, day) = (now_ms(), 86_400_000);
+    let first = prune(&*store, now, day, Duration::ZERO).await.unwrap();
+    assert!(!first.caught_up, "{first:?}");
+    let batch = PRUNE_BATCH as u64;
+    assert_eq!(
+        (first.items, first.dedupe, first.attempts, first.history),
+        (batch, batch, batch, batch),
+        "one batch per table"
+    );
+    let rest = prune(&*store, now, day, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert!(rest.caught_up, "{rest:?}");
+    assert_eq!(first.attempts + rest.attempts, aged::ROWS as u64);
+    assert_eq!(first.history + rest.history, aged::ROWS as u64);
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 on_both_backends!(
     redelivered_webhook_is_a_duplicate,
     a_note_survives_a_reopen_and_is_replaced,
@@ -576,6 +658,8 @@ on_both_backends!(
     a_send_that_dies_after_its_200_reports_failed,
     recovery_marks_in_flight_items_ambiguous_or_failed,
     attempt_log_seeds_the_limiter_one_entry_per_call,
+    one_prune_cycle_removes_every_old_row,
+    a_prune_cycle_out_of_budget_says_it_is_behind,
 );
 
 /// What several nodes sharing one PostgreSQL database rely on.
@@ -991,5 +1075,450 @@ mod postgres_cluster {
         .await
         .expect("A never heard of B's work");
         assert_eq!(heard, ("ch".to_string(), Lane::Provider));
+    }
+}
+
+/// A store that has aged: rows of every table, nearly all of them settled and old (times
+/// in 1970), with a backlog of pending, attempting and dead items, built by SQL on a
+/// connection of its own. Statistics are whatever the test makes of them (`ANALYZE`).
+mod aged {
+    use super::*;
+
+    /// Rows per big table.
+    pub const ROWS: i64 = 60_000;
+
+    /// A connection to a fixture's store, beside the store's own.
+    pub enum Raw {
+        Sqlite(rusqlite::Connection),
+        Pg(tokio_postgres::Client),
+    }
+
+    impl Raw {
+        pub async fn open(fx: &Fixture) -> Raw {
+            match fx {
+                Fixture::Sqlite(dir) => {
+                    let c = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+                    c.busy_timeout(Duration::from_secs(30)).unwrap();
+                    Raw::Sqlite(c)
+                }
+                Fixture::Pg(schema) => {
+                    let (client, conn) =
+                        tokio_postgres::connect(&schema.url, tokio_postgres::NoTls)
+                            .await
+                            .unwrap();
+                    tokio::spawn(conn);
+                    Raw::Pg(client)
+                }
+            }
+        }
+
+        pub async fn exec(&self, sql: &str) {
+            match self {
+                Raw::Sqlite(c) => c.execute_batch(sql).unwrap(),
+                Raw::Pg(c) => c.batch_execute(sql).await.unwrap(),
+            }
+        }
+
+        pub async fn count(&self, sql: &str) -> i64 {
+            match self {
+                Raw::Sqlite(c) => c.query_row(sql, [], |r| r.get(0)).unwrap(),
+                Raw::Pg(c) => c.query_one(sql, &[]).await.unwrap().get(0),
+            }
+        }
+    }
+
+    /// Fills the store (already migrated) with `ROWS` rows per big table. One channel has
+    /// them all (the case where an index on `channel` alone would walk everything).
+    pub async fn fill(raw: &Raw) {
+        let series = match raw {
+            Raw::Sqlite(_) => format!(
+                "CREATE TEMP TABLE n AS WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {ROWS}) SELECT i FROM s;"
+            ),
+            Raw::Pg(_) => {
+                format!("CREATE TEMP TABLE n AS SELECT generate_series(1, {ROWS})::BIGINT AS i;")
+            }
+        };
+        raw.exec(&series).await;
+        // Thirds: inbound messages (lane 0), their statuses (lane 0, one queue per mId),
+        // sends (lane 1). The newest hundred are the backlog; one in ~1000 is dead.
+        raw.exec(
+            "INSERT INTO items(channel, lane, qkey, contact, kind, mid, payload, state, attempts,
+                               created_ms, next_ms, updated_ms, provider_id, status)
+             SELECT 'ch',
+                    CASE i % 3 WHEN 2 THEN 1 ELSE 0 END,
+                    CASE i % 3 WHEN 0 THEN 'm:c' || (i % 500) WHEN 1 THEN 's:mid' || (i - 1)
+                               ELSE 'c' || (i % 500) END,
+                    'c' || (i % 500),
+                    CASE i % 3 WHEN 0 THEN 0 WHEN 1 THEN 2 ELSE 3 END,
+                    'mid' || i, '{}',
+                    CASE WHEN i > n_max.m - 100 THEN i % 2 WHEN i % 997 = 0 THEN 3 ELSE 2 END,
+                    1, i * 10, i * 10, i * 10,
+                    CASE WHEN i % 3 <> 1 THEN 'p' || i END,
+                    CASE WHEN i % 3 = 2 THEN 2 ELSE 0 END
+             FROM n, (SELECT MAX(i) AS m FROM n) AS n_max;
+             INSERT INTO attempts(item_id, channel, lane, at_ms, outcome, call_first, duration_ms)
+             SELECT i, 'ch', CASE i % 3 WHEN 2 THEN 1 ELSE 0 END, i * 10, 'ok', 1, 5 FROM n;
+             INSERT INTO history(item_id, at_ms, event) SELECT i, i * 10, 'status delivered' FROM n;
+             INSERT INTO dedupe(channel, key, expires_ms) SELECT 'ch', 'k' || i, i * 10 FROM n;
+             INSERT INTO channel_logs(channel, mid, at_ms, direction, kind, method, url, status, duration_ms)
+             SELECT 'ch', 'mid' || i, i * 10, 'out', 'respondio', 'POST', 'http://x/', 200, 5 FROM n;
+             INSERT INTO parked_receipts(channel, provider_id, status, received_ms, expires_ms)
+             SELECT 'ch', 'unknown' || i, 2, i * 10, i * 10 FROM n WHERE i % 20 = 0;
+             INSERT INTO contacts(channel, contact, last_inbound_ms)
+             SELECT 'ch', 'c' || i, i * 10 FROM n WHERE i <= 500;
+             INSERT INTO queues(channel, lane, qkey, class, next_ms, claimed)
+             SELECT 'ch', CASE i % 3 WHEN 2 THEN 1 ELSE 0 END, 'q' || i, i % 2, i * 10, CASE WHEN i % 5 = 0 THEN 1 ELSE 0 END
+             FROM n WHERE i <= 20000;
+             INSERT INTO lane_state(channel, lane, paused_until_ms) VALUES ('ch', 0, 0), ('ch', 1, 0);
+             DROP TABLE n;",
+        )
+        .await;
+    }
+}
+
+/// The plan of every statement on a hot path (`sql::HOT_PATH`, the very text the store
+/// runs), on an aged store, before and after `ANALYZE`: each reads through the index meant
+/// for it, so its cost does not grow with the store's size.
+mod plans {
+    use super::aged::{self, Raw};
+    use super::*;
+
+    /// Statement → the indexes (as `EXPLAIN QUERY PLAN` names them) it may read through,
+    /// the one that drives it first (which the plan must use; `a|b`: either); every table
+    /// access of its plan must be one of them. Empty: no table read (an insert, an upsert on its key).
+    const SQLITE: &[(&str, &[&str])] = &[
+        ("STILL_ATTEMPTING", &["INTEGER PRIMARY KEY"]),
+        ("ATTEMPT_DEADLINE", &["INTEGER PRIMARY KEY"]),
+        ("NUDGE_QUEUE", &["USING PRIMARY KEY"]),
+        ("PAUSE_LANE", &[]),
+        ("CLAIM_DEDUPE", &[]),
+        ("INSERT_ITEM", &[]),
+        ("UPSERT_QUEUE", &[]),
+        ("HISTORY", &[]),
+        ("TOUCH_CONTACT", &[]),
+        ("PROMOTE_SENDS", &["USING PRIMARY KEY"]),
+        ("LAST_INBOUND", &["USING PRIMARY KEY"]),
+        ("SEND_BY_PROVIDER_ID", &["INDEX items_provider"]),
+        ("STATUS_ROW", &["INTEGER PRIMARY KEY"]),
+        ("SET_STATUS", &["INTEGER PRIMARY KEY"]),
+        ("SET_PROVIDER_ID", &["INTEGER PRIMARY KEY"]),
+        (
+            "REPLACE_PENDING_STATUS",
+            &[
+                "INDEX items_queue (channel=? AND lane=? AND qkey=?)",
+                "INTEGER PRIMARY KEY",
+            ],
+        ),
+        ("PARK_RECEIPT", &[]),
+        ("PARKED_RECEIPTS", &["INDEX parked_by_id"]),
+        ("DELETE_PARKED", &["INTEGER PRIMARY KEY"]),
+        ("CLAIM_QUEUES", &["INDEX queues_due"]),
+        ("CLAIM_QUEUE_ROW", &["USING PRIMARY KEY"]),
+        ("NEXT_DUE", &["INDEX queues_due"]),
+        (
+            "HEAD_ITEMS",
+            &["INDEX items_queue (channel=? AND lane=? AND qkey=?)"],
+        ),
+        (
+            "QUEUE_HAS_PENDING",
+            &["INDEX items_queue (channel=? AND lane=? AND qkey=?)"],
+        ),
+        ("DROP_QUEUE", &["USING PRIMARY KEY"]),
+        ("RELEASE_QUEUE_AT", &["USING PRIMARY KEY"]),
+        ("RELEASE_QUEUE", &["USING PRIMARY KEY"]),
+        ("RELEASE_CLAIMS", &["INDEX queues_due"]),
+        ("MARK_ATTEMPTING", &["INTEGER PRIMARY KEY"]),
+        ("OPEN_ATTEMPT", &[]),
+        ("SET_ATTEMPT_OUTCOME", &["INDEX attempts_item"]),
+        ("DELETE_OPEN_ATTEMPT", &["INDEX attempts_item"]),
+        ("ITEM_DONE", &["INTEGER PRIMARY KEY"]),
+        ("ITEM_RETRY", &["INTEGER PRIMARY KEY"]),
+        ("ITEM_NOT_SENT", &["INTEGER PRIMARY KEY"]),
+        ("ITEM_REQUEUE_AMBIGUOUS", &["INTEGER PRIMARY KEY"]),
+        ("ITEM_DEAD", &["INTEGER PRIMARY KEY"]),
+        ("ATTEMPTING_ITEMS", &["INDEX items_attempting"]),
+        (
+            "RECENT_ATTEMPTS",
+            &["INDEX attempts_window (channel=? AND lane=?)"],
+        ),
+        // The backlog's counts read the partial indexes of unsettled and of dead items
+        // only: their cost is the backlog's, not the store's.
+        ("LANE_PENDING", &["INDEX items_pending"]),
+        (
+            "LANE_OLDEST_PENDING",
+            &["INDEX items_pending (channel=? AND lane=?)"],
+        ),
+        ("LANE_DEAD", &["COVERING INDEX items_dead"]),
+        ("PRUNE_ITEMS", &["INDEX items_done", "INTEGER PRIMARY KEY"]),
+        (
+            "PRUNE_DEDUPE",
+            &["INDEX dedupe_expiry", "USING PRIMARY KEY"],
+        ),
+        (
+            "PRUNE_PARKED",
+            &["INDEX parked_expiry", "INTEGER PRIMARY KEY"],
+        ),
+        (
+            "PRUNE_ATTEMPTS",
+            &["INDEX attempts_at", "INTEGER PRIMARY KEY"],
+        ),
+        (
+            "PRUNE_HISTORY",
+            &["INDEX history_at", "INTEGER PRIMARY KEY"],
+        ),
+        (
+            "PRUNE_CHANNEL_LOGS",
+            &["INDEX channel_logs_at", "INTEGER PRIMARY KEY"],
+        ),
+        ("ATTEMPT_COUNTS", &["INDEX attempts_at"]),
+    ];
+
+    /// Full scans SQLite may do: only of the partial indexes named above.
+    const SQLITE_SCANS: &[&str] = &[
+        "SCAN items USING INDEX items_pending",
+        "SCAN items USING COVERING INDEX items_pending",
+        "SCAN items USING COVERING INDEX items_dead",
+    ];
+
+    fn sqlite_plan(conn: &rusqlite::Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap_or_else(|e| panic!("{e}: {sql}"));
+        // Unbound parameters are NULL: the plan does not depend on their values.
+        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+        stmt.query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// What is wrong with a statement's plan lines, if anything.
+    fn judge(
+        name: &str,
+        plan: &[String],
+        expected: &[&str],
+        is_access: impl Fn(&str) -> bool,
+        is_scan: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let mut wrong = Vec::new();
+        for line in plan {
+            if is_scan(line) {
+                wrong.push(format!("full scan `{line}`"));
+            } else if is_access(line)
+                && !expected
+                    .iter()
+                    .any(|e| e.split('|').any(|e| line.contains(e)))
+            {
+                wrong.push(format!("`{line}` reads through none of {expected:?}"));
+            }
+        }
+        if let Some(e) = expected.first()
+            && !plan.iter().any(|l| e.split('|').any(|e| l.contains(e)))
+        {
+            wrong.push(format!("does not use {e}"));
+        }
+        (!wrong.is_empty()).then(|| format!("{name}: {}\n    plan: {plan:?}", wrong.join("; ")))
+    }
+
+    fn expectations_cover(
+        hot: &[(&str, &str)],
+        expected: &[(&str, &[&str])],
+    ) -> HashMap<String, Vec<String>> {
+        let names: Vec<&str> = hot.iter().map(|h| h.0).collect();
+        for (n, _) in expected {
+            assert!(
+                names.contains(n),
+                "{n} is pinned but no longer on the hot path"
+            );
+        }
+        for n in &names {
+            assert!(
+                expected.iter().any(|e| e.0 == *n),
+                "{n} is on the hot path: pin its plan here"
+            );
+        }
+        expected
+            .iter()
+            .map(|(n, e)| (n.to_string(), e.iter().map(|s| s.to_string()).collect()))
+            .collect()
+    }
+
+    fn check_sqlite(conn: &rusqlite::Connection, when: &str) -> Vec<String> {
+        use rio_bridge::store::sqlite::sql::HOT_PATH;
+        let expected = expectations_cover(HOT_PATH, SQLITE);
+        let mut failures = Vec::new();
+        for (name, sql) in HOT_PATH {
+            let plan = sqlite_plan(conn, sql);
+            let exp: Vec<&str> = expected[*name].iter().map(String::as_str).collect();
+            if let Some(f) = judge(
+                name,
+                &plan,
+                &exp,
+                |l| l.starts_with("SEARCH ") || l.starts_with("SCAN "),
+                |l| l.starts_with("SCAN ") && !SQLITE_SCANS.iter().any(|s| l.starts_with(s)),
+            ) {
+                failures.push(format!("[{when}] {f}"));
+            }
+        }
+        failures
+    }
+
+    #[tokio::test]
+    async fn sqlite_hot_path_reads_through_its_indexes_on_an_aged_store() {
+        let fx = Fixture::sqlite();
+        drop(fx.open_node().await); // migrated
+        let raw = Raw::open(&fx).await;
+        aged::fill(&raw).await;
+        let Raw::Sqlite(conn) = &raw else {
+            unreachable!()
+        };
+        // As the store runs (it never analyses), then with statistics of the aged store.
+        let mut failures = check_sqlite(conn, "no statistics");
+        conn.execute_batch("ANALYZE").unwrap();
+        failures.extend(check_sqlite(conn, "after ANALYZE"));
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    }
+
+    /// As `SQLITE`, with PostgreSQL's index names.
+    const POSTGRES: &[(&str, &[&str])] = &[
+        ("FENCE", &[]),
+        ("HOLDS", &[]),
+        ("STILL_ATTEMPTING", &["items_pkey"]),
+        ("ATTEMPT_DEADLINE", &["items_pkey"]),
+        ("NUDGE_QUEUE", &["queues_pkey"]),
+        ("PAUSE_LANE", &[]),
+        ("LOCK_QUEUE", &["queues_pkey"]),
+        ("LOCK_PROVIDER_ID", &[]),
+        ("CLAIM_DEDUPE", &[]),
+        ("INSERT_ITEM", &[]),
+        ("UPSERT_QUEUE", &[]),
+        ("HISTORY", &[]),
+        ("TOUCH_CONTACT", &[]),
+        ("PROMOTE_SENDS", &["queues_pkey"]),
+        ("LAST_INBOUND", &["contacts_pkey"]),
+        ("SEND_BY_PROVIDER_ID", &["items_provider"]),
+        ("STATUS_ROW", &["items_pkey"]),
+        ("SET_STATUS", &["items_pkey"]),
+        ("SET_PROVIDER_ID", &["items_pkey"]),
+        ("REPLACE_PENDING_STATUS", &["items_queue", "items_pkey"]),
+        ("PARK_RECEIPT", &[]),
+        ("PARKED_RECEIPTS", &["parked_by_id"]),
+        ("DELETE_PARKED", &["parked_receipts_pkey"]),
+        ("CLAIM_QUEUES", &["queues_due"]),
+        ("NEXT_DUE", &["queues_due"]),
+        ("HEAD_ITEMS", &["items_queue"]),
+        ("QUEUE_HAS_PENDING", &["items_queue"]),
+        ("DROP_QUEUE", &["queues_pkey"]),
+        ("RELEASE_QUEUE_AT", &["queues_pkey"]),
+        ("RELEASE_QUEUE", &["queues_pkey"]),
+        ("RELEASE_CLAIMS", &["queues_claimed"]),
+        ("MARK_ATTEMPTING", &["items_pkey"]),
+        ("OPEN_ATTEMPT", &[]),
+        ("SET_ATTEMPT_OUTCOME", &["attempts_item"]),
+        ("DELETE_OPEN_ATTEMPT", &["attempts_item"]),
+        ("ITEM_DONE", &["items_pkey"]),
+        ("ITEM_RETRY", &["items_pkey"]),
+        ("ITEM_NOT_SENT", &["items_pkey"]),
+        ("ITEM_REQUEUE_AMBIGUOUS", &["items_pkey"]),
+        ("ITEM_DEAD", &["items_pkey"]),
+        ("ATTEMPTING_ITEMS", &["items_attempting"]),
+        // At a lane's start. Backwards on attempts_at only where the statistics say the
+        // lane has a large share of all attempts (it then meets its rows soon).
+        ("RECENT_ATTEMPTS", &["attempts_window|attempts_at"]),
+        // Partial indexes of the unsettled and of the dead items: the backlog's cost.
+        ("LANE_PENDING", &["items_pending|items_queue"]),
+        ("LANE_OLDEST_PENDING", &["items_pending"]),
+        ("LANE_DEAD", &["items_dead"]),
+        ("PRUNE_ITEMS", &["items_done", "items_pkey"]),
+        ("PRUNE_DEDUPE", &["dedupe_expiry", "dedupe_pkey"]),
+        ("PRUNE_PARKED", &["parked_expiry", "parked_receipts_pkey"]),
+        ("PRUNE_ATTEMPTS", &["attempts_at", "attempts_pkey"]),
+        ("PRUNE_HISTORY", &["history_at", "history_pkey"]),
+        (
+            "PRUNE_CHANNEL_LOGS",
+            &["channel_logs_at", "channel_logs_pkey"],
+        ),
+        ("ATTEMPT_COUNTS", &["attempts_at"]),
+    ];
+
+    /// Tables with a row per lane: read however the planner likes.
+    const PG_SMALL: &[&str] = &["lane_leases", "lane_state"];
+
+    /// The generic plan of `sql` (the one a prepared statement settles on), as text lines.
+    async fn pg_plan(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+        let params = (1..=20)
+            .rev()
+            .find(|n| sql.contains(&format!("${n}")))
+            .unwrap_or(0);
+        client
+            .batch_execute(&format!("PREPARE hot AS {sql}"))
+            .await
+            .unwrap_or_else(|e| panic!("{:?}: {sql}", e.as_db_error()));
+        let args = vec!["NULL"; params].join(", ");
+        let call = if params == 0 {
+            "EXPLAIN EXECUTE hot".to_string()
+        } else {
+            format!("EXPLAIN EXECUTE hot({args})")
+        };
+        let lines = client
+            .simple_query(&call)
+            .await
+            .unwrap_or_else(|e| panic!("{:?}: {sql}", e.as_db_error()))
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect();
+        client.batch_execute("DEALLOCATE hot").await.unwrap();
+        lines
+    }
+
+    async fn check_postgres(client: &tokio_postgres::Client, when: &str) -> Vec<String> {
+        use rio_bridge::store::postgres::sql::HOT_PATH;
+        let expected = expectations_cover(HOT_PATH, POSTGRES);
+        let mut failures = Vec::new();
+        for (name, sql) in HOT_PATH {
+            let plan = pg_plan(client, sql).await;
+            let exp: Vec<&str> = expected[*name].iter().map(String::as_str).collect();
+            let small = |l: &str| PG_SMALL.iter().any(|t| l.contains(&format!(" on {t}")));
+            if let Some(f) = judge(
+                name,
+                &plan,
+                &exp,
+                |l| {
+                    !small(l)
+                        && (l.contains("Index Scan using")
+                            || l.contains("Index Only Scan using")
+                            || l.contains("Bitmap Index Scan on"))
+                },
+                |l| l.contains("Seq Scan on") && !small(l),
+            ) {
+                failures.push(format!("[{when}] {f}"));
+            }
+        }
+        failures
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
+    async fn postgres_hot_path_reads_through_its_indexes_on_an_aged_store() {
+        let fx = Fixture::postgres().await;
+        drop(fx.open().await); // migrated, with lane leases
+        let raw = Raw::open(&fx).await;
+        aged::fill(&raw).await;
+        let Raw::Pg(client) = &raw else {
+            unreachable!()
+        };
+        // The plan every prepared statement settles on after its first executions.
+        client
+            .batch_execute("SET plan_cache_mode = force_generic_plan")
+            .await
+            .unwrap();
+        // Before autovacuum has looked at the new rows, then with their statistics.
+        let mut failures = check_postgres(client, "no statistics").await;
+        client.batch_execute("ANALYZE").await.unwrap();
+        failures.extend(check_postgres(client, "after ANALYZE").await);
+        assert!(failures.is_empty(), "\n{}", failures.join("\n"));
     }
 }

@@ -872,6 +872,7 @@ async fn attempt(
         }
     };
     let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
+    let mut unrecorded = Unrecorded(&*ctx.store, &ids, true);
     let slot_ms = match ctx.take_slot(probe, tenure).await {
         Ok(t) => t,
         Err(until) => {
@@ -879,6 +880,7 @@ async fn attempt(
             // dispatched: nothing was sent, so nothing is counted.
             let fin = Finish::NotSent { next_ms: until };
             record(&ctx, &qkey, &ids, fin, 0, 0).await;
+            unrecorded.settle();
             return done(Next::Released, false);
         }
     };
@@ -904,7 +906,9 @@ async fn attempt(
     ctx.learn_guard(matches!(result, Err(SendError::Throttled { .. })));
     let (fin, next, split) = decide(&ctx, &items, result, dur);
     let settled = matches!(fin, Finish::Done { .. } | Finish::Dead { .. });
-    let Some(more) = record(&ctx, &qkey, &ids, fin, slot_ms, dur.as_millis() as i64).await else {
+    let recorded = record(&ctx, &qkey, &ids, fin, slot_ms, dur.as_millis() as i64).await;
+    unrecorded.settle();
+    let Some(more) = recorded else {
         return done_sent(Next::Released, false, true);
     };
     if settled {
@@ -917,6 +921,25 @@ async fn attempt(
         None => Next::Released,
     };
     done_sent(next, split, true)
+}
+
+/// The items of an attempt that has not recorded its outcome yet. Dropped unsettled (the
+/// attempt panicked), they stop being live in this process, so the next take settles them by
+/// the crash policy instead of waiting on an attempt that will never report.
+struct Unrecorded<'a>(&'a dyn Store, &'a [i64], bool);
+
+impl Unrecorded<'_> {
+    fn settle(&mut self) {
+        self.2 = false;
+    }
+}
+
+impl Drop for Unrecorded<'_> {
+    fn drop(&mut self) {
+        if self.2 {
+            self.0.abandon_live(self.1);
+        }
+    }
 }
 
 /// Delivers with the attempt's HTTP exchanges recorded under its items' mIds. A deliverer
@@ -1273,5 +1296,87 @@ mod tests {
             "paused at once"
         );
         assert!(until >= now_ms() + 1000, "for the Retry-After");
+    }
+
+    /// Panics on its first delivery, then delivers.
+    struct PanicsOnce(std::sync::atomic::AtomicBool);
+
+    #[async_trait]
+    impl Deliverer for PanicsOnce {
+        fn batch_limit(&self, _qkey: &str) -> usize {
+            1
+        }
+        async fn deliver(&self, _items: &[Item]) -> Result<Option<String>, SendError> {
+            if !self.0.swap(true, Ordering::AcqRel) {
+                panic!("a deliverer's bug");
+            }
+            Ok(None)
+        }
+    }
+
+    /// An attempt that panics may have sent: its item is settled as after a crash (sent
+    /// again, marked ambiguous) instead of staying in flight in this process for good.
+    #[tokio::test]
+    async fn a_panicked_attempt_is_settled_as_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&crate::config::StoreConfig {
+                path: dir.path().join("t.db"),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let event = r#"{"type":"message","mId":"m1","timestamp":1767225600000,"message":{"type":"text","text":"hi"}}"#;
+        store
+            .ingest_inbound(
+                "sms",
+                vec![crate::store::NewInbound {
+                    dedupe_key: "k1".into(),
+                    contact: "+61400000001".into(),
+                    kind: ItemKind::Message,
+                    mid: "m1".into(),
+                    event_json: event.into(),
+                    contact_json: None,
+                    provider_id: "p1".into(),
+                }],
+            )
+            .await
+            .unwrap();
+        let ctx = LaneCtx::new(
+            "sms".into(),
+            Lane::RespondIo,
+            store.clone(),
+            Arc::new(PanicsOnce(Default::default())),
+            DeliveryConfig::default(),
+            20,
+            Arc::new(Waiters::default()),
+        );
+        let shutdown = CancellationToken::new();
+        let keeper = tokio::spawn(lease::keep(
+            ctx.clone(),
+            ctx.crash_policy(),
+            lease::LeaseTiming {
+                margin_ms: 0,
+                retry_ms: 100,
+            },
+            shutdown.clone(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let item = loop {
+            let item = store.item_by_mid("sms", "m1").await.unwrap().unwrap();
+            if item.state == 2 {
+                break item;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the panicked attempt's item is still {} after 30 s",
+                item.state
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(item.ambiguous, 1, "sent again as an ambiguous attempt");
+        assert_eq!(store.live_attempts(), 0);
+        shutdown.cancel();
+        keeper.await.unwrap();
     }
 }

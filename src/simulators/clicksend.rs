@@ -72,6 +72,8 @@ pub enum SimFault {
     Delay(u64),
     /// Close the connection without answering.
     DropConnection,
+    /// Wait this many ms, then misbehave as the inner fault (e.g. a slow 429).
+    Delayed(u64, Box<SimFault>),
 }
 
 /// Misbehaviour at random, per send call, for fault suites (see
@@ -391,6 +393,13 @@ impl ClickSendSim {
             }
             Some(RandomSimFault::Late(ms)) => (None, Some(Late::Answer(ms))),
             Some(RandomSimFault::SlowBody(ms)) => (None, Some(Late::Body(ms))),
+        };
+        let fault = match fault {
+            Some(SimFault::Delayed(ms, inner)) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Some(*inner)
+            }
+            other => other,
         };
         let fault = match fault {
             Some(SimFault::Delay(ms)) => {

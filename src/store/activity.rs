@@ -31,26 +31,19 @@ pub trait ActivityLog: Send + Sync + 'static {
 #[async_trait]
 impl ActivityLog for SqliteStore {
     async fn attempt_counts(&self, since_ms: i64, until_ms: i64) -> Result<Vec<AttemptCounts>> {
-        // One range scan per lane on attempts_window (channel, lane, at_ms).
+        // One range scan of the window on attempts_at (at_ms).
         self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT channel, lane, SUM(call_first),
-                        SUM(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END),
-                        SUM(CASE WHEN outcome IN ('retry', 'ambiguous', 'throttled', 'fault', 'dead')
-                            THEN 1 ELSE 0 END)
-                 FROM attempts WHERE at_ms >= ?1 AND at_ms < ?2
-                 GROUP BY channel, lane ORDER BY channel, lane",
-            )?
-            .query_map(params![since_ms, until_ms], |r| {
-                Ok(AttemptCounts {
-                    channel: r.get(0)?,
-                    lane: Lane::from_code(r.get(1)?),
-                    requests: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
-                    delivered: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
-                    failed: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
-                })
-            })?
-            .collect()
+            conn.prepare_cached(super::sqlite::sql::ATTEMPT_COUNTS)?
+                .query_map(params![since_ms, until_ms], |r| {
+                    Ok(AttemptCounts {
+                        channel: r.get(0)?,
+                        lane: Lane::from_code(r.get(1)?),
+                        requests: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+                        delivered: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
+                        failed: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+                    })
+                })?
+                .collect()
         })
         .await
     }

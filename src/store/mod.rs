@@ -346,12 +346,62 @@ pub struct LaneStats {
     pub dead: i64,
 }
 
+/// Rows one prune batch deletes at most from each table: each table's batch is one short
+/// write of its own (one statement on an index), so commits queued behind it never wait
+/// long, however large the backlog of old rows.
+pub const PRUNE_BATCH: usize = 1000;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PruneReport {
     pub items: u64,
     pub dedupe: u64,
     pub parked: u64,
     pub attempts: u64,
+    pub history: u64,
+    /// No table had more old rows than its batch took (set by [`prune`]; a single
+    /// [`Store::prune_batch`] says whether any table filled its batch).
+    pub caught_up: bool,
+}
+
+impl PruneReport {
+    pub fn rows(&self) -> u64 {
+        self.items + self.dedupe + self.parked + self.attempts + self.history
+    }
+
+    fn add(&mut self, o: &PruneReport) {
+        self.items += o.items;
+        self.dedupe += o.dedupe;
+        self.parked += o.parked;
+        self.attempts += o.attempts;
+        self.history += o.history;
+    }
+}
+
+/// One prune cycle: batches of [`PRUNE_BATCH`] rows per table, each its own short write,
+/// until every table is caught up or `budget` is spent (then `caught_up` is false and the
+/// caller comes back soon). So retention keeps up with any sustained ingest the store can
+/// take, instead of a fixed number of rows per cycle, and never holds the writer long.
+pub async fn prune(
+    store: &dyn Store,
+    now_ms: i64,
+    retention_ms: i64,
+    budget: std::time::Duration,
+) -> Result<PruneReport> {
+    let started = std::time::Instant::now();
+    let mut total = PruneReport::default();
+    loop {
+        let batch = store.prune_batch(now_ms, retention_ms, PRUNE_BATCH).await?;
+        total.add(&batch);
+        if batch.caught_up {
+            total.caught_up = true;
+            return Ok(total);
+        }
+        if started.elapsed() >= budget {
+            return Ok(total);
+        }
+        // Let the lanes' work in between the batches.
+        tokio::task::yield_now().await;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -496,8 +546,16 @@ pub trait Store: Send + Sync + 'static {
     async fn note(&self, key: &str) -> Result<Option<String>>;
     async fn set_note(&self, key: &str, value: &str) -> Result<()>;
 
-    /// Deletes finished items, expired dedupe keys and parked receipts, and old attempts.
-    async fn prune(&self, now_ms: i64, retention_ms: i64) -> Result<PruneReport>;
+    /// One batch of [`prune`]: deletes up to `batch` rows of each table (finished items
+    /// settled before `now_ms - retention_ms`, expired dedupe keys and parked receipts, older
+    /// attempts and history), each table in a short write of its own, driven by an index on
+    /// the time it is pruned by. `caught_up`: no table filled its batch.
+    async fn prune_batch(
+        &self,
+        now_ms: i64,
+        retention_ms: i64,
+        batch: usize,
+    ) -> Result<PruneReport>;
 
     async fn item_by_mid(&self, channel: &str, mid: &str) -> Result<Option<Item>>;
 
@@ -526,6 +584,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many attempts this process has in flight on this store (a stop waits for them).
     fn live_attempts(&self) -> usize;
+
+    /// An attempt that will never record its outcome (it panicked): its items stop being
+    /// this process's live attempts, so the next take settles them as after a crash (the
+    /// `on_crash` policy, marked ambiguous) instead of waiting for them for good.
+    fn abandon_live(&self, ids: &[i64]);
 
     /// The epoch of this store instance's current tenure on a lane (0: never acquired).
     fn lane_epoch(&self, channel: &str, lane: Lane) -> i64;

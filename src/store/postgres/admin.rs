@@ -13,6 +13,7 @@
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+use super::sql;
 use super::tx::PgTx;
 use super::{PAUSE_PREFIX, PgStore, db, exec, opt, rows};
 use crate::clock::now_ms;
@@ -438,15 +439,9 @@ impl AdminStore for PgStore {
 
     async fn prune_channel_logs(&self, cutoff_ms: i64, batch: usize) -> Result<u64> {
         let client = self.client().await?;
-        // Rows are written in about time order: walking ids from the lowest finds the old
-        // ones first and stops after `batch`. SKIP LOCKED: nodes pruning at the same time
-        // take different rows instead of waiting for each other.
+        // The oldest `batch` rows on `channel_logs_at` (see `sql::PRUNE_CHANNEL_LOGS`).
         client
-            .execute(
-                "DELETE FROM channel_logs WHERE id IN
-                 (SELECT id FROM channel_logs WHERE at_ms < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                &[&cutoff_ms, &(batch as i64)],
-            )
+            .execute(sql::PRUNE_CHANNEL_LOGS, &[&cutoff_ms, &(batch as i64)])
             .await
             .map_err(db)
     }
@@ -475,15 +470,7 @@ impl AdminStore for PgStore {
 impl ActivityLog for PgStore {
     async fn attempt_counts(&self, since_ms: i64, until_ms: i64) -> Result<Vec<AttemptCounts>> {
         let found = self
-            .read(
-                "SELECT channel, lane, SUM(call_first)::BIGINT,
-                        SUM(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END)::BIGINT,
-                        SUM(CASE WHEN outcome IN ('retry', 'ambiguous', 'throttled', 'fault', 'dead')
-                            THEN 1 ELSE 0 END)::BIGINT
-                 FROM attempts WHERE at_ms >= $1 AND at_ms < $2
-                 GROUP BY channel, lane ORDER BY channel, lane",
-                &[&since_ms, &until_ms],
-            )
+            .read(sql::ATTEMPT_COUNTS, &[&since_ms, &until_ms])
             .await?;
         Ok(found
             .iter()

@@ -55,17 +55,25 @@ macro_rules! in_tx {
 }
 
 mod admin;
+pub mod sql;
 mod tx;
 
 const SCHEMA_V1: &str = include_str!("schema_v1.sql");
 /// Channel logs, the audit log and the admin listings' indexes (see `postgres_admin`).
 const SCHEMA_V2: &str = include_str!("schema_v2.sql");
+/// Indexes for retention and claims on an aged store.
+const SCHEMA_V3: &str = include_str!("schema_v3.sql");
 /// (version, SQL): applied in order, each once, under an advisory lock so nodes starting
 /// together do not race.
 /// When an item was last queued (its age for `max_age_secs`), and the index of the sweep
 /// that expires items a blocked lane holds back.
-const SCHEMA_V3: &str = include_str!("schema_v3.sql");
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
+const SCHEMA_V4: &str = include_str!("schema_v4.sql");
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, SCHEMA_V1),
+    (2, SCHEMA_V2),
+    (3, SCHEMA_V3),
+    (4, SCHEMA_V4),
+];
 /// Any constant: the key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7269_6f62_7269_6467;
 pub(super) const NOTIFY_CHANNEL: &str = "rio_work";
@@ -318,7 +326,7 @@ impl PgStore {
             .ok_or_else(|| fenced(channel, lane))?;
         let row = opt(
             tx,
-            "SELECT 1 FROM lane_leases WHERE channel = $1 AND lane = $2 AND node = $3 AND epoch = $4 FOR KEY SHARE",
+            sql::FENCE,
             &[&channel, &lane.code(), &self.node, &epoch],
         )
         .await?;
@@ -638,10 +646,7 @@ impl Store for PgStore {
     async fn recent_attempts(&self, channel: &str, lane: Lane, n: usize) -> Result<Vec<i64>> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached(
-                "SELECT at_ms FROM attempts WHERE channel = $1 AND lane = $2 AND call_first = 1
-                 ORDER BY at_ms DESC LIMIT $3",
-            )
+            .prepare_cached(sql::RECENT_ATTEMPTS)
             .await
             .map_err(db)?;
         Ok(client
@@ -682,10 +687,7 @@ impl Store for PgStore {
     async fn lane_stats(&self) -> Result<Vec<LaneStats>> {
         let client = self.client().await?;
         let mut out: Vec<LaneStats> = client
-            .query(
-                "SELECT channel, lane, COUNT(*) FROM items WHERE state < 2 GROUP BY channel, lane",
-                &[],
-            )
+            .query(sql::LANE_PENDING, &[])
             .await
             .map_err(db)?
             .iter()
@@ -699,22 +701,12 @@ impl Store for PgStore {
             .collect();
         for s in &mut out {
             s.oldest_pending_ms = client
-                .query_opt(
-                    "SELECT created_ms FROM items WHERE channel = $1 AND lane = $2 AND state < 2
-                     AND kind >= 0 ORDER BY id LIMIT 1",
-                    &[&s.channel, &s.lane.code()],
-                )
+                .query_opt(sql::LANE_OLDEST_PENDING, &[&s.channel, &s.lane.code()])
                 .await
                 .map_err(db)?
                 .map(|r| r.get(0));
         }
-        let dead = client
-            .query(
-                "SELECT channel, lane, COUNT(*) FROM items WHERE state = 3 GROUP BY channel, lane",
-                &[],
-            )
-            .await
-            .map_err(db)?;
+        let dead = client.query(sql::LANE_DEAD, &[]).await.map_err(db)?;
         for r in dead {
             let (channel, lane, n): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
             let lane = Lane::from_code(lane);
@@ -768,41 +760,36 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn prune(&self, now: i64, retention_ms: i64) -> Result<PruneReport> {
+    async fn prune_batch(&self, now: i64, retention_ms: i64, batch: usize) -> Result<PruneReport> {
         let client = self.client().await?;
         let cutoff = now - retention_ms;
-        let run = |sql: &'static str, at: i64| {
-            let client = &client;
-            async move { client.execute(sql, &[&at]).await.map_err(db) }
-        };
-        // Bounded batches keep each statement short; nodes may prune at the same time.
-        let items = run(
-            "DELETE FROM items WHERE id IN (SELECT id FROM items WHERE state = 2 AND updated_ms < $1 LIMIT 5000)",
-            cutoff,
-        )
-        .await?;
-        let dedupe = run(
-            "DELETE FROM dedupe WHERE (channel, key) IN
-             (SELECT channel, key FROM dedupe WHERE expires_ms < $1 LIMIT 5000)",
-            now,
-        )
-        .await?;
-        let parked = run("DELETE FROM parked_receipts WHERE expires_ms < $1", now).await?;
-        let attempts = run(
-            "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE at_ms < $1 LIMIT 5000)",
-            cutoff,
-        )
-        .await?;
-        run(
-            "DELETE FROM history WHERE id IN (SELECT id FROM history WHERE at_ms < $1 LIMIT 5000)",
-            cutoff,
-        )
-        .await?;
+        // Each statement commits on its own (no transaction): short, on an index, and rows
+        // another node is pruning at the same moment are skipped rather than waited for.
+        let mut counts = [0u64; 5];
+        for (n, (sql, at)) in [
+            (sql::PRUNE_ITEMS, cutoff),
+            (sql::PRUNE_DEDUPE, now),
+            (sql::PRUNE_PARKED, now),
+            (sql::PRUNE_ATTEMPTS, cutoff),
+            (sql::PRUNE_HISTORY, cutoff),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let stmt = client.prepare_cached(sql).await.map_err(db)?;
+            counts[n] = client
+                .execute(&stmt, &[&at, &(batch as i64)])
+                .await
+                .map_err(db)?;
+        }
+        let [items, dedupe, parked, attempts, history] = counts;
         Ok(PruneReport {
             items,
             dedupe,
             parked,
             attempts,
+            history,
+            caught_up: counts.iter().all(|&n| n < batch as u64),
         })
     }
 
@@ -908,6 +895,10 @@ impl Store for PgStore {
 
     fn live_attempts(&self) -> usize {
         self.live.len()
+    }
+
+    fn abandon_live(&self, ids: &[i64]) {
+        self.live.remove(ids);
     }
 
     fn lane_epoch(&self, channel: &str, lane: Lane) -> i64 {

@@ -1,9 +1,15 @@
--- rio-bridge PostgreSQL schema, version 3 (the SQLite store's migration 0003): an item's
--- age, as `max_age_secs` counts it, starts when it was last queued (accepted, or replayed
--- by an operator), so a replayed dead letter gets its full age again. NULL (rows a node of
--- the previous release writes during a rolling upgrade) reads as `created_ms`.
-ALTER TABLE items ADD COLUMN IF NOT EXISTS queued_ms BIGINT;
-UPDATE items SET queued_ms = created_ms WHERE state < 2 AND queued_ms IS NULL;
--- The sweep that expires items a paused lane (or one whose circuit is open) holds back
--- finds them without a scan.
-CREATE INDEX IF NOT EXISTS items_queued ON items(channel, lane, queued_ms) WHERE state = 0;
+-- rio-bridge PostgreSQL schema, version 3 (the SQLite store's migration 0003): retention
+-- and claims whose cost does not grow with the store's age.
+--
+-- Pruning deletes the oldest rows of each table in short batches, each found on an index
+-- of the time it is pruned by; before this the attempts, history, channel logs and parked
+-- receipts prunes (and the console's attempt counts, every 5 s) read their whole table.
+-- Built once, at the upgrade; a node of the previous release keeps working meanwhile (it
+-- waits for each build to finish before it writes that table) and alongside (it only gains
+-- indexes).
+CREATE INDEX IF NOT EXISTS attempts_at ON attempts(at_ms);
+CREATE INDEX IF NOT EXISTS history_at ON history(at_ms);
+CREATE INDEX IF NOT EXISTS channel_logs_at ON channel_logs(at_ms);
+CREATE INDEX IF NOT EXISTS parked_expiry ON parked_receipts(expires_ms);
+-- The claimed queues of a lane, which a new owner hands back: few, whatever the backlog.
+CREATE INDEX IF NOT EXISTS queues_claimed ON queues(channel, lane) WHERE claimed = 1;

@@ -6,12 +6,12 @@
 use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
+use super::sql;
 use super::{PgStore, exec, opt, rows};
 use crate::store::rules::{InFlight, NewRow, ParkedReceipt, SendRow, Tx};
 use crate::store::{Item, ItemKind, Lane, Result, StoreError};
 
-pub(super) const ITEM_COLUMNS: &str = "id, channel, lane, qkey, contact, kind, mid, payload, contact_json, state, \
-     attempts, ambiguous, created_ms, COALESCE(queued_ms, created_ms) AS queued_ms, provider_id, status, last_error";
+pub(super) use super::sql::ITEM_COLUMNS;
 
 pub(super) fn item_from_row(r: &Row) -> Item {
     Item {
@@ -57,7 +57,7 @@ impl Tx for PgTx<'_> {
         // Key-share locked like `fence`: a takeover waits for this write to commit.
         Ok(opt(
             self.tx,
-            "SELECT 1 FROM lane_leases WHERE channel = $1 AND lane = $2 AND node = $3 AND epoch = $4 FOR KEY SHARE",
+            sql::HOLDS,
             &[&channel, &lane.code(), &self.store.node(), &epoch],
         )
         .await?
@@ -65,23 +65,15 @@ impl Tx for PgTx<'_> {
     }
 
     async fn still_attempting(&mut self, id: i64, attempt: i64) -> Result<bool> {
-        Ok(opt(
-            self.tx,
-            "SELECT 1 FROM items WHERE id = $1 AND state = 1 AND attempts = $2 FOR UPDATE",
-            &[&id, &attempt],
-        )
-        .await?
-        .is_some())
+        Ok(opt(self.tx, sql::STILL_ATTEMPTING, &[&id, &attempt])
+            .await?
+            .is_some())
     }
 
     async fn attempt_deadline(&mut self, id: i64) -> Result<Option<i64>> {
-        Ok(opt(
-            self.tx,
-            "SELECT next_ms FROM items WHERE id = $1 AND state = 1",
-            &[&id],
-        )
-        .await?
-        .map(|r| r.get(0)))
+        Ok(opt(self.tx, sql::ATTEMPT_DEADLINE, &[&id])
+            .await?
+            .map(|r| r.get(0)))
     }
 
     async fn nudge_queue(
@@ -93,7 +85,7 @@ impl Tx for PgTx<'_> {
     ) -> Result<()> {
         exec(
             self.tx,
-            "UPDATE queues SET next_ms = $1 WHERE channel = $2 AND lane = $3 AND qkey = $4 AND claimed = 0",
+            sql::NUDGE_QUEUE,
             &[&next_ms, &channel, &lane.code(), &qkey],
         )
         .await?;
@@ -103,9 +95,7 @@ impl Tx for PgTx<'_> {
     async fn pause_lane(&mut self, channel: &str, lane: Lane, until_ms: i64) -> Result<()> {
         exec(
             self.tx,
-            "INSERT INTO lane_state(channel, lane, paused_until_ms) VALUES ($1, $2, $3)
-             ON CONFLICT(channel, lane) DO UPDATE
-             SET paused_until_ms = GREATEST(lane_state.paused_until_ms, excluded.paused_until_ms)",
+            sql::PAUSE_LANE,
             &[&channel, &lane.code(), &until_ms],
         )
         .await?;
@@ -117,23 +107,13 @@ impl Tx for PgTx<'_> {
     }
 
     async fn lock_queue(&mut self, channel: &str, lane: Lane, qkey: &str) -> Result<()> {
-        exec(
-            self.tx,
-            "SELECT 1 FROM queues WHERE channel = $1 AND lane = $2 AND qkey = $3 FOR UPDATE",
-            &[&channel, &lane.code(), &qkey],
-        )
-        .await?;
+        exec(self.tx, sql::LOCK_QUEUE, &[&channel, &lane.code(), &qkey]).await?;
         Ok(())
     }
 
     async fn lock_provider_id(&mut self, channel: &str, pid: &str) -> Result<()> {
         let key = format!("{channel}\u{1f}{pid}");
-        exec(
-            self.tx,
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            &[&key],
-        )
-        .await?;
+        exec(self.tx, sql::LOCK_PROVIDER_ID, &[&key]).await?;
         Ok(())
     }
 
@@ -152,9 +132,7 @@ impl Tx for PgTx<'_> {
         // waits for the first to commit and then sees it.
         let n = exec(
             self.tx,
-            "INSERT INTO dedupe(channel, key, expires_ms) VALUES ($1, $2, $3)
-             ON CONFLICT(channel, key) DO UPDATE SET expires_ms = excluded.expires_ms
-             WHERE dedupe.expires_ms < $4",
+            sql::CLAIM_DEDUPE,
             &[&channel, &key, &expires_ms, &now],
         )
         .await?;
@@ -164,9 +142,7 @@ impl Tx for PgTx<'_> {
     async fn insert_item(&mut self, r: &NewRow<'_>, now: i64) -> Result<i64> {
         let id: i64 = rows(
             self.tx,
-            "INSERT INTO items(channel, lane, qkey, contact, kind, mid, payload, contact_json, state,
-                               created_ms, next_ms, updated_ms, provider_id, queued_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $9, $9, $10, $9) RETURNING id",
+            sql::INSERT_ITEM,
             &[
                 &r.channel,
                 &r.lane.code(),
@@ -186,8 +162,7 @@ impl Tx for PgTx<'_> {
         // that and then inserts a fresh row.
         exec(
             self.tx,
-            "INSERT INTO queues(channel, lane, qkey, class, next_ms, claimed) VALUES ($1, $2, $3, $4, $5, 0)
-             ON CONFLICT(channel, lane, qkey) DO UPDATE SET class = LEAST(queues.class, excluded.class)",
+            sql::UPSERT_QUEUE,
             &[&r.channel, &r.lane.code(), &r.qkey, &r.class, &now],
         )
         .await?;
@@ -201,66 +176,34 @@ impl Tx for PgTx<'_> {
         event: &str,
         detail: Option<&str>,
     ) -> Result<()> {
-        exec(
-            self.tx,
-            "INSERT INTO history(item_id, at_ms, event, detail) VALUES ($1, $2, $3, $4)",
-            &[&item_id, &at_ms, &event, &detail],
-        )
-        .await?;
+        exec(self.tx, sql::HISTORY, &[&item_id, &at_ms, &event, &detail]).await?;
         Ok(())
     }
 
     async fn touch_contact(&mut self, channel: &str, contact: &str, now: i64) -> Result<()> {
-        exec(
-            self.tx,
-            "INSERT INTO contacts(channel, contact, last_inbound_ms) VALUES ($1, $2, $3)
-             ON CONFLICT(channel, contact) DO UPDATE
-             SET last_inbound_ms = GREATEST(contacts.last_inbound_ms, excluded.last_inbound_ms)",
-            &[&channel, &contact, &now],
-        )
-        .await?;
+        exec(self.tx, sql::TOUCH_CONTACT, &[&channel, &contact, &now]).await?;
         Ok(())
     }
 
     async fn promote_sends(&mut self, channel: &str, contact: &str) -> Result<bool> {
-        let n = exec(
-            self.tx,
-            "UPDATE queues SET class = 0 WHERE channel = $1 AND lane = 1 AND qkey = $2 AND class = 1",
-            &[&channel, &contact],
-        )
-        .await?;
+        let n = exec(self.tx, sql::PROMOTE_SENDS, &[&channel, &contact]).await?;
         Ok(n > 0)
     }
 
     async fn last_inbound(&mut self, channel: &str, contact: &str) -> Result<Option<i64>> {
-        Ok(opt(
-            self.tx,
-            "SELECT last_inbound_ms FROM contacts WHERE channel = $1 AND contact = $2",
-            &[&channel, &contact],
-        )
-        .await?
-        .map(|r| r.get(0)))
+        Ok(opt(self.tx, sql::LAST_INBOUND, &[&channel, &contact])
+            .await?
+            .map(|r| r.get(0)))
     }
 
     async fn send_by_provider_id(&mut self, channel: &str, pid: &str) -> Result<Option<SendRow>> {
-        Ok(opt(
-            self.tx,
-            "SELECT id, mid, contact, status FROM items WHERE channel = $1 AND provider_id = $2 AND kind = 3
-             FOR UPDATE",
-            &[&channel, &pid],
-        )
-        .await?
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+        Ok(opt(self.tx, sql::SEND_BY_PROVIDER_ID, &[&channel, &pid])
+            .await?
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
     }
 
     async fn status_row(&mut self, id: i64) -> Result<Option<(ItemKind, SendRow)>> {
-        Ok(opt(
-            self.tx,
-            "SELECT kind, id, mid, contact, status FROM items WHERE id = $1 FOR UPDATE",
-            &[&id],
-        )
-        .await?
-        .map(|r| {
+        Ok(opt(self.tx, sql::STATUS_ROW, &[&id]).await?.map(|r| {
             (
                 ItemKind::from_code(r.get(0)),
                 (r.get(1), r.get(2), r.get(3), r.get(4)),
@@ -269,22 +212,12 @@ impl Tx for PgTx<'_> {
     }
 
     async fn set_status(&mut self, id: i64, status: i64, now: i64) -> Result<()> {
-        exec(
-            self.tx,
-            "UPDATE items SET status = $1, updated_ms = $2 WHERE id = $3",
-            &[&status, &now, &id],
-        )
-        .await?;
+        exec(self.tx, sql::SET_STATUS, &[&status, &now, &id]).await?;
         Ok(())
     }
 
     async fn set_provider_id(&mut self, id: i64, pid: &str) -> Result<()> {
-        exec(
-            self.tx,
-            "UPDATE items SET provider_id = $1 WHERE id = $2",
-            &[&pid, &id],
-        )
-        .await?;
+        exec(self.tx, sql::SET_PROVIDER_ID, &[&pid, &id]).await?;
         Ok(())
     }
 
@@ -298,10 +231,7 @@ impl Tx for PgTx<'_> {
         // Conditional on the status still pending: the lane's owner may be taking it.
         let n = exec(
             self.tx,
-            "UPDATE items SET payload = $1, updated_ms = $2
-             WHERE id = (SELECT id FROM items WHERE channel = $3 AND lane = 0 AND qkey = $4 AND state = 0
-                         ORDER BY id DESC LIMIT 1)
-               AND state = 0",
+            sql::REPLACE_PENDING_STATUS,
             &[&payload, &now, &channel, &qkey],
         )
         .await?;
@@ -319,8 +249,7 @@ impl Tx for PgTx<'_> {
     ) -> Result<()> {
         exec(
             self.tx,
-            "INSERT INTO parked_receipts(channel, provider_id, status, reason, received_ms, expires_ms)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            sql::PARK_RECEIPT,
             &[&channel, &pid, &status, &reason, &now, &expires_ms],
         )
         .await?;
@@ -328,23 +257,19 @@ impl Tx for PgTx<'_> {
     }
 
     async fn parked_receipts(&mut self, channel: &str, pid: &str) -> Result<Vec<ParkedReceipt>> {
-        Ok(rows(
-            self.tx,
-            "SELECT id, status, reason FROM parked_receipts WHERE channel = $1 AND provider_id = $2 ORDER BY id",
-            &[&channel, &pid],
-        )
-        .await?
-        .iter()
-        .map(|r| ParkedReceipt {
-            id: r.get(0),
-            status: r.get(1),
-            reason: r.get(2),
-        })
-        .collect())
+        Ok(rows(self.tx, sql::PARKED_RECEIPTS, &[&channel, &pid])
+            .await?
+            .iter()
+            .map(|r| ParkedReceipt {
+                id: r.get(0),
+                status: r.get(1),
+                reason: r.get(2),
+            })
+            .collect())
     }
 
     async fn delete_parked(&mut self, id: i64) -> Result<()> {
-        exec(self.tx, "DELETE FROM parked_receipts WHERE id = $1", &[&id]).await?;
+        exec(self.tx, sql::DELETE_PARKED, &[&id]).await?;
         Ok(())
     }
 
@@ -356,19 +281,10 @@ impl Tx for PgTx<'_> {
         now: i64,
         limit: usize,
     ) -> Result<Vec<String>> {
-        // Rows another transaction holds are skipped, not waited for: two claimers never get
-        // one queue, and neither stalls behind the other. Joined on the row's ctid: a plan
-        // made on stale statistics could otherwise scan the whole lane once per claimed row.
+        // See `sql::CLAIM_QUEUES`; RETURNING comes in no particular order.
         let mut got: Vec<(i64, String)> = rows(
             self.tx,
-            "WITH c AS (
-                 SELECT ctid FROM queues
-                 WHERE channel = $1 AND lane = $2 AND claimed = 0 AND class = $3 AND next_ms <= $4
-                 ORDER BY next_ms LIMIT $5
-                 FOR UPDATE SKIP LOCKED)
-             UPDATE queues q SET claimed = 1 FROM c
-             WHERE q.ctid = c.ctid
-             RETURNING q.next_ms, q.qkey",
+            sql::CLAIM_QUEUES,
             &[&channel, &lane.code(), &class, &now, &(limit as i64)],
         )
         .await?
@@ -388,8 +304,7 @@ impl Tx for PgTx<'_> {
     ) -> Result<Option<i64>> {
         Ok(opt(
             self.tx,
-            "SELECT next_ms FROM queues WHERE channel = $1 AND lane = $2 AND claimed = 0 AND class = $3
-             AND next_ms > $4 ORDER BY next_ms LIMIT 1",
+            sql::NEXT_DUE,
             &[&channel, &lane.code(), &class, &now],
         )
         .await?
@@ -403,13 +318,9 @@ impl Tx for PgTx<'_> {
         qkey: &str,
         limit: usize,
     ) -> Result<Vec<Item>> {
-        let sql = format!(
-            "SELECT {ITEM_COLUMNS} FROM items WHERE channel = $1 AND lane = $2 AND qkey = $3 AND state < 2
-             ORDER BY id LIMIT $4"
-        );
         Ok(rows(
             self.tx,
-            &sql,
+            sql::HEAD_ITEMS,
             &[&channel, &lane.code(), &qkey, &(limit as i64)],
         )
         .await?
@@ -421,7 +332,7 @@ impl Tx for PgTx<'_> {
     async fn queue_has_pending(&mut self, channel: &str, lane: Lane, qkey: &str) -> Result<bool> {
         Ok(opt(
             self.tx,
-            "SELECT 1 FROM items WHERE channel = $1 AND lane = $2 AND qkey = $3 AND state < 2 LIMIT 1",
+            sql::QUEUE_HAS_PENDING,
             &[&channel, &lane.code(), &qkey],
         )
         .await?
@@ -429,12 +340,7 @@ impl Tx for PgTx<'_> {
     }
 
     async fn drop_queue(&mut self, channel: &str, lane: Lane, qkey: &str) -> Result<()> {
-        exec(
-            self.tx,
-            "DELETE FROM queues WHERE channel = $1 AND lane = $2 AND qkey = $3",
-            &[&channel, &lane.code(), &qkey],
-        )
-        .await?;
+        exec(self.tx, sql::DROP_QUEUE, &[&channel, &lane.code(), &qkey]).await?;
         Ok(())
     }
 
@@ -447,7 +353,7 @@ impl Tx for PgTx<'_> {
     ) -> Result<()> {
         exec(
             self.tx,
-            "UPDATE queues SET claimed = 0, next_ms = $1 WHERE channel = $2 AND lane = $3 AND qkey = $4",
+            sql::RELEASE_QUEUE_AT,
             &[&next_ms, &channel, &lane.code(), &qkey],
         )
         .await?;
@@ -457,7 +363,7 @@ impl Tx for PgTx<'_> {
     async fn release_queue(&mut self, channel: &str, lane: Lane, qkey: &str) -> Result<()> {
         exec(
             self.tx,
-            "UPDATE queues SET claimed = 0 WHERE channel = $1 AND lane = $2 AND qkey = $3",
+            sql::RELEASE_QUEUE,
             &[&channel, &lane.code(), &qkey],
         )
         .await?;
@@ -465,12 +371,7 @@ impl Tx for PgTx<'_> {
     }
 
     async fn release_claims(&mut self, channel: &str, lane: Lane) -> Result<()> {
-        exec(
-            self.tx,
-            "UPDATE queues SET claimed = 0 WHERE channel = $1 AND lane = $2 AND claimed = 1",
-            &[&channel, &lane.code()],
-        )
-        .await?;
+        exec(self.tx, sql::RELEASE_CLAIMS, &[&channel, &lane.code()]).await?;
         Ok(())
     }
 
@@ -484,14 +385,13 @@ impl Tx for PgTx<'_> {
     ) -> Result<()> {
         exec(
             self.tx,
-            "UPDATE items SET state = 1, attempts = attempts + 1, next_ms = $1, updated_ms = $2 WHERE id = $3",
+            sql::MARK_ATTEMPTING,
             &[&deadline_ms, &now, &item.id],
         )
         .await?;
         exec(
             self.tx,
-            "INSERT INTO attempts(item_id, channel, lane, at_ms, outcome, call_first)
-             VALUES ($1, $2, $3, $4, 'attempting', $5)",
+            sql::OPEN_ATTEMPT,
             &[
                 &item.id,
                 &item.channel,
@@ -514,8 +414,7 @@ impl Tx for PgTx<'_> {
     ) -> Result<()> {
         exec(
             self.tx,
-            "UPDATE attempts SET outcome = $1, detail = $2, duration_ms = $3, at_ms = COALESCE($5, at_ms)
-             WHERE item_id = $4 AND outcome = 'attempting'",
+            sql::SET_ATTEMPT_OUTCOME,
             &[&outcome, &detail, &dur_ms, &id, &at_ms],
         )
         .await?;
@@ -523,23 +422,12 @@ impl Tx for PgTx<'_> {
     }
 
     async fn delete_open_attempt(&mut self, id: i64) -> Result<()> {
-        exec(
-            self.tx,
-            "DELETE FROM attempts WHERE item_id = $1 AND outcome = 'attempting'",
-            &[&id],
-        )
-        .await?;
+        exec(self.tx, sql::DELETE_OPEN_ATTEMPT, &[&id]).await?;
         Ok(())
     }
 
     async fn item_done(&mut self, id: i64, now: i64) -> Result<()> {
-        exec(
-            self.tx,
-            "UPDATE items SET state = 2, updated_ms = $1, last_error = NULL,
-             status = CASE WHEN kind = 3 AND status = 0 THEN 1 ELSE status END WHERE id = $2",
-            &[&now, &id],
-        )
-        .await?;
+        exec(self.tx, sql::ITEM_DONE, &[&now, &id]).await?;
         Ok(())
     }
 
@@ -554,8 +442,7 @@ impl Tx for PgTx<'_> {
     ) -> Result<()> {
         exec(
             self.tx,
-            "UPDATE items SET state = 0, next_ms = $1, last_error = $2, updated_ms = $3,
-             ambiguous = ambiguous + $4, attempts = attempts - $5 WHERE id = $6",
+            sql::ITEM_RETRY,
             &[
                 &next_ms,
                 &error,
@@ -570,32 +457,17 @@ impl Tx for PgTx<'_> {
     }
 
     async fn item_not_sent(&mut self, id: i64, now: i64) -> Result<()> {
-        exec(
-            self.tx,
-            "UPDATE items SET state = 0, attempts = attempts - 1, updated_ms = $1 WHERE id = $2",
-            &[&now, &id],
-        )
-        .await?;
+        exec(self.tx, sql::ITEM_NOT_SENT, &[&now, &id]).await?;
         Ok(())
     }
 
     async fn item_requeue_ambiguous(&mut self, id: i64) -> Result<()> {
-        exec(
-            self.tx,
-            "UPDATE items SET state = 0, ambiguous = ambiguous + 1 WHERE id = $1",
-            &[&id],
-        )
-        .await?;
+        exec(self.tx, sql::ITEM_REQUEUE_AMBIGUOUS, &[&id]).await?;
         Ok(())
     }
 
     async fn item_dead(&mut self, id: i64, reason: &str, now: i64) -> Result<()> {
-        exec(
-            self.tx,
-            "UPDATE items SET state = 3, last_error = $1, updated_ms = $2 WHERE id = $3",
-            &[&reason, &now, &id],
-        )
-        .await?;
+        exec(self.tx, sql::ITEM_DEAD, &[&reason, &now, &id]).await?;
         Ok(())
     }
 
@@ -640,20 +512,17 @@ impl Tx for PgTx<'_> {
     }
 
     async fn attempting_items(&mut self, channel: &str, lane: Lane) -> Result<Vec<InFlight>> {
-        Ok(rows(
-            self.tx,
-            "SELECT id, qkey, ambiguous, next_ms FROM items WHERE channel = $1 AND lane = $2 AND state = 1
-             ORDER BY id FOR UPDATE",
-            &[&channel, &lane.code()],
+        Ok(
+            rows(self.tx, sql::ATTEMPTING_ITEMS, &[&channel, &lane.code()])
+                .await?
+                .iter()
+                .map(|r| InFlight {
+                    id: r.get(0),
+                    qkey: r.get(1),
+                    ambiguous: r.get(2),
+                    deadline_ms: r.get(3),
+                })
+                .collect(),
         )
-        .await?
-        .iter()
-        .map(|r| InFlight {
-            id: r.get(0),
-            qkey: r.get(1),
-            ambiguous: r.get(2),
-            deadline_ms: r.get(3),
-        })
-        .collect())
     }
 }

@@ -8,6 +8,7 @@
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{OptionalExtension, params, params_from_iter};
 
+use super::sql;
 use super::tx::SqliteTx;
 use super::{SqliteStore, run_rule};
 use crate::clock::now_ms;
@@ -385,13 +386,10 @@ impl AdminStore for SqliteStore {
 
     async fn prune_channel_logs(&self, cutoff_ms: i64, batch: usize) -> Result<u64> {
         self.write(move |conn| {
-            // Rows are written in about time order: walking ids from the lowest finds the old
-            // ones first and stops after `batch` (no index on at_ms needed). LIMIT in a
-            // DELETE's subquery is standard enough (PostgreSQL accepts it too).
+            // The oldest `batch` rows on `channel_logs_at`: walking ids from the lowest (as
+            // before schema version 3) read the whole table whenever nothing was old.
             Ok(conn
-                .prepare_cached(
-                    "DELETE FROM channel_logs WHERE id IN (SELECT id FROM channel_logs WHERE at_ms < ?1 ORDER BY id LIMIT ?2)",
-                )?
+                .prepare_cached(sql::PRUNE_CHANNEL_LOGS)?
                 .execute(params![cutoff_ms, batch as i64])? as u64)
         })
         .await

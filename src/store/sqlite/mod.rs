@@ -22,6 +22,7 @@ use tx::{ITEM_COLUMNS, SqliteTx, item_from_row};
 
 mod admin;
 pub mod migrate;
+pub mod sql;
 mod tx;
 
 type Reply = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
@@ -620,12 +621,9 @@ impl Store for SqliteStore {
     async fn recent_attempts(&self, channel: &str, lane: Lane, n: usize) -> Result<Vec<i64>> {
         let channel = channel.to_string();
         self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT at_ms FROM attempts WHERE channel = ?1 AND lane = ?2 AND call_first = 1
-                 ORDER BY at_ms DESC LIMIT ?3",
-            )?
-            .query_map(params![channel, lane.code(), n as i64], |r| r.get(0))?
-            .collect()
+            conn.prepare_cached(sql::RECENT_ATTEMPTS)?
+                .query_map(params![channel, lane.code(), n as i64], |r| r.get(0))?
+                .collect()
         })
         .await
     }
@@ -662,7 +660,7 @@ impl Store for SqliteStore {
             // Counts read only the partial indexes (no table rows); the oldest pending item
             // is the first entry of `items_pending` for the lane.
             let mut out: Vec<LaneStats> = conn
-                .prepare_cached("SELECT channel, lane, COUNT(*) FROM items WHERE state < 2 GROUP BY channel, lane")?
+                .prepare_cached(sql::LANE_PENDING)?
                 .query_map([], |r| {
                     Ok(LaneStats {
                         channel: r.get(0)?,
@@ -675,22 +673,28 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             for s in &mut out {
                 s.oldest_pending_ms = conn
-                    .prepare_cached(
-                        "SELECT created_ms FROM items INDEXED BY items_pending
-                         WHERE channel = ?1 AND lane = ?2 AND state < 2 ORDER BY id LIMIT 1",
-                    )?
+                    .prepare_cached(sql::LANE_OLDEST_PENDING)?
                     .query_row(params![s.channel, s.lane.code()], |r| r.get(0))
                     .optional()?;
             }
             let dead: Vec<(String, i64, i64)> = conn
-                .prepare_cached("SELECT channel, lane, COUNT(*) FROM items WHERE state = 3 GROUP BY channel, lane")?
+                .prepare_cached(sql::LANE_DEAD)?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             for (channel, lane, n) in dead {
                 let lane = Lane::from_code(lane);
-                match out.iter_mut().find(|s| s.channel == channel && s.lane == lane) {
+                match out
+                    .iter_mut()
+                    .find(|s| s.channel == channel && s.lane == lane)
+                {
                     Some(s) => s.dead = n,
-                    None => out.push(LaneStats { channel, lane, pending: 0, oldest_pending_ms: None, dead: n }),
+                    None => out.push(LaneStats {
+                        channel,
+                        lane,
+                        pending: 0,
+                        oldest_pending_ms: None,
+                        dead: n,
+                    }),
                 }
             }
             Ok(out)
@@ -730,39 +734,38 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn prune(&self, now: i64, retention_ms: i64) -> Result<PruneReport> {
-        self.write(move |conn| {
-            let cutoff = now - retention_ms;
-            // Bounded batches keep each group commit short, so lanes never stall behind a prune.
-            let items = conn.execute(
-                "DELETE FROM items WHERE id IN (SELECT id FROM items WHERE state = 2 AND updated_ms < ?1 LIMIT 5000)",
-                params![cutoff],
-            )? as u64;
-            let dedupe = conn.execute(
-                "DELETE FROM dedupe WHERE rowid IN (SELECT rowid FROM dedupe WHERE expires_ms < ?1 LIMIT 5000)",
-                params![now],
-            );
-            // `dedupe` is WITHOUT ROWID: delete by key instead.
-            let dedupe = match dedupe {
-                Ok(n) => n as u64,
-                Err(_) => conn.execute(
-                    "DELETE FROM dedupe WHERE (channel, key) IN
-                     (SELECT channel, key FROM dedupe WHERE expires_ms < ?1 LIMIT 5000)",
-                    params![now],
-                )? as u64,
-            };
-            let parked = conn.execute("DELETE FROM parked_receipts WHERE expires_ms < ?1", params![now])? as u64;
-            let attempts = conn.execute(
-                "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE at_ms < ?1 LIMIT 5000)",
-                params![cutoff],
-            )? as u64;
-            conn.execute(
-                "DELETE FROM history WHERE id IN (SELECT id FROM history WHERE at_ms < ?1 LIMIT 5000)",
-                params![cutoff],
-            )?;
-            Ok(PruneReport { items, dedupe, parked, attempts })
+    async fn prune_batch(&self, now: i64, retention_ms: i64, batch: usize) -> Result<PruneReport> {
+        let cutoff = now - retention_ms;
+        // Each table its own job of the writer: one indexed DELETE of at most `batch` rows,
+        // so the group commits around it stay short.
+        let mut counts = [0u64; 5];
+        for (n, (sql, at)) in [
+            (sql::PRUNE_ITEMS, cutoff),
+            (sql::PRUNE_DEDUPE, now),
+            (sql::PRUNE_PARKED, now),
+            (sql::PRUNE_ATTEMPTS, cutoff),
+            (sql::PRUNE_HISTORY, cutoff),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            counts[n] = self
+                .write(move |conn| {
+                    Ok(conn
+                        .prepare_cached(sql)?
+                        .execute(params![at, batch as i64])? as u64)
+                })
+                .await?;
+        }
+        let [items, dedupe, parked, attempts, history] = counts;
+        Ok(PruneReport {
+            items,
+            dedupe,
+            parked,
+            attempts,
+            history,
+            caught_up: counts.iter().all(|&n| n < batch as u64),
         })
-        .await
     }
 
     async fn item_by_mid(&self, channel: &str, mid: &str) -> Result<Option<Item>> {
@@ -814,6 +817,10 @@ impl Store for SqliteStore {
 
     fn live_attempts(&self) -> usize {
         self.live.len()
+    }
+
+    fn abandon_live(&self, ids: &[i64]) {
+        self.live.remove(ids);
     }
 
     fn lane_epoch(&self, channel: &str, lane: Lane) -> i64 {

@@ -1,9 +1,10 @@
--- Version 3: an item's age, as `max_age_secs` counts it, starts when it was last queued
--- (accepted, or replayed by an operator) rather than when it was created, so a replayed
--- dead letter gets its full age again. NULL (rows an older release wrote) reads as
--- `created_ms`.
-ALTER TABLE items ADD COLUMN queued_ms INTEGER;
-UPDATE items SET queued_ms = created_ms WHERE state < 2;
--- The sweep that expires items a paused lane (or one whose circuit is open) holds back
--- finds them without a scan.
-CREATE INDEX IF NOT EXISTS items_queued ON items(channel, lane, queued_ms) WHERE state = 0;
+-- Version 3: retention and receipts whose cost does not grow with the store's age.
+--
+-- Pruning deletes the oldest rows of each table in short batches, each found on an index
+-- of the time it is pruned by; before this the attempts, history, channel logs and parked
+-- receipts prunes (and the console's attempt counts, every 5 s) read their whole table.
+-- On a store that has aged, building these reads each table once, at the upgrade.
+CREATE INDEX IF NOT EXISTS attempts_at ON attempts(at_ms);
+CREATE INDEX IF NOT EXISTS history_at ON history(at_ms);
+CREATE INDEX IF NOT EXISTS channel_logs_at ON channel_logs(at_ms);
+CREATE INDEX IF NOT EXISTS parked_expiry ON parked_receipts(expires_ms);

@@ -6,11 +6,11 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::sql;
 use crate::store::rules::{InFlight, NewRow, ParkedReceipt, SendRow, Tx};
 use crate::store::{Item, ItemKind, Lane};
 
-pub(super) const ITEM_COLUMNS: &str = "id, channel, lane, qkey, contact, kind, mid, payload, contact_json, state, \
-     attempts, ambiguous, created_ms, COALESCE(queued_ms, created_ms) AS queued_ms, provider_id, status, last_error";
+pub(super) use super::sql::ITEM_COLUMNS;
 
 pub(super) fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     Ok(Item {
@@ -79,7 +79,7 @@ impl Tx for SqliteTx<'_> {
     async fn still_attempting(&mut self, id: i64, attempt: i64) -> rusqlite::Result<bool> {
         Ok(self
             .0
-            .prepare_cached("SELECT 1 FROM items WHERE id = ?1 AND state = 1 AND attempts = ?2")?
+            .prepare_cached(sql::STILL_ATTEMPTING)?
             .query_row(params![id, attempt], |_| Ok(()))
             .optional()?
             .is_some())
@@ -87,7 +87,7 @@ impl Tx for SqliteTx<'_> {
 
     async fn attempt_deadline(&mut self, id: i64) -> rusqlite::Result<Option<i64>> {
         self.0
-            .prepare_cached("SELECT next_ms FROM items WHERE id = ?1 AND state = 1")?
+            .prepare_cached(sql::ATTEMPT_DEADLINE)?
             .query_row(params![id], |r| r.get(0))
             .optional()
     }
@@ -100,7 +100,7 @@ impl Tx for SqliteTx<'_> {
         next_ms: i64,
     ) -> rusqlite::Result<()> {
         self.exec(
-            "UPDATE queues SET next_ms = ?1 WHERE channel = ?2 AND lane = ?3 AND qkey = ?4 AND claimed = 0",
+            sql::NUDGE_QUEUE,
             params![next_ms, channel, lane.code(), qkey],
         )?;
         Ok(())
@@ -112,12 +112,7 @@ impl Tx for SqliteTx<'_> {
         lane: Lane,
         until_ms: i64,
     ) -> rusqlite::Result<()> {
-        self.exec(
-            "INSERT INTO lane_state(channel, lane, paused_until_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT(channel, lane) DO UPDATE
-             SET paused_until_ms = MAX(paused_until_ms, excluded.paused_until_ms)",
-            params![channel, lane.code(), until_ms],
-        )?;
+        self.exec(sql::PAUSE_LANE, params![channel, lane.code(), until_ms])?;
         Ok(())
     }
 
@@ -149,20 +144,13 @@ impl Tx for SqliteTx<'_> {
         now: i64,
         expires_ms: i64,
     ) -> rusqlite::Result<bool> {
-        let n = self.exec(
-            "INSERT INTO dedupe(channel, key, expires_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT(channel, key) DO UPDATE SET expires_ms = excluded.expires_ms
-             WHERE dedupe.expires_ms < ?4",
-            params![channel, key, expires_ms, now],
-        )?;
+        let n = self.exec(sql::CLAIM_DEDUPE, params![channel, key, expires_ms, now])?;
         Ok(n == 1)
     }
 
     async fn insert_item(&mut self, r: &NewRow<'_>, now: i64) -> rusqlite::Result<i64> {
         self.exec(
-            "INSERT INTO items(channel, lane, qkey, contact, kind, mid, payload, contact_json, state,
-                               created_ms, next_ms, updated_ms, provider_id, queued_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?9, ?9, ?10, ?9)",
+            sql::INSERT_ITEM,
             params![
                 r.channel,
                 r.lane.code(),
@@ -178,8 +166,7 @@ impl Tx for SqliteTx<'_> {
         )?;
         let id = self.0.last_insert_rowid();
         self.exec(
-            "INSERT INTO queues(channel, lane, qkey, class, next_ms, claimed) VALUES (?1, ?2, ?3, ?4, ?5, 0)
-             ON CONFLICT(channel, lane, qkey) DO UPDATE SET class = MIN(class, excluded.class)",
+            sql::UPSERT_QUEUE,
             params![r.channel, r.lane.code(), r.qkey, r.class, now],
         )?;
         Ok(id)
@@ -192,10 +179,7 @@ impl Tx for SqliteTx<'_> {
         event: &str,
         detail: Option<&str>,
     ) -> rusqlite::Result<()> {
-        self.exec(
-            "INSERT INTO history(item_id, at_ms, event, detail) VALUES (?1, ?2, ?3, ?4)",
-            params![item_id, at_ms, event, detail],
-        )?;
+        self.exec(sql::HISTORY, params![item_id, at_ms, event, detail])?;
         Ok(())
     }
 
@@ -205,20 +189,12 @@ impl Tx for SqliteTx<'_> {
         contact: &str,
         now: i64,
     ) -> rusqlite::Result<()> {
-        self.exec(
-            "INSERT INTO contacts(channel, contact, last_inbound_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT(channel, contact) DO UPDATE
-             SET last_inbound_ms = MAX(last_inbound_ms, excluded.last_inbound_ms)",
-            params![channel, contact, now],
-        )?;
+        self.exec(sql::TOUCH_CONTACT, params![channel, contact, now])?;
         Ok(())
     }
 
     async fn promote_sends(&mut self, channel: &str, contact: &str) -> rusqlite::Result<bool> {
-        let n = self.exec(
-            "UPDATE queues SET class = 0 WHERE channel = ?1 AND lane = 1 AND qkey = ?2 AND class = 1",
-            params![channel, contact],
-        )?;
+        let n = self.exec(sql::PROMOTE_SENDS, params![channel, contact])?;
         Ok(n > 0)
     }
 
@@ -228,9 +204,7 @@ impl Tx for SqliteTx<'_> {
         contact: &str,
     ) -> rusqlite::Result<Option<i64>> {
         self.0
-            .prepare_cached(
-                "SELECT last_inbound_ms FROM contacts WHERE channel = ?1 AND contact = ?2",
-            )?
+            .prepare_cached(sql::LAST_INBOUND)?
             .query_row(params![channel, contact], |r| r.get(0))
             .optional()
     }
@@ -241,16 +215,16 @@ impl Tx for SqliteTx<'_> {
         pid: &str,
     ) -> rusqlite::Result<Option<SendRow>> {
         self.0
-            .prepare_cached(
-                "SELECT id, mid, contact, status FROM items WHERE channel = ?1 AND provider_id = ?2 AND kind = 3",
-            )?
-            .query_row(params![channel, pid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .prepare_cached(sql::SEND_BY_PROVIDER_ID)?
+            .query_row(params![channel, pid], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
             .optional()
     }
 
     async fn status_row(&mut self, id: i64) -> rusqlite::Result<Option<(ItemKind, SendRow)>> {
         self.0
-            .prepare_cached("SELECT kind, id, mid, contact, status FROM items WHERE id = ?1")?
+            .prepare_cached(sql::STATUS_ROW)?
             .query_row(params![id], |r| {
                 Ok((
                     ItemKind::from_code(r.get(0)?),
@@ -261,18 +235,12 @@ impl Tx for SqliteTx<'_> {
     }
 
     async fn set_status(&mut self, id: i64, status: i64, now: i64) -> rusqlite::Result<()> {
-        self.exec(
-            "UPDATE items SET status = ?1, updated_ms = ?2 WHERE id = ?3",
-            params![status, now, id],
-        )?;
+        self.exec(sql::SET_STATUS, params![status, now, id])?;
         Ok(())
     }
 
     async fn set_provider_id(&mut self, id: i64, pid: &str) -> rusqlite::Result<()> {
-        self.exec(
-            "UPDATE items SET provider_id = ?1 WHERE id = ?2",
-            params![pid, id],
-        )?;
+        self.exec(sql::SET_PROVIDER_ID, params![pid, id])?;
         Ok(())
     }
 
@@ -284,9 +252,7 @@ impl Tx for SqliteTx<'_> {
         now: i64,
     ) -> rusqlite::Result<bool> {
         let n = self.exec(
-            "UPDATE items SET payload = ?1, updated_ms = ?2
-             WHERE id = (SELECT id FROM items WHERE channel = ?3 AND lane = 0 AND qkey = ?4 AND state = 0
-                         ORDER BY id DESC LIMIT 1)",
+            sql::REPLACE_PENDING_STATUS,
             params![payload, now, channel, qkey],
         )?;
         Ok(n > 0)
@@ -302,8 +268,7 @@ impl Tx for SqliteTx<'_> {
         expires_ms: i64,
     ) -> rusqlite::Result<()> {
         self.exec(
-            "INSERT INTO parked_receipts(channel, provider_id, status, reason, received_ms, expires_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            sql::PARK_RECEIPT,
             params![channel, pid, status, reason, now, expires_ms],
         )?;
         Ok(())
@@ -315,17 +280,19 @@ impl Tx for SqliteTx<'_> {
         pid: &str,
     ) -> rusqlite::Result<Vec<ParkedReceipt>> {
         self.0
-            .prepare_cached(
-                "SELECT id, status, reason FROM parked_receipts WHERE channel = ?1 AND provider_id = ?2 ORDER BY id",
-            )?
+            .prepare_cached(sql::PARKED_RECEIPTS)?
             .query_map(params![channel, pid], |r| {
-                Ok(ParkedReceipt { id: r.get(0)?, status: r.get(1)?, reason: r.get(2)? })
+                Ok(ParkedReceipt {
+                    id: r.get(0)?,
+                    status: r.get(1)?,
+                    reason: r.get(2)?,
+                })
             })?
             .collect()
     }
 
     async fn delete_parked(&mut self, id: i64) -> rusqlite::Result<()> {
-        self.exec("DELETE FROM parked_receipts WHERE id = ?1", params![id])?;
+        self.exec(sql::DELETE_PARKED, params![id])?;
         Ok(())
     }
 
@@ -339,15 +306,13 @@ impl Tx for SqliteTx<'_> {
     ) -> rusqlite::Result<Vec<String>> {
         let keys: Vec<String> = self
             .0
-            .prepare_cached(
-                "SELECT qkey FROM queues WHERE channel = ?1 AND lane = ?2 AND claimed = 0 AND class = ?3
-                 AND next_ms <= ?4 ORDER BY next_ms LIMIT ?5",
+            .prepare_cached(sql::CLAIM_QUEUES)?
+            .query_map(
+                params![channel, lane.code(), class, now, limit as i64],
+                |r| r.get(0),
             )?
-            .query_map(params![channel, lane.code(), class, now, limit as i64], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        let mut upd = self.0.prepare_cached(
-            "UPDATE queues SET claimed = 1 WHERE channel = ?1 AND lane = ?2 AND qkey = ?3",
-        )?;
+        let mut upd = self.0.prepare_cached(sql::CLAIM_QUEUE_ROW)?;
         for k in &keys {
             upd.execute(params![channel, lane.code(), k])?;
         }
@@ -362,10 +327,7 @@ impl Tx for SqliteTx<'_> {
         now: i64,
     ) -> rusqlite::Result<Option<i64>> {
         self.0
-            .prepare_cached(
-                "SELECT next_ms FROM queues WHERE channel = ?1 AND lane = ?2 AND claimed = 0 AND class = ?3
-                 AND next_ms > ?4 ORDER BY next_ms LIMIT 1",
-            )?
+            .prepare_cached(sql::NEXT_DUE)?
             .query_row(params![channel, lane.code(), class, now], |r| r.get(0))
             .optional()
     }
@@ -377,12 +339,8 @@ impl Tx for SqliteTx<'_> {
         qkey: &str,
         limit: usize,
     ) -> rusqlite::Result<Vec<Item>> {
-        let sql = format!(
-            "SELECT {ITEM_COLUMNS} FROM items WHERE channel = ?1 AND lane = ?2 AND qkey = ?3 AND state < 2
-             ORDER BY id LIMIT ?4"
-        );
         self.0
-            .prepare_cached(&sql)?
+            .prepare_cached(sql::HEAD_ITEMS)?
             .query_map(
                 params![channel, lane.code(), qkey, limit as i64],
                 item_from_row,
@@ -398,17 +356,14 @@ impl Tx for SqliteTx<'_> {
     ) -> rusqlite::Result<bool> {
         Ok(self
             .0
-            .prepare_cached("SELECT 1 FROM items WHERE channel = ?1 AND lane = ?2 AND qkey = ?3 AND state < 2 LIMIT 1")?
+            .prepare_cached(sql::QUEUE_HAS_PENDING)?
             .query_row(params![channel, lane.code(), qkey], |_| Ok(()))
             .optional()?
             .is_some())
     }
 
     async fn drop_queue(&mut self, channel: &str, lane: Lane, qkey: &str) -> rusqlite::Result<()> {
-        self.exec(
-            "DELETE FROM queues WHERE channel = ?1 AND lane = ?2 AND qkey = ?3",
-            params![channel, lane.code(), qkey],
-        )?;
+        self.exec(sql::DROP_QUEUE, params![channel, lane.code(), qkey])?;
         Ok(())
     }
 
@@ -420,7 +375,7 @@ impl Tx for SqliteTx<'_> {
         next_ms: i64,
     ) -> rusqlite::Result<()> {
         self.exec(
-            "UPDATE queues SET claimed = 0, next_ms = ?1 WHERE channel = ?2 AND lane = ?3 AND qkey = ?4",
+            sql::RELEASE_QUEUE_AT,
             params![next_ms, channel, lane.code(), qkey],
         )?;
         Ok(())
@@ -432,18 +387,12 @@ impl Tx for SqliteTx<'_> {
         lane: Lane,
         qkey: &str,
     ) -> rusqlite::Result<()> {
-        self.exec(
-            "UPDATE queues SET claimed = 0 WHERE channel = ?1 AND lane = ?2 AND qkey = ?3",
-            params![channel, lane.code(), qkey],
-        )?;
+        self.exec(sql::RELEASE_QUEUE, params![channel, lane.code(), qkey])?;
         Ok(())
     }
 
     async fn release_claims(&mut self, channel: &str, lane: Lane) -> rusqlite::Result<()> {
-        self.exec(
-            "UPDATE queues SET claimed = 0 WHERE channel = ?1 AND lane = ?2 AND claimed = 1",
-            params![channel, lane.code()],
-        )?;
+        self.exec(sql::RELEASE_CLAIMS, params![channel, lane.code()])?;
         Ok(())
     }
 
@@ -455,13 +404,9 @@ impl Tx for SqliteTx<'_> {
         call_first: bool,
         now: i64,
     ) -> rusqlite::Result<()> {
+        self.exec(sql::MARK_ATTEMPTING, params![deadline_ms, now, item.id])?;
         self.exec(
-            "UPDATE items SET state = 1, attempts = attempts + 1, next_ms = ?1, updated_ms = ?2 WHERE id = ?3",
-            params![deadline_ms, now, item.id],
-        )?;
-        self.exec(
-            "INSERT INTO attempts(item_id, channel, lane, at_ms, outcome, call_first)
-             VALUES (?1, ?2, ?3, ?4, 'attempting', ?5)",
+            sql::OPEN_ATTEMPT,
             params![
                 item.id,
                 item.channel,
@@ -482,27 +427,19 @@ impl Tx for SqliteTx<'_> {
         at_ms: Option<i64>,
     ) -> rusqlite::Result<()> {
         self.exec(
-            "UPDATE attempts SET outcome = ?1, detail = ?2, duration_ms = ?3, at_ms = COALESCE(?5, at_ms)
-             WHERE item_id = ?4 AND outcome = 'attempting'",
+            sql::SET_ATTEMPT_OUTCOME,
             params![outcome, detail, dur_ms, id, at_ms],
         )?;
         Ok(())
     }
 
     async fn delete_open_attempt(&mut self, id: i64) -> rusqlite::Result<()> {
-        self.exec(
-            "DELETE FROM attempts WHERE item_id = ?1 AND outcome = 'attempting'",
-            params![id],
-        )?;
+        self.exec(sql::DELETE_OPEN_ATTEMPT, params![id])?;
         Ok(())
     }
 
     async fn item_done(&mut self, id: i64, now: i64) -> rusqlite::Result<()> {
-        self.exec(
-            "UPDATE items SET state = 2, updated_ms = ?1, last_error = NULL,
-             status = CASE WHEN kind = 3 AND status = 0 THEN 1 ELSE status END WHERE id = ?2",
-            params![now, id],
-        )?;
+        self.exec(sql::ITEM_DONE, params![now, id])?;
         Ok(())
     }
 
@@ -516,34 +453,24 @@ impl Tx for SqliteTx<'_> {
         uncount: bool,
     ) -> rusqlite::Result<()> {
         self.exec(
-            "UPDATE items SET state = 0, next_ms = ?1, last_error = ?2, updated_ms = ?3,
-             ambiguous = ambiguous + ?4, attempts = attempts - ?5 WHERE id = ?6",
+            sql::ITEM_RETRY,
             params![next_ms, error, now, ambiguous as i64, uncount as i64, id],
         )?;
         Ok(())
     }
 
     async fn item_not_sent(&mut self, id: i64, now: i64) -> rusqlite::Result<()> {
-        self.exec(
-            "UPDATE items SET state = 0, attempts = attempts - 1, updated_ms = ?1 WHERE id = ?2",
-            params![now, id],
-        )?;
+        self.exec(sql::ITEM_NOT_SENT, params![now, id])?;
         Ok(())
     }
 
     async fn item_requeue_ambiguous(&mut self, id: i64) -> rusqlite::Result<()> {
-        self.exec(
-            "UPDATE items SET state = 0, ambiguous = ambiguous + 1 WHERE id = ?1",
-            params![id],
-        )?;
+        self.exec(sql::ITEM_REQUEUE_AMBIGUOUS, params![id])?;
         Ok(())
     }
 
     async fn item_dead(&mut self, id: i64, reason: &str, now: i64) -> rusqlite::Result<()> {
-        self.exec(
-            "UPDATE items SET state = 3, last_error = ?1, updated_ms = ?2 WHERE id = ?3",
-            params![reason, now, id],
-        )?;
+        self.exec(sql::ITEM_DEAD, params![reason, now, id])?;
         Ok(())
     }
 
@@ -589,10 +516,7 @@ impl Tx for SqliteTx<'_> {
         lane: Lane,
     ) -> rusqlite::Result<Vec<InFlight>> {
         self.0
-            .prepare_cached(
-                "SELECT id, qkey, ambiguous, next_ms FROM items INDEXED BY items_attempting
-                 WHERE state = 1 AND channel = ?1 AND lane = ?2 ORDER BY id",
-            )?
+            .prepare_cached(sql::ATTEMPTING_ITEMS)?
             .query_map(params![channel, lane.code()], |r| {
                 Ok(InFlight {
                     id: r.get(0)?,
