@@ -164,6 +164,15 @@ pub const ATTEMPTING_ITEMS: &str =
     "SELECT id, qkey, ambiguous, next_ms FROM items WHERE channel = $1 AND lane = $2 AND state = 1
              ORDER BY id FOR UPDATE";
 
+pub const COUNT_AMBIGUOUS: &str = "UPDATE items SET ambiguous = ambiguous + 1 WHERE id = $1";
+
+/// The pending items of a lane past their age (the sweep of a lane that sends nothing).
+pub const AGED_PENDING: &str = "SELECT id, qkey FROM items
+             WHERE channel = $1 AND lane = $2 AND state = 0 AND queued_ms < $3
+             ORDER BY queued_ms LIMIT $4";
+
+pub const IS_PENDING: &str = "SELECT 1 FROM items WHERE id = $1 AND state = 0";
+
 // Lanes at start, housekeeping and retention (`mod.rs`, `admin.rs`, `store::activity`).
 
 pub const RECENT_ATTEMPTS: &str =
@@ -260,6 +269,9 @@ pub const HOT_PATH: &[(&str, &str)] = &[
     ("ITEM_REQUEUE_AMBIGUOUS", ITEM_REQUEUE_AMBIGUOUS),
     ("ITEM_DEAD", ITEM_DEAD),
     ("ATTEMPTING_ITEMS", ATTEMPTING_ITEMS),
+    ("COUNT_AMBIGUOUS", COUNT_AMBIGUOUS),
+    ("AGED_PENDING", AGED_PENDING),
+    ("IS_PENDING", IS_PENDING),
     ("FENCE", FENCE),
     ("RECENT_ATTEMPTS", RECENT_ATTEMPTS),
     ("LANE_PENDING", LANE_PENDING),

@@ -472,12 +472,7 @@ impl Tx for PgTx<'_> {
     }
 
     async fn count_ambiguous(&mut self, id: i64) -> Result<()> {
-        exec(
-            self.tx,
-            "UPDATE items SET ambiguous = ambiguous + 1 WHERE id = $1",
-            &[&id],
-        )
-        .await?;
+        exec(self.tx, sql::COUNT_AMBIGUOUS, &[&id]).await?;
         Ok(())
     }
 
@@ -490,9 +485,7 @@ impl Tx for PgTx<'_> {
     ) -> Result<Vec<(i64, String)>> {
         Ok(rows(
             self.tx,
-            "SELECT id, qkey FROM items
-             WHERE channel = $1 AND lane = $2 AND state = 0 AND queued_ms < $3
-             ORDER BY queued_ms LIMIT $4",
+            sql::AGED_PENDING,
             &[&channel, &lane.code(), &before_ms, &(limit as i64)],
         )
         .await?
@@ -502,13 +495,7 @@ impl Tx for PgTx<'_> {
     }
 
     async fn is_pending(&mut self, id: i64) -> Result<bool> {
-        Ok(opt(
-            self.tx,
-            "SELECT 1 FROM items WHERE id = $1 AND state = 0",
-            &[&id],
-        )
-        .await?
-        .is_some())
+        Ok(opt(self.tx, sql::IS_PENDING, &[&id]).await?.is_some())
     }
 
     async fn attempting_items(&mut self, channel: &str, lane: Lane) -> Result<Vec<InFlight>> {

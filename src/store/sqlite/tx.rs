@@ -475,10 +475,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     async fn count_ambiguous(&mut self, id: i64) -> rusqlite::Result<()> {
-        self.exec(
-            "UPDATE items SET ambiguous = ambiguous + 1 WHERE id = ?1",
-            params![id],
-        )?;
+        self.exec(sql::COUNT_AMBIGUOUS, params![id])?;
         Ok(())
     }
 
@@ -490,11 +487,7 @@ impl Tx for SqliteTx<'_> {
         limit: usize,
     ) -> rusqlite::Result<Vec<(i64, String)>> {
         self.0
-            .prepare_cached(
-                "SELECT id, qkey FROM items INDEXED BY items_queued
-                 WHERE channel = ?1 AND lane = ?2 AND state = 0 AND queued_ms < ?3
-                 ORDER BY queued_ms LIMIT ?4",
-            )?
+            .prepare_cached(sql::AGED_PENDING)?
             .query_map(
                 params![channel, lane.code(), before_ms, limit as i64],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -504,7 +497,7 @@ impl Tx for SqliteTx<'_> {
 
     async fn is_pending(&mut self, id: i64) -> rusqlite::Result<bool> {
         self.0
-            .prepare_cached("SELECT 1 FROM items WHERE id = ?1 AND state = 0")?
+            .prepare_cached(sql::IS_PENDING)?
             .query_row(params![id], |_| Ok(()))
             .optional()
             .map(|r| r.is_some())
