@@ -133,6 +133,10 @@ pub enum AdminCommand {
         /// At most this many by filter (default 1000).
         #[arg(long)]
         limit: Option<usize>,
+        /// Also send again the sends whose earlier attempt may already have reached the
+        /// contact (ambiguous); without it they stay dead. Recorded in the audit log.
+        #[arg(long)]
+        force: bool,
     },
     /// Settle dead items without sending them: by --id, or by filter.
     Discard {
@@ -221,14 +225,18 @@ pub async fn run(args: AdminArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             let t = message_table(&v);
             (v, t)
         }
-        AdminCommand::Replay { ids, filter, limit }
+        AdminCommand::Replay {
+            ids, filter, limit, ..
+        }
         | AdminCommand::Discard { ids, filter, limit } => {
-            let action = if matches!(args.command, AdminCommand::Replay { .. }) {
-                "replay"
-            } else {
-                "discard"
+            let (action, force) = match &args.command {
+                AdminCommand::Replay { force, .. } => ("replay", *force),
+                _ => ("discard", false),
             };
-            let body = selection(ids, filter, *limit)?;
+            let mut body = selection(ids, filter, *limit)?;
+            if force {
+                body["force"] = json!(true);
+            }
             let v = client
                 .post(&format!("/admin/dead-letters/{action}"), body)
                 .await?;

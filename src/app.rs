@@ -529,8 +529,35 @@ async fn reload(state: &Arc<AppState>, new: Config, old: Generation) -> Generati
             if !removed.is_empty() {
                 tracing::warn!(
                     ?removed,
-                    "removed channels keep their queued items in the store until they are configured again"
+                    "removed channels keep their queued items in the store (parked: /admin/lanes lists them with configured = false, rio_unconfigured_items counts them) until they are configured again"
                 );
+            }
+            // A channel whose provider changed keeps its queue: sends are stored as
+            // respond.io's message, so the new provider sends them. Receipts for sends the
+            // old provider made reach the new provider's parser (unreadable ones are kept
+            // raw, as any).
+            let changed: Vec<(&String, &str, &str)> = set
+                .by_name
+                .iter()
+                .filter_map(|(name, ch)| {
+                    let old_ch = before.by_name.get(name)?;
+                    (old_ch.cfg.provider != ch.cfg.provider).then_some((
+                        name,
+                        old_ch.cfg.provider.as_str(),
+                        ch.cfg.provider.as_str(),
+                    ))
+                })
+                .collect();
+            if !changed.is_empty() {
+                let stats = state.store.lane_stats().await.unwrap_or_default();
+                for (name, from, to) in changed {
+                    let queued = stats
+                        .iter()
+                        .find(|s| &s.channel == name && s.lane == Lane::Provider)
+                        .map_or(0, |s| s.pending);
+                    tracing::warn!(channel = %name, from, to, queued,
+                        "config reload: the channel's provider changed; its queued sends go out through the new provider");
+                }
             }
             state.replace_channels(set);
             Generation::start(lanes, LeaseTiming::from_config(&state.cfg.store))

@@ -1217,12 +1217,437 @@ async fn channel_logs_are_pruned_on(store: &dyn rio_bridge::store::admin::AdminS
     assert_eq!(left[0].at_ms, 10_000);
 }
 
+// ---- Age limits against throttles and faults; what a replay may send ----
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// 20 sends at 1/s toward a provider that answers the first five and then 429s (or 401s)
+/// every call; items wait longer than `max_age_secs` (3 s) before their turn.
+async fn old_items_stage(pg: Option<&pg::PgSchema>, fault: SimFault) -> (Stage, InProcess) {
+    let mut opts = admin_opts("");
+    opts.provider_rate = 1;
+    opts.budget_ms = 50;
+    opts.push_receipts = false;
+    opts.channel_extra = "max_age_secs = 3".into();
+    let stage = admin_stage(opts, pg).await;
+    for _ in 0..5 {
+        stage.sim.push_fault(SimFault::Delay(0));
+    }
+    for _ in 0..15 {
+        stage.sim.push_fault(fault.clone());
+    }
+    let gw = InProcess::start(&stage).await;
+    for n in 0..20 {
+        let (s, b) = stage
+            .send(&format!("+614000070{n:02}"), "waits its turn")
+            .await;
+        assert_eq!(s, 200, "{b}");
+    }
+    (stage, gw)
+}
+
+/// The 15 sends the provider refused, once the age limit expired them; each reported
+/// `failed` to respond.io.
+async fn expired_while_blocked(stage: &Stage, admin: &Admin) -> Vec<Value> {
+    let dead = wait_until("15 sends dead-lettered", 60, || async {
+        let v = admin.ok("/admin/dead-letters?limit=100").await;
+        let items = v["items"].as_array().unwrap().clone();
+        (items.len() >= 15).then_some(items)
+    })
+    .await;
+    wait_until("a failed status for each at respond.io", 30, || async {
+        let failed = stage
+            .events_of_type("message_status")
+            .iter()
+            .filter(|e| e.event["status"]["value"] == "failed")
+            .count();
+        (failed >= 15).then_some(())
+    })
+    .await;
+    dead
+}
+
+/// Issue 11 §3: a 429 on items older than `max_age_secs` pauses the lane (Retry-After 30)
+/// instead of dead-lettering item after item into the pause; the pause holds, and the age
+/// limit still expires the waiting items (a sweep), each reported `failed`.
+async fn a_429_on_old_items_pauses_the_lane_on(pg: Option<&pg::PgSchema>) {
+    let (stage, gw) = old_items_stage(
+        pg,
+        SimFault::Throttle {
+            retry_after: Some(30),
+        },
+    )
+    .await;
+    let admin = Admin::new(&stage.base());
+    let dead = expired_while_blocked(&stage, &admin).await;
+    let sent = stage.sim.sent();
+    let throttled = sent.iter().filter(|a| a.status == 429).count();
+    assert_eq!(
+        throttled,
+        1,
+        "one 429, then nothing inside the pause: {:?}",
+        sent.iter()
+            .map(|a| (a.arrival_ms, a.status))
+            .collect::<Vec<_>>()
+    );
+    for d in &dead {
+        let why = d["last_error"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("expired") && why.contains("paused"),
+            "expired by the age limit while paused, not by the 429: {d}"
+        );
+    }
+    let lanes = admin.ok("/admin/lanes").await;
+    let provider = lanes["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["direction"] == "to_provider")
+        .unwrap()
+        .clone();
+    assert_eq!(provider["paused"], true, "{provider}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_429_on_old_items_pauses_the_lane() {
+    a_429_on_old_items_pauses_the_lane_on(None).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
+async fn a_429_on_old_items_pauses_the_lane_on_postgres() {
+    let pg = pg::PgSchema::create().await;
+    a_429_on_old_items_pauses_the_lane_on(Some(&pg)).await;
+}
+
+/// Issue 11 §3: 401s on items older than `max_age_secs` open the circuit instead of
+/// dead-lettering every item in turn; the age limit still expires the waiting items.
+async fn a_401_on_old_items_opens_the_circuit_on(pg: Option<&pg::PgSchema>) {
+    let (stage, gw) = old_items_stage(pg, SimFault::Unauthorized).await;
+    let admin = Admin::new(&stage.base());
+    let dead = expired_while_blocked(&stage, &admin).await;
+    let lanes = admin.ok("/admin/lanes").await;
+    let provider = lanes["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["direction"] == "to_provider")
+        .unwrap()
+        .clone();
+    assert_eq!(provider["circuit_open"], true, "{provider}");
+    let refused = stage.sim.sent().iter().filter(|a| a.status == 401).count();
+    // The first 401 opens the circuit; at most a probe follows before all have expired.
+    assert!(
+        refused <= 2,
+        "{refused} calls refused: the circuit did not hold"
+    );
+    for d in &dead {
+        let why = d["last_error"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("expired") && why.contains("circuit"),
+            "expired by the age limit while the circuit was open, not by the 401: {d}"
+        );
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_401_on_old_items_opens_the_circuit() {
+    a_401_on_old_items_opens_the_circuit_on(None).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
+async fn a_401_on_old_items_opens_the_circuit_on_postgres() {
+    let pg = pg::PgSchema::create().await;
+    a_401_on_old_items_opens_the_circuit_on(Some(&pg)).await;
+}
+
+/// Issue 11 §3: a replay restarts the item's age. A dead letter older than `max_age_secs`
+/// by its creation, replayed into a 429 (Retry-After 1), waits out the pause and is sent.
+async fn a_replayed_old_dead_letter_is_sent_on(pg: Option<&pg::PgSchema>) {
+    let mut opts = admin_opts("");
+    opts.channel_extra = "max_age_secs = 3".into();
+    let stage = admin_stage(opts, pg).await;
+    let gw = InProcess::start(&stage).await;
+    let admin = Admin::new(&stage.base());
+    let (id, mid) = dead_send(&stage, &admin, ALICE).await;
+    let created = admin.ok(&format!("/admin/messages/{mid}")).await["message"]["created_ms"]
+        .as_i64()
+        .unwrap();
+    wait_until("the dead letter is older than max_age_secs", 30, || async {
+        (now_ms() > created + 3_500).then_some(())
+    })
+    .await;
+    stage.sim.push_fault(SimFault::Throttle {
+        retry_after: Some(1),
+    });
+    let v = admin
+        .ok_post("/admin/dead-letters/replay", json!({"ids": [id]}))
+        .await;
+    assert_eq!(v["replayed"], json!([id]), "{v}");
+    let d = wait_until("the replayed send is delivered", 30, || async {
+        let d = admin.ok(&format!("/admin/messages/{mid}")).await;
+        (d["message"]["state"] != "pending" && d["message"]["state"] != "attempting").then_some(d)
+    })
+    .await;
+    assert_eq!(d["message"]["state"], "done", "{d}");
+    assert_eq!(calls_for(&stage, &mid), 3, "rejected, throttled, sent");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replayed_old_dead_letter_is_sent() {
+    a_replayed_old_dead_letter_is_sent_on(None).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
+async fn a_replayed_old_dead_letter_is_sent_on_postgres() {
+    let pg = pg::PgSchema::create().await;
+    a_replayed_old_dead_letter_is_sent_on(Some(&pg)).await;
+}
+
+/// Issue 11 §5: a send whose attempt may already have reached the contact (the connection
+/// dropped without an answer, and `ambiguous_retry_cap = 0` dead-lettered it) is replayed
+/// only with `force`, and the audit log says it was forced.
+async fn an_ambiguous_dead_send_needs_force_on(pg: Option<&pg::PgSchema>) {
+    let mut opts = admin_opts("");
+    opts.channel_extra = "ambiguous_retry_cap = 0".into();
+    opts.push_receipts = false;
+    let stage = admin_stage(opts, pg).await;
+    let gw = InProcess::start(&stage).await;
+    let admin = Admin::new(&stage.base());
+    stage.sim.push_fault(SimFault::DropConnection);
+    let (s, b) = stage.send(ALICE, "maybe sent").await;
+    assert_eq!(s, 200, "{b}");
+    let mid = b["mId"].as_str().unwrap().to_string();
+    let m = wait_until("the ambiguous send is dead", 20, || async {
+        let v = admin.ok("/admin/dead-letters").await;
+        v["items"].as_array().unwrap().first().cloned()
+    })
+    .await;
+    let id = m["id"].as_i64().unwrap();
+    let v = admin
+        .ok_post("/admin/dead-letters/replay", json!({"ids": [id]}))
+        .await;
+    assert_eq!(v["replayed"], json!([]), "not without force: {v}");
+    assert_eq!(v["needs_force"], json!([id]), "{v}");
+    let d = admin.ok(&format!("/admin/messages/{mid}")).await;
+    assert_eq!(d["message"]["state"], "dead");
+    assert_eq!(calls_for(&stage, &mid), 1);
+    let v = admin
+        .ok_post(
+            "/admin/dead-letters/replay",
+            json!({"ids": [id], "force": true}),
+        )
+        .await;
+    assert_eq!(v["replayed"], json!([id]), "{v}");
+    wait_until("the forced replay reaches the provider", 20, || async {
+        (calls_for(&stage, &mid) == 2).then_some(())
+    })
+    .await;
+    let audit = admin.ok("/admin/audit?actor=ops").await;
+    let forced: Vec<&Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "replay")
+        .collect();
+    assert_eq!(forced.len(), 1, "{audit}");
+    assert!(
+        forced[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("forced")),
+        "{}",
+        forced[0]
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_ambiguous_dead_send_needs_force() {
+    an_ambiguous_dead_send_needs_force_on(None).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
+async fn an_ambiguous_dead_send_needs_force_on_postgres() {
+    let pg = pg::PgSchema::create().await;
+    an_ambiguous_dead_send_needs_force_on(Some(&pg)).await;
+}
+
+/// Issue 11 §5: a replayed failed send keeps its `failed` at respond.io (terminal in the
+/// status machine): the replay is delivered, and its receipt is recorded in the history
+/// but not forwarded, so respond.io never sees the message move on from `failed`.
+async fn a_replayed_failed_send_stays_failed_on(pg: Option<&pg::PgSchema>) {
+    let stage = admin_stage(admin_opts(""), pg).await;
+    let gw = InProcess::start(&stage).await;
+    let admin = Admin::new(&stage.base());
+    let (id, mid) = dead_send(&stage, &admin, ALICE).await;
+    let v = admin
+        .ok_post("/admin/dead-letters/replay", json!({"ids": [id]}))
+        .await;
+    assert_eq!(v["replayed"], json!([id]), "{v}");
+    // The stand-in pushes a `delivered` receipt for the replayed send.
+    let d = wait_until("the replay's receipt is applied", 30, || async {
+        let d = admin.ok(&format!("/admin/messages/{mid}")).await;
+        d["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| {
+                let e = h["event"].as_str().unwrap_or_default();
+                e.starts_with("receipt delivered") || e == "status delivered"
+            })
+            .then_some(d)
+    })
+    .await;
+    assert_eq!(d["message"]["state"], "done", "{d}");
+    assert_eq!(d["message"]["status"], "failed", "{d}");
+    let forwarded = stage
+        .events_of_type("message_status")
+        .iter()
+        .filter(|e| e.event["mId"] == mid.as_str())
+        .count();
+    assert_eq!(
+        forwarded, 0,
+        "respond.io heard the failure as our 4xx, and nothing after"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replayed_failed_send_stays_failed() {
+    a_replayed_failed_send_stays_failed_on(None).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
+async fn a_replayed_failed_send_stays_failed_on_postgres() {
+    let pg = pg::PgSchema::create().await;
+    a_replayed_failed_send_stays_failed_on(Some(&pg)).await;
+}
+
+// ---- A reload that removes a channel with queued items ----
+
+/// Issue 11 §10c: a reload that removes a channel keeps its queued items parked and
+/// visible (`/admin/lanes` lists its lanes with `configured: false` and their depth, and
+/// `rio_unconfigured_items` counts them); when the channel comes back, they are sent.
+async fn a_removed_channel_keeps_its_items_parked_and_visible_on(pg: Option<&pg::PgSchema>) {
+    let mut opts = admin_opts("");
+    opts.budget_ms = 50;
+    opts.push_receipts = false;
+    let stage = admin_stage(opts, pg).await;
+    let with_sms = rio_bridge::config::Config::load(&stage.config_path()).unwrap();
+    let text = std::fs::read_to_string(stage.config_path()).unwrap();
+    let without_path = stage.dir.path().join("without-sms.toml");
+    std::fs::write(
+        &without_path,
+        text.replacen("name = \"sms\"", "name = \"spare\"", 1),
+    )
+    .unwrap();
+    let without_sms = rio_bridge::config::Config::load(&without_path).unwrap();
+
+    let listener = wait_until("gateway port free", 15, || async {
+        tokio::net::TcpListener::bind(("127.0.0.1", stage.port))
+            .await
+            .ok()
+    })
+    .await;
+    let app = rio_bridge::app::App::build(with_sms.clone()).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (reload, reloads) = tokio::sync::mpsc::channel(4);
+    let task = tokio::spawn(app.run_with_reloads(listener, stop.clone(), Some(reloads)));
+    wait_ready(&stage.base()).await;
+    let admin = Admin::new(&stage.base());
+
+    // Three sends wait behind an operator's pause.
+    admin
+        .ok_post("/admin/lanes/sms/to_provider/pause", json!({}))
+        .await;
+    for n in 0..3 {
+        let (s, b) = stage.send(&format!("+614000080{n:02}"), "parked").await;
+        assert_eq!(s, 200, "{b}");
+    }
+    reload.send(without_sms).await.unwrap();
+    let parked = wait_until("the removed channel's lane listed", 30, || async {
+        let lanes = admin.ok("/admin/lanes").await;
+        lanes["lanes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["channel"] == "sms" && l["direction"] == "to_provider")
+            .filter(|l| l["configured"] == false)
+            .cloned()
+    })
+    .await;
+    assert_eq!(parked["depth"], 3, "{parked}");
+    let metrics = reqwest::get(format!("{}/metrics", stage.base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("rio_unconfigured_items")
+                && l.contains("channel=\"sms\"")
+                && l.contains("to_provider")
+                && l.ends_with(" 3")),
+        "{metrics}"
+    );
+    assert_eq!(stage.sim.sent_count(), 0, "nothing sent while removed");
+
+    // The channel comes back: its items are there, and go once the lane is resumed.
+    reload.send(with_sms).await.unwrap();
+    wait_until("the channel configured again", 30, || async {
+        let lanes = admin.ok("/admin/lanes").await;
+        lanes["lanes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["channel"] == "sms" && l["configured"] == true && l["running"] == true)
+            .then_some(())
+    })
+    .await;
+    admin
+        .ok_post("/admin/lanes/sms/to_provider/resume", json!({}))
+        .await;
+    wait_until("the parked sends delivered", 30, || async {
+        (stage.sim.sent().iter().filter(|a| a.status == 200).count() == 3).then_some(())
+    })
+    .await;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}
+
+#[tokio::test]
+async fn a_removed_channel_keeps_its_items_parked_and_visible() {
+    a_removed_channel_keeps_its_items_parked_and_visible_on(None).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
+async fn a_removed_channel_keeps_its_items_parked_and_visible_on_postgres() {
+    let pg = pg::PgSchema::create().await;
+    a_removed_channel_keeps_its_items_parked_and_visible_on(Some(&pg)).await;
+}
+
 // ---- The store's side of replays and purges, with two PostgreSQL nodes ----
 
 mod store_level {
     use std::sync::Arc;
 
     use rio_bridge::config::StoreConfig;
+    use rio_bridge::respondio::wire::StatusValue;
     use rio_bridge::store::admin::{AdminStore, MessageFilter, ReplayOutcome};
     use rio_bridge::store::postgres::PgStore;
     use rio_bridge::store::sqlite::SqliteStore;
@@ -1282,6 +1707,7 @@ mod store_level {
             let fin = Finish::Dead {
                 reason: "INVALID_RECIPIENT".into(),
                 report_failed: false,
+                ambiguous: false,
             };
             store
                 .finish("ch", Lane::Provider, &qkey, &[id], fin, 1, 1)
@@ -1312,8 +1738,8 @@ mod store_level {
             let (a, b) = (a.clone(), b.clone());
             races.push(tokio::spawn(async move {
                 let (ra, rb) = tokio::join!(
-                    a.replay_items(vec![id], "ops"),
-                    b.replay_items(vec![id], "oncall")
+                    a.replay_items(vec![id], "ops", false),
+                    b.replay_items(vec![id], "oncall", false)
                 );
                 [ra.unwrap().remove(0).outcome, rb.unwrap().remove(0).outcome]
             }));
@@ -1350,7 +1776,7 @@ mod store_level {
             .unwrap();
         assert_eq!(batch.claimed.len(), contacts.len());
         // A later replay from either node finds nothing dead.
-        let again = b.replay_items(ids.clone(), "oncall").await.unwrap();
+        let again = b.replay_items(ids.clone(), "oncall", false).await.unwrap();
         assert!(again.iter().all(|r| r.outcome == ReplayOutcome::NotDead));
     }
 
@@ -1421,6 +1847,7 @@ mod store_level {
         let fin = Finish::Dead {
             reason: "INVALID_RECIPIENT".into(),
             report_failed: false,
+            ambiguous: false,
         };
         store
             .finish("ch", Lane::Provider, qkey, &[*id], fin, 1, 1)
@@ -1461,5 +1888,141 @@ mod store_level {
                 .is_some()
         );
         purge_waits_for_the_attempt_in_flight(store.clone(), store).await;
+    }
+
+    /// Issue 11 §5: `delivered` died on its way to respond.io, then `read` went out; a
+    /// replay of the dead `delivered` would move the message backwards at respond.io, so it
+    /// is settled as superseded (visibly: the result, a note, the history and the audit
+    /// log) and nothing is queued.
+    async fn a_replayed_status_never_moves_a_message_backwards(
+        store: Arc<dyn Store>,
+        admin: Arc<dyn AdminStore>,
+    ) {
+        let alice = "+61400000301".to_string();
+        let mid = format!("mid-{alice}");
+        let (qkey, id) = attempting_sends(store.as_ref(), std::slice::from_ref(&alice))
+            .await
+            .remove(0);
+        let fin = Finish::Done {
+            provider_id: Some("P-301".into()),
+        };
+        store
+            .finish("ch", Lane::Provider, &qkey, &[id], fin, 1, 1)
+            .await
+            .unwrap();
+        let status_q = status_qkey(&mid);
+        let receipt = |key: &str, v| ReceiptIn {
+            dedupe_key: key.into(),
+            provider_id: "P-301".into(),
+            status: Some(v),
+            reason: None,
+        };
+        // `delivered` is queued, attempted, and refused for good by respond.io.
+        store
+            .apply_receipts("ch", vec![receipt("r1", StatusValue::Delivered)])
+            .await
+            .unwrap();
+        let settle = |fin: Finish| {
+            let (store, status_q) = (store.clone(), status_q.clone());
+            async move {
+                store
+                    .claim("ch", Lane::RespondIo, i64::MAX / 2, [100, 100])
+                    .await
+                    .unwrap();
+                let it = store
+                    .take_items("ch", Lane::RespondIo, &status_q, 1, 1)
+                    .await
+                    .unwrap()
+                    .remove(0);
+                store
+                    .finish("ch", Lane::RespondIo, &status_q, &[it.id], fin, 1, 1)
+                    .await
+                    .unwrap();
+                it
+            }
+        };
+        let delivered = settle(Finish::Dead {
+            reason: "respond.io answered 400".into(),
+            report_failed: false,
+            ambiguous: false,
+        })
+        .await;
+        assert!(delivered.payload.contains(r#""value":"delivered""#));
+        // `read` follows and goes out.
+        store
+            .apply_receipts("ch", vec![receipt("r2", StatusValue::Read)])
+            .await
+            .unwrap();
+        let read = settle(Finish::Done { provider_id: None }).await;
+        assert!(read.payload.contains(r#""value":"read""#));
+
+        let r = admin
+            .replay_items(vec![delivered.id], "ops", false)
+            .await
+            .unwrap();
+        assert_eq!(r[0].outcome, ReplayOutcome::Superseded, "{r:?}");
+        assert!(
+            store
+                .head_items("ch", Lane::RespondIo, &status_q, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "nothing queued for respond.io"
+        );
+        let rows = admin
+            .list_messages(MessageFilter {
+                kind: Some(ItemKind::Status),
+                limit: 10,
+                ..MessageFilter::default()
+            })
+            .await
+            .unwrap();
+        let row = rows.iter().find(|m| m.id == delivered.id).unwrap();
+        assert_eq!(row.state, 2, "settled, not dead");
+        assert!(
+            row.last_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("superseded"),
+            "{:?}",
+            row.last_error
+        );
+        let audit = admin.list_audit(None, None, 10).await.unwrap();
+        assert_eq!(audit[0].action, "replay");
+        assert!(
+            audit[0]
+                .detail
+                .as_deref()
+                .unwrap_or("")
+                .contains("superseded")
+        );
+        // Asked again: it is not dead any more.
+        let again = admin
+            .replay_items(vec![delivered.id], "ops", false)
+            .await
+            .unwrap();
+        assert_eq!(again[0].outcome, ReplayOutcome::NotDead);
+    }
+
+    #[tokio::test]
+    async fn a_replayed_status_never_moves_a_message_backwards_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            path: dir.path().join("s.db"),
+            ..StoreConfig::default()
+        };
+        let store = Arc::new(SqliteStore::open(&cfg).unwrap());
+        a_replayed_status_never_moves_a_message_backwards(store.clone(), store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
+    async fn a_replayed_status_never_moves_a_message_backwards_on_postgres() {
+        let schema = pg::PgSchema::create().await;
+        let store = pg_node(&schema).await;
+        for lane in [Lane::Provider, Lane::RespondIo] {
+            assert!(store.acquire_lane("ch", lane).await.unwrap().is_some());
+        }
+        a_replayed_status_never_moves_a_message_backwards(store.clone(), store).await;
     }
 }

@@ -301,7 +301,7 @@ api_key = "k"
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let first = run();
-    assert!(first.contains("applied migrations [2, 3]"), "{first}");
+    assert!(first.contains("applied migrations [2, 3, 4]"), "{first}");
     let second = run();
     assert!(second.contains("up to date"), "{second}");
     let conn = rusqlite::Connection::open(&db).unwrap();

@@ -436,6 +436,7 @@ async fn a_send_that_dies_after_its_200_reports_failed(fx: &Fixture) {
         let fin = Finish::Dead {
             reason: "INVALID_RECIPIENT".into(),
             report_failed: report,
+            ambiguous: false,
         };
         assert!(
             !store
@@ -1236,6 +1237,12 @@ mod plans {
         ("ITEM_REQUEUE_AMBIGUOUS", &["INTEGER PRIMARY KEY"]),
         ("ITEM_DEAD", &["INTEGER PRIMARY KEY"]),
         ("ATTEMPTING_ITEMS", &["INDEX items_attempting"]),
+        ("COUNT_AMBIGUOUS", &["INTEGER PRIMARY KEY"]),
+        (
+            "AGED_PENDING",
+            &["INDEX items_queued (channel=? AND lane=? AND queued_ms<?)"],
+        ),
+        ("IS_PENDING", &["INTEGER PRIMARY KEY"]),
         (
             "RECENT_ATTEMPTS",
             &["INDEX attempts_window (channel=? AND lane=?)"],
@@ -1421,6 +1428,10 @@ mod plans {
         ("ITEM_REQUEUE_AMBIGUOUS", &["items_pkey"]),
         ("ITEM_DEAD", &["items_pkey"]),
         ("ATTEMPTING_ITEMS", &["items_attempting"]),
+        ("COUNT_AMBIGUOUS", &["items_pkey"]),
+        // The sweep of a lane that sends nothing: the partial index of pending items by age.
+        ("AGED_PENDING", &["items_queued"]),
+        ("IS_PENDING", &["items_pkey"]),
         // At a lane's start. Backwards on attempts_at only where the statistics say the
         // lane has a large share of all attempts (it then meets its rows soon).
         ("RECENT_ATTEMPTS", &["attempts_window|attempts_at"]),

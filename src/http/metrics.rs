@@ -115,7 +115,21 @@ pub async fn publish_lane_stats(state: &AppState) {
                 .map_or(0.0, |t| ((now - t).max(0) as f64) / 1000.0);
             metrics::gauge!("rio_lane_oldest_pending_seconds", &labels).set(age);
             metrics::gauge!("rio_dead_letters", &labels).set(s.map_or(0, |s| s.dead) as f64);
+            metrics::gauge!("rio_unconfigured_items", &labels).set(0.0);
         }
+    }
+    // Items of channels a reload removed: kept in the store, sent when the channel is
+    // configured again. An alert on this gauge catches a channel removed by mistake.
+    let set = state.channels();
+    for s in stats
+        .iter()
+        .filter(|s| !set.by_name.contains_key(&s.channel))
+    {
+        let labels = [
+            ("channel", s.channel.clone()),
+            ("direction", s.lane.name().to_string()),
+        ];
+        metrics::gauge!("rio_unconfigured_items", &labels).set(s.pending as f64);
     }
 }
 

@@ -340,6 +340,8 @@ struct Completion {
     split: bool,
     /// This attempt was the open circuit's probe.
     probe: bool,
+    /// A request went out (a probe that sent nothing proves nothing about the channel).
+    sent: bool,
 }
 
 #[derive(Debug, Default)]
@@ -364,6 +366,10 @@ const SLOT_WAIT_MAX: Duration = Duration::from_secs(10);
 /// recorded); after it, the crash policy settles the item.
 const ATTEMPT_DEADLINE_MARGIN: Duration = Duration::from_secs(30);
 const CIRCUIT_MAX_PROBE_MS: i64 = 300_000;
+/// How often a lane that sends nothing (paused, circuit open) expires items past their
+/// max age, and how many at most per sweep (one write transaction).
+const SWEEP_INTERVAL_MS: i64 = 1_000;
+const SWEEP_BATCH: usize = 500;
 
 pub struct LaneRunner {
     ctx: Arc<LaneCtx>,
@@ -379,6 +385,7 @@ pub struct LaneRunner {
     circuit: Circuit,
     next_due: Option<i64>,
     last_fill_ms: i64,
+    last_sweep_ms: i64,
     done_tx: mpsc::UnboundedSender<Completion>,
     done_rx: mpsc::UnboundedReceiver<Completion>,
 }
@@ -405,6 +412,7 @@ impl LaneRunner {
             circuit: Circuit::default(),
             next_due: None,
             last_fill_ms: 0,
+            last_sweep_ms: 0,
             done_tx,
             done_rx,
         })
@@ -433,7 +441,18 @@ impl LaneRunner {
             }
             let now = now_ms();
             if let Some(until) = self.gate(now) {
-                self.wait(&shutdown, Some(until - now)).await;
+                // Nothing is sent while the lane is paused or its circuit open, so no
+                // attempt ends and expires old items: the sweep does, every so often.
+                let blocked = self.blocked_why(now);
+                if let Some(why) = blocked {
+                    self.sweep_aged(now, why).await;
+                }
+                let wait = if blocked.is_some() {
+                    (until - now).min(SWEEP_INTERVAL_MS)
+                } else {
+                    until - now
+                };
+                self.wait(&shutdown, Some(wait)).await;
                 continue;
             }
             if self.should_fill(now)
@@ -496,7 +515,7 @@ impl LaneRunner {
                 ));
                 let c = task.await.unwrap_or_else(|e| {
                     tracing::error!(channel = %ctx2.channel, lane = ctx2.lane.name(), error = %e, "attempt panicked");
-                    Completion { qkey, class, next: Next::StoreError, split: false, probe }
+                    Completion { qkey, class, next: Next::StoreError, split: false, probe, sent: false }
                 });
                 let _ = tx.send(c);
             });
@@ -549,6 +568,64 @@ impl LaneRunner {
             }
         }
         None
+    }
+
+    /// Why the lane sends nothing although it owns its lease: paused or circuit open.
+    fn blocked_why(&self, now: i64) -> Option<&'static str> {
+        if !self.ctx.owns() {
+            None
+        } else if self.paused_until() > now {
+            Some("paused")
+        } else if self.circuit.open {
+            Some("stopped by an open circuit (channel fault)")
+        } else {
+            None
+        }
+    }
+
+    /// Expires items past `max_age_secs` while the lane sends nothing (at most every
+    /// `SWEEP_INTERVAL_MS`): dead-lettered with a reason saying so, a send's `failed`
+    /// status queued for respond.io, as for any item that gave up.
+    async fn sweep_aged(&mut self, now: i64, why: &str) {
+        if now - self.last_sweep_ms < SWEEP_INTERVAL_MS {
+            return;
+        }
+        self.last_sweep_ms = now;
+        let ctx = &self.ctx;
+        let max_age_ms = (ctx.policy.max_age_secs as i64).saturating_mul(1000);
+        let reason = format!(
+            "expired: waited over {} s (max_age_secs) while the lane was {why}",
+            ctx.policy.max_age_secs
+        );
+        match ctx
+            .store
+            .expire_aged(
+                &ctx.channel,
+                ctx.lane,
+                now - max_age_ms,
+                &reason,
+                SWEEP_BATCH,
+            )
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                let labels = ctx.labels();
+                metrics::counter!("rio_dead_total", &labels).increment(n);
+                metrics::counter!("rio_expired_total", &labels).increment(n);
+                tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), expired = n, reason = %reason,
+                    "items past their max age dead-lettered");
+                ctx.settle_backlog(n as usize);
+                ctx.wake_status_lane();
+                if n as usize >= SWEEP_BATCH {
+                    // More may be waiting: sweep again at the next turn.
+                    self.last_sweep_ms = 0;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e, "cannot expire old items yet");
+            }
+        }
     }
 
     async fn wait(&mut self, shutdown: &CancellationToken, ms: Option<i64>) {
@@ -675,7 +752,12 @@ impl LaneRunner {
             Next::Fault(reason) => Some(reason.clone()),
             _ => None,
         };
-        if c.probe {
+        if c.probe && !c.sent {
+            // The probe found nothing to send (its queue emptied meanwhile): the circuit
+            // stays open and the next ready queue probes soon.
+            self.circuit.probe_inflight = false;
+            self.circuit.probe_at = now + 1000;
+        } else if c.probe {
             self.circuit.probe_inflight = false;
             match fault {
                 None => {
@@ -755,13 +837,15 @@ async fn attempt(
     } else {
         ctx.deliverer.batch_limit(&qkey).max(1)
     };
-    let done = |next, split| Completion {
+    let done_sent = |next, split, sent| Completion {
         qkey: qkey.clone(),
         class,
         next,
         split,
         probe,
+        sent,
     };
+    let done = |next, split| done_sent(next, split, false);
     let now = now_ms();
     let timeout = ctx.request_timeout();
     let how = TakeHead {
@@ -825,7 +909,7 @@ async fn attempt(
     let recorded = record(&ctx, &qkey, &ids, fin, slot_ms, dur.as_millis() as i64).await;
     unrecorded.settle();
     let Some(more) = recorded else {
-        return done(Next::Released, false);
+        return done_sent(Next::Released, false, true);
     };
     if settled {
         ctx.settle_backlog(ids.len());
@@ -836,7 +920,7 @@ async fn attempt(
         None if more => Next::More,
         None => Next::Released,
     };
-    done(next, split)
+    done_sent(next, split, true)
 }
 
 /// The items of an attempt that has not recorded its outcome yet. Dropped unsettled (the
@@ -969,7 +1053,8 @@ fn decide(
     let now = now_ms();
     let p = &ctx.policy;
     let labels = ctx.labels();
-    let age_ms = now - head.created_ms;
+    // Counted from when the item was last queued: a replayed dead letter starts afresh.
+    let age_ms = now - head.queued_ms;
     let too_old = age_ms >= (p.max_age_secs as i64).saturating_mul(1000);
     let log_item = |what: &str, detail: &str| {
         for it in items {
@@ -977,7 +1062,7 @@ fn decide(
                 ms = dur.as_millis() as u64, detail, "{what}");
         }
     };
-    let dead = |reason: String, report: bool| {
+    let dead_maybe_sent = |reason: String, report: bool, ambiguous: bool| {
         metrics::counter!("rio_dead_total", &labels).increment(items.len() as u64);
         for it in items {
             tracing::warn!(channel = %ctx.channel, mid = %it.mid, lane = ctx.lane.name(), reason = %reason, "dead-lettered");
@@ -986,11 +1071,13 @@ fn decide(
             Finish::Dead {
                 reason,
                 report_failed: report,
+                ambiguous,
             },
             None,
             false,
         )
     };
+    let dead = |reason: String, report: bool| dead_maybe_sent(reason, report, false);
     match result {
         Ok(provider_id) => {
             metrics::counter!("rio_delivered_total", &labels).increment(items.len() as u64);
@@ -1021,13 +1108,10 @@ fn decide(
                 .resolve(&head.mid, FirstOutcome::Rejected(reason.clone()));
             dead(reason, !told)
         }
-        Err(e @ (SendError::ChannelFault(_) | SendError::Throttled { .. })) if too_old => {
-            ctx.waiters.resolve(&head.mid, FirstOutcome::Pending);
-            dead(
-                format!("gave up after {} s: {}", age_ms / 1000, e.reason()),
-                true,
-            )
-        }
+        // A throttle or a channel fault acts on the lane first, whatever the item's age
+        // (dead-lettering the item instead would let the next one hit the same wall at
+        // once): the lane pauses or opens its circuit, and while it sends nothing the
+        // runner's sweep expires items past `max_age_secs`.
         Err(SendError::Rotated(reason)) => {
             // Not acted on, and the next attempt uses the rotation's other credential: at
             // once, in a slot of its own, uncounted.
@@ -1089,11 +1173,12 @@ fn decide(
                 && ctx.lane == Lane::Provider
                 && head.ambiguous + 1 > p.ambiguous_retry_cap as i64
             {
-                return dead(
+                return dead_maybe_sent(
                     format!(
                         "may have been sent; not retried again after {} ambiguous attempts: {reason}",
                         head.ambiguous + 1
                     ),
+                    true,
                     true,
                 );
             }
@@ -1162,6 +1247,7 @@ mod tests {
             attempts: 0,
             ambiguous: 0,
             created_ms,
+            queued_ms: created_ms,
             provider_id: None,
             status: 0,
             last_error: None,

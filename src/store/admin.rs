@@ -117,6 +117,12 @@ pub enum ReplayOutcome {
     /// Not dead (any more): nothing changed. A second replay of the same item lands here.
     NotDead,
     NotFound,
+    /// A status that is no longer the message's current one: settled without sending, as
+    /// sending it would move the message backwards at respond.io.
+    Superseded,
+    /// A send whose earlier attempt may already have reached the contact: left dead, as
+    /// replaying it needs `force`.
+    NeedsForce,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -183,7 +189,12 @@ pub trait AdminStore: Send + Sync + 'static {
     /// Moves dead items back to pending (attempt count reset), each exactly once: only an
     /// item still dead at the moment of the write changes, so concurrent or repeated
     /// replays send it once. Audited per item replayed.
-    async fn replay_items(&self, ids: Vec<i64>, actor: &str) -> Result<Vec<ReplayResult>>;
+    async fn replay_items(
+        &self,
+        ids: Vec<i64>,
+        actor: &str,
+        force: bool,
+    ) -> Result<Vec<ReplayResult>>;
 
     /// Settles dead items without sending them (state done, `last_error` says who
     /// discarded them). Returns the ids that were dead.

@@ -7,6 +7,8 @@ use std::collections::BTreeSet;
 use super::admin::{PurgeReport, ReplayOutcome, ReplayResult, mask_contact};
 use super::rules::Tx;
 use super::{ItemKind, Lane};
+use crate::respondio::wire::Event;
+use crate::status;
 
 /// A dead item a replay moved back to pending.
 pub struct Revived {
@@ -15,6 +17,17 @@ pub struct Revived {
     pub qkey: String,
     pub mid: String,
     pub kind: ItemKind,
+}
+
+/// A dead item, as a replay decides about it.
+pub struct DeadItem {
+    pub channel: String,
+    pub lane: Lane,
+    pub kind: ItemKind,
+    pub mid: String,
+    pub payload: String,
+    /// Attempts that may have been acted on (the request may have gone out).
+    pub ambiguous: i64,
 }
 
 /// An item of a contact, as a purge sees it.
@@ -43,6 +56,13 @@ pub trait AdminTx: Tx {
     /// Moves an item from dead to pending (attempts reset) if it is still dead right now;
     /// `None` if it was not.
     async fn revive_dead(&mut self, id: i64, now: i64) -> Result<Option<Revived>, Self::Error>;
+    /// A dead item, locked against a concurrent replay; `None` if it is not dead.
+    async fn dead_item(&mut self, id: i64) -> Result<Option<DeadItem>, Self::Error>;
+    /// The status-machine code of the send with this mId (locked as receipts lock it).
+    async fn send_status(&mut self, channel: &str, mid: &str) -> Result<Option<i64>, Self::Error>;
+    /// Settles a dead item as done without sending it, with `note` as its `last_error`;
+    /// false if it was not dead.
+    async fn supersede_dead(&mut self, id: i64, note: &str, now: i64) -> Result<bool, Self::Error>;
     /// Where an item lives, if it exists.
     async fn item_place(&mut self, id: i64) -> Result<Option<(String, Lane)>, Self::Error>;
     /// Puts a queue row back for a replayed item; an existing row keeps its schedule,
@@ -126,16 +146,38 @@ pub trait AdminTx: Tx {
 }
 
 /// Moves dead items back to pending, each exactly once: only an item still dead at the
-/// moment of the write changes, so concurrent or repeated replays send it once.
+/// moment of the write changes, so concurrent or repeated replays send it once. Its age
+/// (`max_age_secs`) starts again.
+///
+/// What a replay never does:
+/// - move a message backwards at respond.io: a dead `message_status` whose value is no
+///   longer the message's current status (a later one went out since, or the message
+///   failed) is settled as superseded instead, with a note, a history row and an audit
+///   row; only the current status is sent again;
+/// - re-send a send toward the provider that may already have reached the contact (an
+///   ambiguous attempt: the request left and no answer came back) unless `force` says
+///   so; without it the item stays dead and the result says `NeedsForce`. A forced
+///   replay's audit row says so.
+///
+/// A replayed send keeps its status: respond.io was told `failed` (or heard our 4xx), and
+/// `failed` is terminal in the status machine, so nothing it learns from the replay's
+/// receipts is forwarded (they are recorded in the message's history).
 pub async fn replay_items<T: AdminTx>(
     tx: &mut T,
     ids: Vec<i64>,
     actor: &str,
+    force: bool,
     now: i64,
 ) -> Result<Vec<ReplayResult>, T::Error> {
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        let Some(item) = tx.revive_dead(id, now).await? else {
+        let result = |outcome, d: &DeadItem| ReplayResult {
+            id,
+            outcome,
+            channel: Some(d.channel.clone()),
+            lane: Some(d.lane.code()),
+        };
+        let Some(dead) = tx.dead_item(id).await? else {
             let place = tx.item_place(id).await?;
             out.push(ReplayResult {
                 id,
@@ -148,6 +190,31 @@ pub async fn replay_items<T: AdminTx>(
             });
             continue;
         };
+        let target = format!("item {id} ({} {})", dead.channel, dead.mid);
+        if dead.lane == Lane::Provider && dead.ambiguous > 0 && !force {
+            out.push(result(ReplayOutcome::NeedsForce, &dead));
+            continue;
+        }
+        if dead.kind == ItemKind::Status
+            && let Some(why) = superseded(tx, &dead).await?
+        {
+            if tx.supersede_dead(id, &why, now).await? {
+                tx.history(
+                    id,
+                    now,
+                    "replay superseded",
+                    Some(&format!("by {actor}: {why}")),
+                )
+                .await?;
+                tx.audit(actor, "replay", &target, Some(&why)).await?;
+            }
+            out.push(result(ReplayOutcome::Superseded, &dead));
+            continue;
+        }
+        let Some(item) = tx.revive_dead(id, now).await? else {
+            out.push(result(ReplayOutcome::NotDead, &dead));
+            continue;
+        };
         // Back into its contact's FIFO. A replayed send toward the provider goes with bulk
         // (class 1), a contact's events first (class 0), as when they were accepted.
         let class = match item.kind {
@@ -156,10 +223,19 @@ pub async fn replay_items<T: AdminTx>(
         };
         tx.ensure_queue(&item.channel, item.lane, &item.qkey, class, now)
             .await?;
-        tx.history(id, now, "replayed", Some(&format!("by {actor}")))
+        let forced = (dead.lane == Lane::Provider && dead.ambiguous > 0).then(|| {
+            format!(
+                "forced: {} earlier attempt(s) may already have reached the contact",
+                dead.ambiguous
+            )
+        });
+        let by = match &forced {
+            Some(f) => format!("by {actor} ({f})"),
+            None => format!("by {actor}"),
+        };
+        tx.history(id, now, "replayed", Some(&by)).await?;
+        tx.audit(actor, "replay", &target, forced.as_deref())
             .await?;
-        let target = format!("item {id} ({} {})", item.channel, item.mid);
-        tx.audit(actor, "replay", &target, None).await?;
         // The lane's owner may be another node: tell it at commit.
         tx.announce(&item.channel, item.lane).await?;
         out.push(ReplayResult {
@@ -170,6 +246,27 @@ pub async fn replay_items<T: AdminTx>(
         });
     }
     Ok(out)
+}
+
+/// Why a dead `message_status` must not be sent again, if so: its value is not the
+/// message's current status (sending it would move the message backwards at respond.io).
+async fn superseded<T: AdminTx>(tx: &mut T, dead: &DeadItem) -> Result<Option<String>, T::Error> {
+    let value = serde_json::from_str::<Event>(&dead.payload)
+        .ok()
+        .and_then(|e| e.status)
+        .map(|s| s.value);
+    let (Some(value), Some(current)) = (value, tx.send_status(&dead.channel, &dead.mid).await?)
+    else {
+        return Ok(None);
+    };
+    if status::code(value) == current {
+        return Ok(None);
+    }
+    let now_is = status::from_code(current).map_or("none", |v| v.as_str());
+    Ok(Some(format!(
+        "superseded: the message is {now_is} now; a replayed {} would move it backwards at respond.io",
+        value.as_str()
+    )))
 }
 
 /// Settles dead items without sending them; returns the ids that were dead.

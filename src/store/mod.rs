@@ -160,6 +160,8 @@ pub struct Item {
     pub attempts: i64,
     pub ambiguous: i64,
     pub created_ms: i64,
+    /// When it was last queued (accepted, or replayed): its age for `max_age_secs`.
+    pub queued_ms: i64,
     pub provider_id: Option<String>,
     pub status: i64,
     pub last_error: Option<String>,
@@ -200,6 +202,9 @@ pub enum Finish {
     Dead {
         reason: String,
         report_failed: bool,
+        /// This last attempt may have been acted on (no answer came back): counted, so a
+        /// replay knows the item may already have reached its receiver.
+        ambiguous: bool,
     },
 }
 
@@ -506,6 +511,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Gives a claimed queue back (shutdown, or a lane that stops holding it).
     async fn release(&self, channel: &str, lane: Lane, qkey: &str) -> Result<()>;
+
+    /// Dead-letters up to `limit` pending items of a lane queued before `before_ms`, with
+    /// `reason` (a send's `failed` status goes to respond.io): the age limit of a lane that
+    /// sends nothing (paused, circuit open). Returns how many expired.
+    async fn expire_aged(
+        &self,
+        channel: &str,
+        lane: Lane,
+        before_ms: i64,
+        reason: &str,
+        limit: usize,
+    ) -> Result<u64>;
 
     /// At start-up: releases every claim and settles items a crash left attempting, per
     /// channel policy (channels not in the map resend).

@@ -274,6 +274,19 @@ pub trait Tx {
     /// Back to pending after a crash left it attempting: one more ambiguous attempt.
     async fn item_requeue_ambiguous(&mut self, id: i64) -> Result<(), Self::Error>;
     async fn item_dead(&mut self, id: i64, reason: &str, now: i64) -> Result<(), Self::Error>;
+    /// Counts one more attempt that may have been acted on (the item gives up after it).
+    async fn count_ambiguous(&mut self, id: i64) -> Result<(), Self::Error>;
+    /// Up to `limit` pending items of a lane queued before `before_ms`, oldest first:
+    /// (id, queue).
+    async fn aged_pending(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, Self::Error>;
+    /// Whether an item is pending (not attempting, not settled).
+    async fn is_pending(&mut self, id: i64) -> Result<bool, Self::Error>;
     /// Items of a lane left attempting, oldest first, locked.
     async fn attempting_items(
         &mut self,
@@ -685,10 +698,14 @@ pub async fn finish<T: Tx>(
         Finish::Dead {
             reason,
             report_failed,
+            ambiguous,
         } => {
             for &id in &ids {
                 tx.set_attempt_outcome(id, "dead", Some(&reason), dur, Some(sent_at))
                     .await?;
+                if ambiguous {
+                    tx.count_ambiguous(id).await?;
+                }
                 mark_dead(tx, channel, id, &reason, report_failed, now).await?;
             }
             None
@@ -778,6 +795,43 @@ pub async fn mark_dead<T: Tx>(
     Ok(())
 }
 
+/// Dead-letters up to `limit` pending items of a lane queued before `before_ms` (their
+/// `max_age_secs` is over), each with `reason` and, for a send, its `failed` status for
+/// respond.io, as for any item that gave up. Run by the lane's owner while the lane sends
+/// nothing (paused by a 429, or its circuit open), so the age limit holds although no
+/// attempt ends. Queues are locked before their items, as lanes lock them; an item an
+/// attempt took meanwhile is left to it. Returns how many expired.
+pub async fn expire_aged<T: Tx>(
+    tx: &mut T,
+    channel: &str,
+    lane: Lane,
+    before_ms: i64,
+    reason: &str,
+    limit: usize,
+    now: i64,
+) -> Result<u64, T::Error> {
+    tx.fence(channel, lane).await?;
+    let aged = tx.aged_pending(channel, lane, before_ms, limit).await?;
+    let queues: std::collections::BTreeSet<&str> = aged.iter().map(|a| a.1.as_str()).collect();
+    for q in &queues {
+        tx.lock_queue(channel, lane, q).await?;
+    }
+    let mut expired = 0;
+    for (id, _) in &aged {
+        if !tx.is_pending(*id).await? {
+            continue;
+        }
+        mark_dead(tx, channel, *id, reason, true, now).await?;
+        expired += 1;
+    }
+    for q in queues {
+        if !tx.queue_has_pending(channel, lane, q).await? {
+            tx.drop_queue(channel, lane, q).await?;
+        }
+    }
+    Ok(expired)
+}
+
 /// Run by a lane's new owner before it claims anything: releases the lane's claims and
 /// settles items left attempting, per `policy`, except those still in flight: this
 /// process's live attempts, and on a shared store another node's before their deadline
@@ -843,6 +897,8 @@ async fn settle_in_flight<T: Tx>(
         let reason = "in flight when its owner stopped; not resent (on_crash = fail, or ambiguous too often)";
         tx.set_attempt_outcome(it.id, "dead", Some(reason), 0, Some(now))
             .await?;
+        // It may have gone out: a replay has to be forced.
+        tx.count_ambiguous(it.id).await?;
         mark_dead(tx, channel, it.id, reason, true, now).await?;
         tx.lock_queue(channel, lane, &it.qkey).await?;
         if !tx.queue_has_pending(channel, lane, &it.qkey).await? {

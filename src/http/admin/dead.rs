@@ -62,10 +62,16 @@ pub struct Selection {
     ids: Option<Vec<i64>>,
     filter: Option<FilterQuery>,
     limit: Option<usize>,
+    /// Replay only: also replay sends whose earlier attempt may already have reached the
+    /// contact (ambiguous). Without it they stay dead and are listed as `needs_force`.
+    force: Option<bool>,
 }
 
 async fn select(state: &AppState, body: &Bytes) -> Result<Vec<i64>, Response> {
-    let sel: Selection = json_body(body)?;
+    select_with(state, json_body(body)?).await
+}
+
+async fn select_with(state: &AppState, sel: Selection) -> Result<Vec<i64>, Response> {
     match (sel.ids, sel.filter) {
         (Some(ids), None) => {
             if ids.is_empty() || ids.len() > BULK_MAX {
@@ -99,11 +105,16 @@ pub async fn replay(
     Extension(actor): Extension<Actor>,
     body: Bytes,
 ) -> Response {
-    let ids = match select(&state, &body).await {
+    let sel: Selection = match json_body(&body) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let force = sel.force.unwrap_or(false);
+    let ids = match select_with(&state, sel).await {
         Ok(ids) => ids,
         Err(r) => return r,
     };
-    let results = match state.admin_store().replay_items(ids, &actor.0).await {
+    let results = match state.admin_store().replay_items(ids, &actor.0, force).await {
         Ok(r) => r,
         Err(e) => return store_failed(e),
     };
@@ -116,11 +127,13 @@ pub async fn replay(
             .collect::<Vec<_>>()
     };
     let replayed = pick(ReplayOutcome::Replayed);
-    tracing::info!(actor = %actor.0, replayed = replayed.len(), "dead letters replayed");
+    tracing::info!(actor = %actor.0, replayed = replayed.len(), force, "dead letters replayed");
     ok_json(json!({
         "replayed": replayed,
         "not_dead": pick(ReplayOutcome::NotDead),
         "not_found": pick(ReplayOutcome::NotFound),
+        "superseded": pick(ReplayOutcome::Superseded),
+        "needs_force": pick(ReplayOutcome::NeedsForce),
     }))
 }
 

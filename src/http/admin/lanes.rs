@@ -32,7 +32,8 @@ fn lane_of(ch: &Channel, lane: Lane) -> &Arc<LaneCtx> {
 }
 
 /// `GET /admin/lanes`: every lane with its depth, age, dead letters, pause, circuit and
-/// request rates over the last minute, as numbers.
+/// request rates over the last minute, as numbers; then the lanes of channels no longer
+/// configured (a reload removed them) that still hold items, with `configured: false`.
 pub async fn list(State(state): State<Arc<AppState>>) -> Response {
     let (stats, activity) = match (
         state.store.lane_stats().await,
@@ -62,6 +63,7 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Response {
             let delivered = a.map_or(0, |a| a.delivered);
             lanes.push(json!({
                 "channel": name,
+                "configured": true,
                 "direction": lane.name(),
                 "depth": s.map_or(0, |s| s.pending),
                 "oldest_pending_age_ms": s.and_then(|s| s.oldest_pending_ms).map(|t| (now - t).max(0)),
@@ -78,6 +80,24 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Response {
                 "delivered_per_sec": delivered as f64 / (RATE_WINDOW_MS as f64 / 1000.0),
             }));
         }
+    }
+    // Channels a reload removed that still have items in the store: their items are kept
+    // (parked, never dropped) and go out when the channel is configured again.
+    let mut parked: Vec<_> = stats
+        .iter()
+        .filter(|s| !set.by_name.contains_key(&s.channel) && (s.pending > 0 || s.dead > 0))
+        .collect();
+    parked.sort_by(|a, b| (&a.channel, a.lane).cmp(&(&b.channel, b.lane)));
+    for s in parked {
+        lanes.push(json!({
+            "channel": s.channel,
+            "configured": false,
+            "direction": s.lane.name(),
+            "depth": s.pending,
+            "oldest_pending_age_ms": s.oldest_pending_ms.map(|t| (now - t).max(0)),
+            "dead": s.dead,
+            "running": false,
+        }));
     }
     ok_json(json!({"lanes": lanes}))
 }

@@ -19,7 +19,7 @@ use super::{PAUSE_PREFIX, PgStore, db, exec, opt, rows};
 use crate::clock::now_ms;
 use crate::store::activity::{ActivityLog, AttemptCounts};
 use crate::store::admin::*;
-use crate::store::admin_rules::{self, AdminTx, ContactItem, Revived};
+use crate::store::admin_rules::{self, AdminTx, ContactItem, DeadItem, Revived};
 use crate::store::{ItemKind, Lane, Result};
 
 const MESSAGE_COLUMNS: &str = "id, channel, lane, contact, kind, mid, payload, state, status, attempts, \
@@ -230,8 +230,19 @@ impl AdminStore for PgStore {
         Ok(self.read(&sql, &[&id]).await?.first().map(raw_row))
     }
 
-    async fn replay_items(&self, ids: Vec<i64>, actor: &str) -> Result<Vec<ReplayResult>> {
-        in_tx!(self, |t| admin_rules::replay_items(t, ids, actor, now_ms()))
+    async fn replay_items(
+        &self,
+        ids: Vec<i64>,
+        actor: &str,
+        force: bool,
+    ) -> Result<Vec<ReplayResult>> {
+        in_tx!(self, |t| admin_rules::replay_items(
+            t,
+            ids,
+            actor,
+            force,
+            now_ms()
+        ))
     }
 
     async fn discard_items(&self, ids: Vec<i64>, actor: &str) -> Result<Vec<i64>> {
@@ -506,12 +517,13 @@ impl AdminTx for PgTx<'_> {
 
     async fn revive_dead(&mut self, id: i64, now: i64) -> Result<Option<Revived>> {
         // The state check is in the UPDATE itself: a concurrent replay (this node or
-        // another) waits for our row lock, then finds the item no longer dead. A send's
-        // status goes back to "none" so its receipts move it forward again.
+        // another) waits for our row lock, then finds the item no longer dead. Its age
+        // starts again (`queued_ms`); a send keeps its status (a failed send stays failed
+        // at respond.io: see `admin_rules::replay_items`).
         Ok(opt(
             self.tx,
-            "UPDATE items SET state = 0, attempts = 0, next_ms = $1, updated_ms = $1, last_error = NULL,
-             status = CASE WHEN kind = 3 THEN 0 ELSE status END WHERE id = $2 AND state = 3
+            "UPDATE items SET state = 0, attempts = 0, next_ms = $1, updated_ms = $1, queued_ms = $1,
+             last_error = NULL WHERE id = $2 AND state = 3
              RETURNING channel, lane, qkey, mid, kind",
             &[&now, &id],
         )
@@ -523,6 +535,47 @@ impl AdminTx for PgTx<'_> {
             mid: r.get(3),
             kind: ItemKind::from_code(r.get(4)),
         }))
+    }
+
+    async fn dead_item(&mut self, id: i64) -> Result<Option<DeadItem>> {
+        // Locked: a concurrent replay of the same item waits here, then finds it not dead.
+        Ok(opt(
+            self.tx,
+            "SELECT channel, lane, kind, mid, payload, ambiguous FROM items WHERE id = $1 AND state = 3
+             FOR UPDATE",
+            &[&id],
+        )
+        .await?
+        .map(|r| DeadItem {
+            channel: r.get(0),
+            lane: Lane::from_code(r.get(1)),
+            kind: ItemKind::from_code(r.get(2)),
+            mid: r.get(3),
+            payload: r.get(4),
+            ambiguous: r.get(5),
+        }))
+    }
+
+    async fn send_status(&mut self, channel: &str, mid: &str) -> Result<Option<i64>> {
+        // Locked as the status machine locks it, so a receipt for the same message waits.
+        Ok(opt(
+            self.tx,
+            "SELECT status FROM items WHERE channel = $1 AND mid = $2 AND kind = 3 ORDER BY id LIMIT 1
+             FOR UPDATE",
+            &[&channel, &mid],
+        )
+        .await?
+        .map(|r| r.get(0)))
+    }
+
+    async fn supersede_dead(&mut self, id: i64, note: &str, now: i64) -> Result<bool> {
+        let n = exec(
+            self.tx,
+            "UPDATE items SET state = 2, last_error = $1, updated_ms = $2 WHERE id = $3 AND state = 3",
+            &[&note, &now, &id],
+        )
+        .await?;
+        Ok(n == 1)
     }
 
     async fn item_place(&mut self, id: i64) -> Result<Option<(String, Lane)>> {

@@ -178,7 +178,7 @@ async fn fill_chunk(
         (6, format!(
             "{G}
         INSERT INTO items(id, channel, lane, qkey, contact, kind, mid, payload, state, attempts,
-                          created_ms, next_ms, updated_ms, provider_id, status, last_error)
+                          created_ms, queued_ms, next_ms, updated_ms, provider_id, status, last_error)
         SELECT i + 1, $6,
                CASE WHEN k BETWEEN 6 AND 8 THEN 1 ELSE 0 END,
                CASE WHEN k = 9 THEN 's:' || m ELSE 'c:' || c END,
@@ -191,7 +191,7 @@ async fn fill_chunk(
                     ELSE '{{\"type\":\"message_status\",\"mId\":\"' || m || '\",\"timestamp\":' || t ||
                          ',\"status\":{{\"value\":\"delivered\"}}}}' END,
                CASE WHEN i % 1000 = 999 THEN 3 ELSE 2 END,
-               1, t, t, t + 150,
+               1, t, t, t, t + 150,
                CASE WHEN k < 6 THEN 'aged-in-' || i WHEN k < 9 THEN 'aged-out-' || i END,
                CASE WHEN k BETWEEN 6 AND 8 THEN 2 ELSE 0 END,
                CASE WHEN i % 1000 = 999 THEN 'aged dead letter' END

@@ -66,7 +66,15 @@ const SCHEMA_V2: &str = include_str!("schema_v2.sql");
 const SCHEMA_V3: &str = include_str!("schema_v3.sql");
 /// (version, SQL): applied in order, each once, under an advisory lock so nodes starting
 /// together do not race.
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
+/// When an item was last queued (its age for `max_age_secs`), and the index of the sweep
+/// that expires items a blocked lane holds back.
+const SCHEMA_V4: &str = include_str!("schema_v4.sql");
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, SCHEMA_V1),
+    (2, SCHEMA_V2),
+    (3, SCHEMA_V3),
+    (4, SCHEMA_V4),
+];
 
 /// The schema version this build writes.
 pub const LATEST_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -579,6 +587,25 @@ impl Store for PgStore {
 
     async fn release(&self, channel: &str, lane: Lane, qkey: &str) -> Result<()> {
         in_tx!(self, |t| rules::release(t, channel, lane, qkey))
+    }
+
+    async fn expire_aged(
+        &self,
+        channel: &str,
+        lane: Lane,
+        before_ms: i64,
+        reason: &str,
+        limit: usize,
+    ) -> Result<u64> {
+        in_tx!(self, |t| rules::expire_aged(
+            t,
+            channel,
+            lane,
+            before_ms,
+            reason,
+            limit,
+            now_ms()
+        ))
     }
 
     /// Recovers every lane no live node holds: each is acquired, recovered and given back.

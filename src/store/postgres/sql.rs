@@ -5,7 +5,8 @@
 macro_rules! item_columns {
     () => {
         "id, channel, lane, qkey, contact, kind, mid, payload, contact_json, state, \
-         attempts, ambiguous, created_ms, provider_id, status, last_error"
+         attempts, ambiguous, created_ms, COALESCE(queued_ms, created_ms) AS queued_ms, provider_id, \
+         status, last_error"
     };
 }
 
@@ -46,8 +47,8 @@ pub const CLAIM_DEDUPE: &str = "INSERT INTO dedupe(channel, key, expires_ms) VAL
 
 pub const INSERT_ITEM: &str =
     "INSERT INTO items(channel, lane, qkey, contact, kind, mid, payload, contact_json, state,
-                               created_ms, next_ms, updated_ms, provider_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $9, $9, $10) RETURNING id";
+                               created_ms, next_ms, updated_ms, provider_id, queued_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $9, $9, $10, $9) RETURNING id";
 
 pub const UPSERT_QUEUE: &str = "INSERT INTO queues(channel, lane, qkey, class, next_ms, claimed) VALUES ($1, $2, $3, $4, $5, 0)
              ON CONFLICT(channel, lane, qkey) DO UPDATE SET class = LEAST(queues.class, excluded.class)";
@@ -163,6 +164,15 @@ pub const ATTEMPTING_ITEMS: &str =
     "SELECT id, qkey, ambiguous, next_ms FROM items WHERE channel = $1 AND lane = $2 AND state = 1
              ORDER BY id FOR UPDATE";
 
+pub const COUNT_AMBIGUOUS: &str = "UPDATE items SET ambiguous = ambiguous + 1 WHERE id = $1";
+
+/// The pending items of a lane past their age (the sweep of a lane that sends nothing).
+pub const AGED_PENDING: &str = "SELECT id, qkey FROM items
+             WHERE channel = $1 AND lane = $2 AND state = 0 AND queued_ms < $3
+             ORDER BY queued_ms LIMIT $4";
+
+pub const IS_PENDING: &str = "SELECT 1 FROM items WHERE id = $1 AND state = 0";
+
 // Lanes at start, housekeeping and retention (`mod.rs`, `admin.rs`, `store::activity`).
 
 pub const RECENT_ATTEMPTS: &str =
@@ -259,6 +269,9 @@ pub const HOT_PATH: &[(&str, &str)] = &[
     ("ITEM_REQUEUE_AMBIGUOUS", ITEM_REQUEUE_AMBIGUOUS),
     ("ITEM_DEAD", ITEM_DEAD),
     ("ATTEMPTING_ITEMS", ATTEMPTING_ITEMS),
+    ("COUNT_AMBIGUOUS", COUNT_AMBIGUOUS),
+    ("AGED_PENDING", AGED_PENDING),
+    ("IS_PENDING", IS_PENDING),
     ("FENCE", FENCE),
     ("RECENT_ATTEMPTS", RECENT_ATTEMPTS),
     ("LANE_PENDING", LANE_PENDING),

@@ -28,6 +28,7 @@ pub(super) fn item_from_row(r: &Row) -> Item {
         attempts: r.get("attempts"),
         ambiguous: r.get("ambiguous"),
         created_ms: r.get("created_ms"),
+        queued_ms: r.get("queued_ms"),
         provider_id: r.get("provider_id"),
         status: r.get("status"),
         last_error: r.get("last_error"),
@@ -468,6 +469,33 @@ impl Tx for PgTx<'_> {
     async fn item_dead(&mut self, id: i64, reason: &str, now: i64) -> Result<()> {
         exec(self.tx, sql::ITEM_DEAD, &[&reason, &now, &id]).await?;
         Ok(())
+    }
+
+    async fn count_ambiguous(&mut self, id: i64) -> Result<()> {
+        exec(self.tx, sql::COUNT_AMBIGUOUS, &[&id]).await?;
+        Ok(())
+    }
+
+    async fn aged_pending(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>> {
+        Ok(rows(
+            self.tx,
+            sql::AGED_PENDING,
+            &[&channel, &lane.code(), &before_ms, &(limit as i64)],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+    }
+
+    async fn is_pending(&mut self, id: i64) -> Result<bool> {
+        Ok(opt(self.tx, sql::IS_PENDING, &[&id]).await?.is_some())
     }
 
     async fn attempting_items(&mut self, channel: &str, lane: Lane) -> Result<Vec<InFlight>> {

@@ -13,7 +13,7 @@ use super::tx::SqliteTx;
 use super::{SqliteStore, run_rule};
 use crate::clock::now_ms;
 use crate::store::admin::*;
-use crate::store::admin_rules::{self, AdminTx, ContactItem, Revived};
+use crate::store::admin_rules::{self, AdminTx, ContactItem, DeadItem, Revived};
 use crate::store::{ItemKind, Lane, Result};
 
 const MESSAGE_COLUMNS: &str = "id, channel, lane, contact, kind, mid, payload, state, status, attempts, \
@@ -209,13 +209,19 @@ impl AdminStore for SqliteStore {
         .await
     }
 
-    async fn replay_items(&self, ids: Vec<i64>, actor: &str) -> Result<Vec<ReplayResult>> {
+    async fn replay_items(
+        &self,
+        ids: Vec<i64>,
+        actor: &str,
+        force: bool,
+    ) -> Result<Vec<ReplayResult>> {
         let actor = actor.to_string();
         self.write(move |conn| {
             run_rule(admin_rules::replay_items(
                 &mut SqliteTx(conn, None),
                 ids,
                 &actor,
+                force,
                 now_ms(),
             ))
         })
@@ -431,12 +437,12 @@ impl AdminTx for SqliteTx<'_> {
 
     async fn revive_dead(&mut self, id: i64, now: i64) -> rusqlite::Result<Option<Revived>> {
         // The state check is in the UPDATE itself: of two replays, only the first finds
-        // the item dead. A send's status goes back to "none" so its receipts move it
-        // forward again.
+        // the item dead. Its age starts again (`queued_ms`); a send keeps its status (a
+        // failed send stays failed at respond.io: see `admin_rules::replay_items`).
         self.0
             .prepare_cached(
-                "UPDATE items SET state = 0, attempts = 0, next_ms = ?1, updated_ms = ?1, last_error = NULL,
-                 status = CASE WHEN kind = 3 THEN 0 ELSE status END WHERE id = ?2 AND state = 3
+                "UPDATE items SET state = 0, attempts = 0, next_ms = ?1, updated_ms = ?1, queued_ms = ?1,
+                 last_error = NULL WHERE id = ?2 AND state = 3
                  RETURNING channel, lane, qkey, mid, kind",
             )?
             .query_row(params![now, id], |r| {
@@ -449,6 +455,41 @@ impl AdminTx for SqliteTx<'_> {
                 })
             })
             .optional()
+    }
+
+    async fn dead_item(&mut self, id: i64) -> rusqlite::Result<Option<DeadItem>> {
+        self.0
+            .prepare_cached(
+                "SELECT channel, lane, kind, mid, payload, ambiguous FROM items WHERE id = ?1 AND state = 3",
+            )?
+            .query_row(params![id], |r| {
+                Ok(DeadItem {
+                    channel: r.get(0)?,
+                    lane: Lane::from_code(r.get(1)?),
+                    kind: ItemKind::from_code(r.get(2)?),
+                    mid: r.get(3)?,
+                    payload: r.get(4)?,
+                    ambiguous: r.get(5)?,
+                })
+            })
+            .optional()
+    }
+
+    async fn send_status(&mut self, channel: &str, mid: &str) -> rusqlite::Result<Option<i64>> {
+        self.0
+            .prepare_cached(
+                "SELECT status FROM items WHERE channel = ?1 AND mid = ?2 AND kind = 3 ORDER BY id LIMIT 1",
+            )?
+            .query_row(params![channel, mid], |r| r.get(0))
+            .optional()
+    }
+
+    async fn supersede_dead(&mut self, id: i64, note: &str, now: i64) -> rusqlite::Result<bool> {
+        let n = self.exec(
+            "UPDATE items SET state = 2, last_error = ?1, updated_ms = ?2 WHERE id = ?3 AND state = 3",
+            params![note, now, id],
+        )?;
+        Ok(n == 1)
     }
 
     async fn item_place(&mut self, id: i64) -> rusqlite::Result<Option<(String, Lane)>> {

@@ -562,6 +562,29 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn expire_aged(
+        &self,
+        channel: &str,
+        lane: Lane,
+        before_ms: i64,
+        reason: &str,
+        limit: usize,
+    ) -> Result<u64> {
+        let (channel, reason) = (channel.to_string(), reason.to_string());
+        self.write(move |conn| {
+            run_rule(rules::expire_aged(
+                &mut SqliteTx(conn, None),
+                &channel,
+                lane,
+                before_ms,
+                &reason,
+                limit,
+                now_ms(),
+            ))
+        })
+        .await
+    }
+
     async fn recover(
         &self,
         policy: &std::collections::HashMap<String, CrashPolicy>,

@@ -27,6 +27,7 @@ pub(super) fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
         attempts: r.get("attempts")?,
         ambiguous: r.get("ambiguous")?,
         created_ms: r.get("created_ms")?,
+        queued_ms: r.get("queued_ms")?,
         provider_id: r.get("provider_id")?,
         status: r.get("status")?,
         last_error: r.get("last_error")?,
@@ -471,6 +472,35 @@ impl Tx for SqliteTx<'_> {
     async fn item_dead(&mut self, id: i64, reason: &str, now: i64) -> rusqlite::Result<()> {
         self.exec(sql::ITEM_DEAD, params![reason, now, id])?;
         Ok(())
+    }
+
+    async fn count_ambiguous(&mut self, id: i64) -> rusqlite::Result<()> {
+        self.exec(sql::COUNT_AMBIGUOUS, params![id])?;
+        Ok(())
+    }
+
+    async fn aged_pending(
+        &mut self,
+        channel: &str,
+        lane: Lane,
+        before_ms: i64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<(i64, String)>> {
+        self.0
+            .prepare_cached(sql::AGED_PENDING)?
+            .query_map(
+                params![channel, lane.code(), before_ms, limit as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .collect()
+    }
+
+    async fn is_pending(&mut self, id: i64) -> rusqlite::Result<bool> {
+        self.0
+            .prepare_cached(sql::IS_PENDING)?
+            .query_row(params![id], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
     }
 
     async fn attempting_items(

@@ -334,8 +334,11 @@
       if (l.paused) {
         state.push(el('span', { class: 'badge warn' }, l.paused_indefinitely ? 'paused' : `paused until ${fmtTime(l.paused_until_ms).slice(11, 19)}`));
       }
+      if (l.configured === false) {
+        state.push(el('span', { class: 'badge warn', title: 'a reload removed this channel: its items are kept and go out if it is configured again' }, 'not configured (parked)'));
+      }
       if (!state.length) state.push(el('span', { class: 'badge ok' }, 'running'));
-      const action = l.paused
+      const action = l.configured === false ? null : l.paused
         ? el('button', { type: 'button', 'data-action': 'resume', onclick: () => laneAction(l, 'resume') }, 'Resume')
         : el('button', { type: 'button', class: 'quiet', 'data-action': 'pause', onclick: () => laneAction(l, 'pause') }, 'Pause');
       const deadLink = `#/dead?channel=${encodeURIComponent(l.channel)}&direction=${l.direction}`;
@@ -343,7 +346,7 @@
         el('th', { scope: 'row', title: LANE_HELP[l.direction] || '' }, laneName(l.direction)),
         el('td', { class: 'num' }, l.depth),
         el('td', { class: 'num' }, fmtAge(l.oldest_pending_age_ms)),
-        el('td', { class: 'num' }, `${fmtRate(l.requests_per_sec)} / ${l.rate_limit_per_sec}`),
+        el('td', { class: 'num' }, l.configured === false ? '-' : `${fmtRate(l.requests_per_sec)} / ${l.rate_limit_per_sec}`),
         el('td', { class: 'num' }, fmtRate(l.delivered_per_sec)),
         el('td', { class: `num ${failed5 ? 'bad' : ''}` }, failed5),
         el('td', { class: 'num' }, l.dead ? el('a', { href: deadLink, class: 'bad' }, l.dead) : '0'),
@@ -737,8 +740,21 @@
 
   async function replay(ids, stay) {
     try {
-      const r = await api('POST', '/admin/dead-letters/replay', { ids });
+      let r = await api('POST', '/admin/dead-letters/replay', { ids });
+      let forced = [];
+      // A send whose earlier attempt may already have reached the contact is replayed
+      // only when asked again with force (and the audit log says so).
+      if (r.needs_force && r.needs_force.length && confirm(
+        `${r.needs_force.length === 1 ? 'One send' : `${r.needs_force.length} sends`} may already ` +
+        'have reached the contact (an earlier attempt got no answer). Send again anyway?')) {
+        const f = await api('POST', '/admin/dead-letters/replay', { ids: r.needs_force, force: true });
+        forced = f.replayed;
+        r = Object.assign({}, r, { replayed: r.replayed.concat(f.replayed), needs_force: f.needs_force });
+      }
       const parts = [`Replayed ${r.replayed.length}: queued to be sent again.`];
+      if (forced.length) parts.push(`${forced.length} of them forced (may reach the contact twice).`);
+      if (r.needs_force && r.needs_force.length) parts.push(`${r.needs_force.length} left dead: may already have been sent (replay with force).`);
+      if (r.superseded && r.superseded.length) parts.push(`${r.superseded.length} superseded: a later status went out, so not sent (settled).`);
       if (r.not_dead.length) parts.push(`${r.not_dead.length} no longer dead (left alone).`);
       if (r.not_found.length) parts.push(`${r.not_found.length} not found.`);
       banner(r.replayed.length ? 'ok' : 'warn', parts.join(' '));
