@@ -31,7 +31,11 @@ fn reply(ch: &Channel, route: WebhookRoute) -> Response {
         .into_response()
 }
 
-fn unavailable(channel: &str, e: impl std::fmt::Display) -> Response {
+fn unavailable(channel: &str, e: crate::store::StoreError) -> Response {
+    if let crate::store::StoreError::Overloaded(why) = &e {
+        tracing::warn!(channel, reason = %why, "webhook refused: the store is overloaded; answering 503 so the provider retries");
+        return super::overloaded("overloaded, try again later");
+    }
     tracing::error!(channel, error = %e, "could not commit a webhook; answering 503 so the provider retries");
     json_error(
         StatusCode::SERVICE_UNAVAILABLE,
