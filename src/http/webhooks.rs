@@ -74,7 +74,8 @@ impl Incoming {
 }
 
 /// Finds the channel and checks that the webhook is authentic, before anything is parsed
-/// or stored: 404 for an unknown channel, 403 for a bad signature or secret.
+/// or stored: 404 for an unknown channel, 403 for a bad signature or secret (503 for a
+/// missing one where the provider retries it signed, see `Provider::retry_unsigned`).
 fn authentic(
     state: &AppState,
     name: &str,
@@ -89,6 +90,18 @@ fn authentic(
         .provider
         .authenticate(&inc.request(headers, body))
     {
+        if inc
+            .channel
+            .provider
+            .retry_unsigned(&inc.request(headers, body))
+        {
+            tracing::warn!(channel = %inc.channel.cfg.name, route, reason = %reason,
+                "webhook refused: unsigned; answering 503 so the provider retries it signed");
+            return Err(json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unsigned webhook; retry it signed",
+            ));
+        }
         tracing::warn!(channel = %inc.channel.cfg.name, route, reason = %reason, "webhook rejected: not authentic");
         return Err(json_error(StatusCode::FORBIDDEN, "forbidden"));
     }
