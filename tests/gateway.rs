@@ -1218,3 +1218,54 @@ async fn a_location_nested_under_location_is_taken() {
     assert!(text.contains("Kuala Lumpur"), "{text}");
     gw.shutdown().await;
 }
+
+/// The provider's own words for a failure reach respond.io verbatim in the `failed`
+/// status: a delivery receipt's `error_text`, and a rejection after the 200 (the provider
+/// named the problem, e.g. INVALID_RECIPIENT).
+#[tokio::test]
+async fn the_providers_reason_reaches_respondio_verbatim() {
+    let stage = Stage::new(Opts {
+        push_receipts: false,
+        ..Opts::default()
+    })
+    .await;
+    let gw = InProcess::start(&stage).await;
+    let (status, body) = stage.send("+61400000901", "will bounce").await;
+    assert_eq!(status, 200, "{body}");
+    let mid = body["mId"].as_str().unwrap().to_string();
+    let id = wait_until("the send at the provider", 30, || async {
+        stage
+            .sim
+            .sent()
+            .into_iter()
+            .find_map(|a| a.message_ids.first().cloned())
+    })
+    .await;
+    let words = "Absent subscriber: handset switched off (carrier 12/7)";
+    let pushed = reqwest::Client::new()
+        .post(format!(
+            "{}/channels/sms/status?secret={SECRET}",
+            stage.base()
+        ))
+        .form(&[
+            ("message_id", id.as_str()),
+            ("status_code", "301"),
+            ("status_text", "Failed"),
+            ("error_code", "12"),
+            ("error_text", words),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), 200);
+    let st = wait_until("failed status", 30, || async {
+        stage
+            .events_of_type("message_status")
+            .into_iter()
+            .find(|e| e.event["mId"] == mid.as_str() && e.event["status"]["value"] == "failed")
+    })
+    .await;
+    let got = st.event["status"]["message"].as_str().unwrap_or("");
+    assert!(got.contains(words), "{got}");
+    gw.shutdown().await;
+}
