@@ -104,8 +104,6 @@ async fn auth_and_validation_errors_are_clear() {
         ("no message", "/channels/sms/message", Some(TOKEN), json!({"contactId": ALICE}).to_string(), 400, "message is required"),
         ("bad contact", "/channels/sms/message", Some(TOKEN),
             json!({"contactId": "0412", "message": {"type": "text", "text": "x"}}).to_string(), 400, "E.164"),
-        ("channel mismatch", "/channels/sms/message", Some(TOKEN),
-            json!({"channelId": "OTHER", "contactId": ALICE, "message": {"type": "text", "text": "x"}}).to_string(), 400, "channelId"),
         ("unsupported type", "/channels/sms/message", Some(TOKEN),
             json!({"contactId": ALICE, "message": {"type": "custom_payload", "payload": {}}}).to_string(), 400, "not supported"),
         ("root: unknown channelId", "/message", Some(TOKEN),
