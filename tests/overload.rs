@@ -331,3 +331,69 @@ async fn a_message_whose_caller_hung_up_before_its_commit_is_not_committed() {
     assert_eq!(metric(&http, &stage, queued).await, Some(0.0));
     gw.shutdown().await;
 }
+
+/// Requests handled at once are bounded too (`server.max_concurrent_requests`), before
+/// their body is read: beyond it 503 with `Retry-After`; webhooks have the smaller share
+/// (`server.max_concurrent_webhooks`), so `/message` still gets in; health checks always do.
+#[tokio::test]
+async fn concurrent_requests_are_bounded_and_webhooks_refused_first() {
+    let stage = Stage::new(Opts {
+        server_extra: "max_concurrent_requests = 3\nmax_concurrent_webhooks = 1".into(),
+        ..Opts::default()
+    })
+    .await;
+    with_store(&stage, "busy_timeout_ms = 20000");
+    let gw = InProcess::start(&stage).await;
+    let http = reqwest::Client::new();
+    let lock = lock(&stage).await;
+
+    // Three webhooks: one is handled (it waits for the store), two are refused.
+    let mut hooks = Vec::new();
+    for n in 0..3 {
+        let req = webhook(
+            &http,
+            &stage,
+            &format!("+614000010{n:02}"),
+            &format!("hook {n}"),
+        );
+        hooks.push(tokio::spawn(answer(req)));
+    }
+    let refused = settled("2 webhooks refused", &mut hooks, 2).await;
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    for a in &refused {
+        assert_eq!(a.0, 503, "{refused:?}");
+        assert!(a.1.is_some(), "Retry-After: {refused:?}");
+    }
+    // /message takes the other two places; a third is refused.
+    let mut sends = Vec::new();
+    for n in 0..3 {
+        let req = message(
+            &http,
+            &stage,
+            &format!("+614000011{n:02}"),
+            &format!("send {n}"),
+        );
+        sends.push(tokio::spawn(answer(req)));
+    }
+    let refused = settled("1 send refused", &mut sends, 1).await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, 503, "{refused:?}");
+    assert!(refused[0].1.is_some(), "Retry-After: {refused:?}");
+    assert_eq!(
+        answer(http.get(format!("{}/healthz", stage.base())))
+            .await
+            .0,
+        200,
+        "health checks are never refused"
+    );
+
+    lock.release();
+    for t in hooks.into_iter().chain(sends) {
+        let a = t.await.unwrap();
+        assert_eq!(a.0, 200, "{a:?}");
+    }
+    // The places are given back: a webhook gets in again.
+    let again = answer(webhook(&http, &stage, "+61400001099", "after")).await;
+    assert_eq!(again.0, 200, "{again:?}");
+    gw.shutdown().await;
+}
