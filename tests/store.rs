@@ -843,6 +843,68 @@ mod postgres_cluster {
         Fixture::postgres().await
     }
 
+    /// Every pooled connection busy past the pool's wait: the request is refused as
+    /// `Overloaded` (503 with `Retry-After` at the HTTP layer), not as a store fault.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
+    async fn a_pool_wait_past_its_timeout_is_overloaded() {
+        let fx = fixture().await;
+        let cfg = StoreConfig {
+            pool_size: 1,
+            ..fx.cfg()
+        };
+        let store = fx.open_node_with(cfg).await;
+        let stall = Stall::hold(&fx).await;
+        // The only connection waits behind the lock.
+        let first = {
+            let s = store.clone();
+            tokio::spawn(async move {
+                s.accept_outbound("ch", outbound("m1", "+61400000001"), 0)
+                    .await
+                    .map(|_| ())
+            })
+        };
+        // Wait until it really holds it: blocked on the lock.
+        let Fixture::Pg(schema) = &fx else {
+            unreachable!()
+        };
+        let (watch, conn) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let waiting: i64 = watch
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE NOT l.granted AND n.nspname = $1",
+                    &[&schema.name],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting >= 1 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first send never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let second = store
+            .accept_outbound("ch", outbound("m2", "+61400000002"), 0)
+            .await;
+        assert!(
+            matches!(second, Err(StoreError::Overloaded(_))),
+            "{second:?}"
+        );
+        stall.release();
+        first.await.unwrap().expect("the first send commits");
+        assert!(store.item_by_mid("ch", "m2").await.unwrap().is_none());
+    }
+
     /// Polls `acquire_lane` until `store` gets the lane (the holder's lease expired).
     async fn acquire_when_free(store: &Arc<dyn Store>, ch: &str, lane: Lane) -> LeaseGrant {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
