@@ -144,7 +144,7 @@ async fn build_channels(
             waiters.clone(),
         );
         to_provider.set_status_lane(&to_respondio);
-        channel_log.add_secrets(&ch.name, channel_secrets(ch));
+        channel_log.set_secrets(&ch.name, channel_secrets(ch));
         if channel_log.is_enabled() {
             to_respondio.set_channel_log(channel_log.clone());
             to_provider.set_channel_log(channel_log.clone());

@@ -103,6 +103,12 @@ pub struct ServerConfig {
     /// A client must send its whole request body within this after the headers (408 and
     /// the connection closed otherwise).
     pub body_read_timeout_ms: u64,
+    /// Requests handled at once on the public listener (health checks aside); beyond it a
+    /// request is answered 503 with `Retry-After` at once, without reading its body.
+    pub max_concurrent_requests: usize,
+    /// Of those, provider webhooks at most: they are refused first (providers retry), so
+    /// respond.io's `/message` keeps the rest.
+    pub max_concurrent_webhooks: usize,
 
     /// When set, `/admin` and `/metrics` are served only on this (internal) address.
     pub admin_listen: Option<SocketAddr>,
@@ -119,6 +125,8 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 25_000,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
+            max_concurrent_requests: 1024,
+            max_concurrent_webhooks: 768,
 
             admin_listen: None,
         }
@@ -150,6 +158,13 @@ pub struct StoreConfig {
     /// How long a write waits for a lock another process holds on the database before the
     /// request is answered 503.
     pub busy_timeout_ms: u64,
+    /// Requests (webhooks and `/message`) that may wait for the store at once: the SQLite
+    /// writer's queue, or PostgreSQL requests holding or waiting for a connection. Beyond
+    /// it `/message` is answered 503 with `Retry-After`.
+    pub queue_max: usize,
+    /// Webhooks are refused (503 with `Retry-After`, the provider retries) once this many
+    /// requests wait, so `/message` keeps the rest of `queue_max`.
+    pub webhook_queue_max: usize,
 
     /// Channel logs (the HTTP exchanges of each message) older than this are pruned.
     pub channel_log_retention_secs: u64,
@@ -179,6 +194,8 @@ impl Default for StoreConfig {
             group_commit_max: 256,
             retention_secs: 7 * 86_400,
             busy_timeout_ms: 5000,
+            queue_max: 1024,
+            webhook_queue_max: 512,
 
             channel_log_retention_secs: 7 * 86_400,
             channel_logs: true,
@@ -442,6 +459,30 @@ impl Config {
             out.push(problem(
                 "store.lease_margin_ms",
                 "must be at least 1000 and at most half of store.lease_ttl_ms",
+            ));
+        }
+        if self.server.max_concurrent_requests == 0 {
+            out.push(problem(
+                "server.max_concurrent_requests",
+                "must be at least 1",
+            ));
+        }
+        if self.server.max_concurrent_webhooks == 0
+            || self.server.max_concurrent_webhooks > self.server.max_concurrent_requests
+        {
+            out.push(problem(
+                "server.max_concurrent_webhooks",
+                "must be 1..=server.max_concurrent_requests",
+            ));
+        }
+        if self.store.queue_max == 0 {
+            out.push(problem("store.queue_max", "must be at least 1"));
+        }
+        if self.store.webhook_queue_max == 0 || self.store.webhook_queue_max > self.store.queue_max
+        {
+            out.push(problem(
+                "store.webhook_queue_max",
+                "must be 1..=store.queue_max",
             ));
         }
         if self.store.group_commit_max == 0 {

@@ -104,8 +104,6 @@ async fn auth_and_validation_errors_are_clear() {
         ("no message", "/channels/sms/message", Some(TOKEN), json!({"contactId": ALICE}).to_string(), 400, "message is required"),
         ("bad contact", "/channels/sms/message", Some(TOKEN),
             json!({"contactId": "0412", "message": {"type": "text", "text": "x"}}).to_string(), 400, "E.164"),
-        ("channel mismatch", "/channels/sms/message", Some(TOKEN),
-            json!({"channelId": "OTHER", "contactId": ALICE, "message": {"type": "text", "text": "x"}}).to_string(), 400, "channelId"),
         ("unsupported type", "/channels/sms/message", Some(TOKEN),
             json!({"contactId": ALICE, "message": {"type": "custom_payload", "payload": {}}}).to_string(), 400, "not supported"),
         ("root: unknown channelId", "/message", Some(TOKEN),
@@ -1077,5 +1075,195 @@ async fn backup_while_running_is_consistent_and_complete() {
         .unwrap();
     assert!(again.unwrap_err().to_string().contains("refusing"));
     during.await.unwrap();
+    gw.shutdown().await;
+}
+
+/// Config reloads set each channel's secrets for channel-log redaction afresh: the list
+/// holds the current config's secrets and the previous one's, however many reloads ran
+/// (it used to grow by the whole set on every reload).
+#[tokio::test]
+async fn reloads_do_not_grow_the_channel_log_secrets() {
+    let stage = Stage::new(Opts::default()).await;
+    let cfg = rio_bridge::config::Config::load(&stage.config_path()).expect("config");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", stage.port))
+        .await
+        .unwrap();
+    let app = rio_bridge::app::App::build(cfg).await.expect("build app");
+    let state = app.state.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (reload, reloads) = tokio::sync::mpsc::channel(4);
+    let task = tokio::spawn(app.run_with_reloads(listener, stop.clone(), Some(reloads)));
+    wait_ready(&stage.base()).await;
+    let before = state.channel_log.redacted_values("sms");
+    assert!(before >= 2, "token, webhook secret and key: {before}");
+    for n in 0..5 {
+        let old = state.channels();
+        let cfg = rio_bridge::config::Config::load(&stage.config_path()).expect("config");
+        reload.send(cfg).await.unwrap();
+        wait_until(&format!("reload {n} applied"), 30, || {
+            let changed = !std::sync::Arc::ptr_eq(&old, &state.channels());
+            async move { changed.then_some(()) }
+        })
+        .await;
+    }
+    assert_eq!(
+        state.channel_log.redacted_values("sms"),
+        before,
+        "the same config reloaded 5 times"
+    );
+    // A rotated webhook secret: the new one is redacted, and the old one still (an
+    // exchange that began before the reload may carry it); one more reload drops the old.
+    std::fs::write(
+        stage.config_path(),
+        std::fs::read_to_string(stage.config_path())
+            .unwrap()
+            .replace(
+                &format!("webhook_secret = \"{SECRET}\""),
+                "webhook_secret = \"rotated-hook-secret-789\"",
+            ),
+    )
+    .unwrap();
+    for (n, want) in [(0, before + 1), (1, before)] {
+        let old = state.channels();
+        let cfg = rio_bridge::config::Config::load(&stage.config_path()).expect("config");
+        reload.send(cfg).await.unwrap();
+        wait_until(&format!("rotation reload {n} applied"), 30, || {
+            let changed = !std::sync::Arc::ptr_eq(&old, &state.channels());
+            async move { changed.then_some(()) }
+        })
+        .await;
+        assert_eq!(
+            state.channel_log.redacted_values("sms"),
+            want,
+            "rotation reload {n}"
+        );
+    }
+    stop.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+}
+
+/// On `/channels/{name}/message` the path and the token name the channel: a body whose
+/// `channelId` is respond.io's id in another form is taken (and the difference logged).
+/// On `/message`, where `channelId` is what names the channel, an unknown one is refused.
+#[tokio::test]
+async fn the_path_route_takes_a_body_whose_channel_id_differs() {
+    let stage = Stage::new(Opts::default()).await;
+    let gw = InProcess::start(&stage).await;
+    let http = reqwest::Client::new();
+    let send = |url: String, channel_id: serde_json::Value, text: &str| {
+        http.post(url)
+            .bearer_auth(TOKEN)
+            .json(&json!({
+                "channelId": channel_id,
+                "contactId": "+61400000801",
+                "message": {"type": "text", "text": text},
+            }))
+            .send()
+    };
+    let by_name = format!("{}/channels/sms/message", stage.base());
+    for (id, text) in [(json!("ch-CH1"), "other form"), (json!(12345), "a number")] {
+        let r = send(by_name.clone(), id, text).await.unwrap();
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(status, 200, "{text}: {body}");
+        assert!(body["mId"].is_string(), "{body}");
+    }
+    let r = send(
+        format!("{}/message", stage.base()),
+        json!("ch-CH1"),
+        "by id",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        401,
+        "an unknown channelId names no channel"
+    );
+    wait_until("both sends at the provider", 30, || async {
+        (accepted_mids(&stage.sim).len() == 2).then_some(())
+    })
+    .await;
+    gw.shutdown().await;
+}
+
+/// A location whose fields are nested under `location` is taken like one with them at the
+/// message's top level.
+#[tokio::test]
+async fn a_location_nested_under_location_is_taken() {
+    let stage = Stage::new(Opts::default()).await;
+    let gw = InProcess::start(&stage).await;
+    let (status, body) = stage
+        .emulator
+        .send_to_gateway(
+            &format!("{}/channels/sms/message", stage.base()),
+            CHANNEL_ID,
+            "+61400000802",
+            json!({"type": "location", "location": {"latitude": 3.139, "longitude": 101.6869, "address": "Kuala Lumpur"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let sent = wait_until("the location at the provider", 30, || async {
+        stage.sim.sent().into_iter().find(|a| a.status == 200)
+    })
+    .await;
+    let text = sent.body.to_string();
+    assert!(
+        text.contains("3.139") && text.contains("101.6869"),
+        "{text}"
+    );
+    assert!(text.contains("Kuala Lumpur"), "{text}");
+    gw.shutdown().await;
+}
+
+/// The provider's own words for a failure reach respond.io verbatim in the `failed`
+/// status: a delivery receipt's `error_text`, and a rejection after the 200 (the provider
+/// named the problem, e.g. INVALID_RECIPIENT).
+#[tokio::test]
+async fn the_providers_reason_reaches_respondio_verbatim() {
+    let stage = Stage::new(Opts {
+        push_receipts: false,
+        ..Opts::default()
+    })
+    .await;
+    let gw = InProcess::start(&stage).await;
+    let (status, body) = stage.send("+61400000901", "will bounce").await;
+    assert_eq!(status, 200, "{body}");
+    let mid = body["mId"].as_str().unwrap().to_string();
+    let id = wait_until("the send at the provider", 30, || async {
+        stage
+            .sim
+            .sent()
+            .into_iter()
+            .find_map(|a| a.message_ids.first().cloned())
+    })
+    .await;
+    let words = "Absent subscriber: handset switched off (carrier 12/7)";
+    let pushed = reqwest::Client::new()
+        .post(format!(
+            "{}/channels/sms/status?secret={SECRET}",
+            stage.base()
+        ))
+        .form(&[
+            ("message_id", id.as_str()),
+            ("status_code", "301"),
+            ("status_text", "Failed"),
+            ("error_code", "12"),
+            ("error_text", words),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pushed.status(), 200);
+    let st = wait_until("failed status", 30, || async {
+        stage
+            .events_of_type("message_status")
+            .into_iter()
+            .find(|e| e.event["mId"] == mid.as_str() && e.event["status"]["value"] == "failed")
+    })
+    .await;
+    let got = st.event["status"]["message"].as_str().unwrap_or("");
+    assert!(got.contains(words), "{got}");
     gw.shutdown().await;
 }

@@ -158,8 +158,8 @@ async fn vonage_inbound_reply_receipts_and_forged_webhooks() {
         "{reason}"
     );
 
-    // Forged webhooks → 403: wrong secret, body changed after signing, stale token,
-    // no token; and a forged receipt.
+    // Forged webhooks → 403: wrong secret, body changed after signing, stale token;
+    // an unsigned one → 503; and a forged receipt.
     let forged = sim.inbound_body(&ALICE[1..], OUR_NUMBER, "text", json!("FORGED"));
     let raw = forged.to_string();
     let wrong_key = format!("Bearer {}", sim.token_for(raw.as_bytes(), 0, Some("guess")));
@@ -182,7 +182,16 @@ async fn vonage_inbound_reply_receipts_and_forged_webhooks() {
         .send()
         .await
         .unwrap();
-    assert_eq!(unsigned.status(), 403, "no token");
+    // Vonage may send a callback unsigned by mistake and signs it when retried: 5xx, so
+    // it retries (spec: Vonage §4.6), and nothing is stored or forwarded.
+    assert_eq!(unsigned.status(), 503, "no token");
+    let unsigned_receipt = reqwest::Client::new()
+        .post(stage.url("status"))
+        .json(&sim.status_body(&uuid2, "delivered", None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned_receipt.status(), 503, "unsigned receipt");
     let forged_receipt = sim.status_body(&uuid2, "delivered", None);
     let raw = forged_receipt.to_string();
     let auth = format!("Bearer {}", sim.token_for(raw.as_bytes(), 0, Some("guess")));

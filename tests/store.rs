@@ -647,6 +647,178 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// Another connection holds the store still: SQLite's write lock, or PostgreSQL's locks on
+/// the tables a webhook or a send writes. `release` lets it go.
+struct Stall {
+    release: std::sync::mpsc::Sender<()>,
+    holder: std::thread::JoinHandle<()>,
+}
+
+impl Stall {
+    async fn hold(f: &Fixture) -> Stall {
+        let (locked_tx, locked) = tokio::sync::oneshot::channel::<()>();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = match f {
+            Fixture::Sqlite(dir) => {
+                let db = dir.path().join("t.db");
+                std::thread::spawn(move || {
+                    let conn = rusqlite::Connection::open(&db).unwrap();
+                    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+                    let _ = locked_tx.send(());
+                    let _ = release_rx.recv();
+                    conn.execute_batch("COMMIT").unwrap();
+                })
+            }
+            Fixture::Pg(schema) => {
+                let url = schema.url.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async move {
+                        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                            .await
+                            .unwrap();
+                        tokio::spawn(conn);
+                        client
+                            .batch_execute(
+                                "BEGIN; LOCK TABLE items, dedupe, queues, contacts IN ACCESS EXCLUSIVE MODE",
+                            )
+                            .await
+                            .unwrap();
+                        let _ = locked_tx.send(());
+                        let _ = tokio::task::spawn_blocking(move || release_rx.recv()).await;
+                        client.batch_execute("COMMIT").await.unwrap();
+                    });
+                })
+            }
+        };
+        locked.await.unwrap();
+        Stall { release, holder }
+    }
+
+    fn release(self) {
+        self.release.send(()).unwrap();
+        self.holder.join().unwrap();
+    }
+}
+
+/// Polls until `f` holds (20 s at most).
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// With the store stalled, webhooks are refused (`Overloaded`) once `webhook_queue_max`
+/// requests wait, sends only once `queue_max` do; the depth shows them; what was admitted
+/// commits once the store is back. A send whose caller went away before its commit ran is
+/// not committed.
+async fn a_stalled_store_refuses_webhooks_first_and_drops_abandoned_sends(f: &Fixture) {
+    let cfg = StoreConfig {
+        queue_max: 5,
+        webhook_queue_max: 2,
+        busy_timeout_ms: 20_000,
+        ..f.cfg()
+    };
+    let store = f.open_node_with(cfg).await;
+    let stall = Stall::hold(f).await;
+    let mut waiting = Vec::new();
+    for n in 0..2 {
+        let s = store.clone();
+        waiting.push(tokio::spawn(async move {
+            s.ingest_inbound(
+                "ch",
+                vec![inbound(&format!("k{n}"), "+61400000001", &format!("in{n}"))],
+            )
+            .await
+            .map(|_| ())
+        }));
+    }
+    until("2 webhooks queued", || store.queue_depth().webhook == 2).await;
+    let refused = store
+        .ingest_inbound("ch", vec![inbound("k9", "+61400000001", "in9")])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Overloaded(_))),
+        "{refused:?}"
+    );
+    let refused = store
+        .apply_receipts(
+            "ch",
+            vec![ReceiptIn {
+                dedupe_key: "r9".into(),
+                provider_id: "P9".into(),
+                status: Some(StatusValue::Delivered),
+                reason: None,
+            }],
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Overloaded(_))),
+        "{refused:?}"
+    );
+    for n in 0..2 {
+        let s = store.clone();
+        waiting.push(tokio::spawn(async move {
+            s.accept_outbound("ch", outbound(&format!("m{n}"), "+61400000002"), 0)
+                .await
+                .map(|_| ())
+        }));
+    }
+    until("2 sends queued", || store.queue_depth().message == 2).await;
+    let gone = {
+        let s = store.clone();
+        tokio::spawn(async move {
+            s.accept_outbound("ch", outbound("gone", "+61400000003"), 0)
+                .await
+        })
+    };
+    until("the abandoned send queued", || {
+        store.queue_depth().message == 3
+    })
+    .await;
+    let refused = store
+        .accept_outbound("ch", outbound("m9", "+61400000002"), 0)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Overloaded(_))),
+        "{refused:?}"
+    );
+    // Its caller goes away.
+    gone.abort();
+    let _ = gone.await;
+    stall.release();
+    for w in waiting {
+        w.await
+            .unwrap()
+            .expect("admitted, committed once the store is back");
+    }
+    until("the queue empty", || {
+        let d = store.queue_depth();
+        d.webhook == 0 && d.message == 0
+    })
+    .await;
+    for mid in ["m0", "m1"] {
+        assert!(
+            store.item_by_mid("ch", mid).await.unwrap().is_some(),
+            "{mid}"
+        );
+    }
+    for mid in ["gone", "m9"] {
+        assert!(
+            store.item_by_mid("ch", mid).await.unwrap().is_none(),
+            "{mid} committed"
+        );
+    }
+}
+
 on_both_backends!(
     redelivered_webhook_is_a_duplicate,
     a_note_survives_a_reopen_and_is_replaced,
@@ -660,6 +832,7 @@ on_both_backends!(
     attempt_log_seeds_the_limiter_one_entry_per_call,
     one_prune_cycle_removes_every_old_row,
     a_prune_cycle_out_of_budget_says_it_is_behind,
+    a_stalled_store_refuses_webhooks_first_and_drops_abandoned_sends,
 );
 
 /// What several nodes sharing one PostgreSQL database rely on.
@@ -669,6 +842,68 @@ mod postgres_cluster {
 
     async fn fixture() -> Fixture {
         Fixture::postgres().await
+    }
+
+    /// Every pooled connection busy past the pool's wait: the request is refused as
+    /// `Overloaded` (503 with `Retry-After` at the HTTP layer), not as a store fault.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
+    async fn a_pool_wait_past_its_timeout_is_overloaded() {
+        let fx = fixture().await;
+        let cfg = StoreConfig {
+            pool_size: 1,
+            ..fx.cfg()
+        };
+        let store = fx.open_node_with(cfg).await;
+        let stall = Stall::hold(&fx).await;
+        // The only connection waits behind the lock.
+        let first = {
+            let s = store.clone();
+            tokio::spawn(async move {
+                s.accept_outbound("ch", outbound("m1", "+61400000001"), 0)
+                    .await
+                    .map(|_| ())
+            })
+        };
+        // Wait until it really holds it: blocked on the lock.
+        let Fixture::Pg(schema) = &fx else {
+            unreachable!()
+        };
+        let (watch, conn) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let waiting: i64 = watch
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE NOT l.granted AND n.nspname = $1",
+                    &[&schema.name],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting >= 1 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first send never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let second = store
+            .accept_outbound("ch", outbound("m2", "+61400000002"), 0)
+            .await;
+        assert!(
+            matches!(second, Err(StoreError::Overloaded(_))),
+            "{second:?}"
+        );
+        stall.release();
+        first.await.unwrap().expect("the first send commits");
+        assert!(store.item_by_mid("ch", "m2").await.unwrap().is_none());
     }
 
     /// Polls `acquire_lane` until `store` gets the lane (the holder's lease expired).

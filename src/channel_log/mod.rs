@@ -100,7 +100,15 @@ pub struct ChannelLog {
     /// Off (`store.channel_logs = false`): `record` does nothing.
     enabled: bool,
     /// Secret values per channel, replaced wherever they appear.
-    secrets: Arc<RwLock<HashMap<String, Vec<String>>>>,
+    secrets: Arc<RwLock<HashMap<String, ChannelSecrets>>>,
+}
+
+/// A channel's secret values: those of its current config, and for redaction also those
+/// of the config before (an exchange that started before a reload may still carry them).
+#[derive(Debug, Default, Clone)]
+struct ChannelSecrets {
+    current: Vec<String>,
+    redacted: Arc<Vec<String>>,
 }
 
 impl ChannelLog {
@@ -127,15 +135,38 @@ impl ChannelLog {
         self.enabled
     }
 
-    /// Registers a channel's secrets (tokens, keys, webhook secrets) for value redaction.
-    pub fn add_secrets<'a>(&self, channel: &str, secrets: impl IntoIterator<Item = &'a Secret>) {
-        let values: Vec<String> = secrets
-            .into_iter()
-            .flat_map(Secret::accepted)
-            .map(str::to_string)
-            .collect();
+    /// Sets a channel's secrets (tokens, keys, webhook secrets) for value redaction: those
+    /// of its config now, and those it had before this call (each value once). A reload
+    /// sets them again, so the list stays as long as two configs' secrets, however many
+    /// reloads there were.
+    pub fn set_secrets<'a>(&self, channel: &str, secrets: impl IntoIterator<Item = &'a Secret>) {
+        let mut current: Vec<String> = Vec::new();
+        for v in secrets.into_iter().flat_map(Secret::accepted) {
+            if !v.is_empty() && !current.iter().any(|c| c == v) {
+                current.push(v.to_string());
+            }
+        }
         let mut map = self.secrets.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(channel.to_string()).or_default().extend(values);
+        let entry = map.entry(channel.to_string()).or_default();
+        let mut redacted = current.clone();
+        for v in &entry.current {
+            if !redacted.contains(v) {
+                redacted.push(v.clone());
+            }
+        }
+        *entry = ChannelSecrets {
+            current,
+            redacted: Arc::new(redacted),
+        };
+    }
+
+    /// How many secret values are redacted from a channel's exchanges.
+    pub fn redacted_values(&self, channel: &str) -> usize {
+        self.secrets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(channel)
+            .map_or(0, |s| s.redacted.len())
     }
 
     /// Records an exchange for each of `mids` (one row with no mId when empty). Never
@@ -149,7 +180,7 @@ impl ChannelLog {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(channel)
-            .cloned()
+            .map(|s| s.redacted.clone())
             .unwrap_or_default();
         let row = ChannelLogRow {
             id: 0,
@@ -368,7 +399,7 @@ mod tests {
     #[tokio::test]
     async fn scope_tags_rows_with_its_mids_and_secrets_are_scrubbed() {
         let (log, mut rx) = ChannelLog::new();
-        log.add_secrets("sms", [&Secret::new("tok-abcdef")]);
+        log.set_secrets("sms", [&Secret::new("tok-abcdef")]);
         let mut ex = Exchange::new(Direction::Out, "respondio", "POST", "http://x/hook");
         ex.request_body = b"{\"note\":\"tok-abcdef\"}".to_vec();
         let ((), n) = scope(log.clone(), "sms", vec!["M1".into(), "M2".into()], async {

@@ -106,17 +106,26 @@ fn heard_by_now(rx: &mut tokio::sync::oneshot::Receiver<FirstOutcome>) -> FirstO
     rx.try_recv().unwrap_or(FirstOutcome::Pending)
 }
 
+/// Forgets a `/message` waiter when dropped.
+struct ForgetOnDrop<'a>(&'a crate::lanes::Waiters, &'a str);
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
+    }
+}
+
 async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) -> Response {
     let cfg = &channel.cfg;
+    // On `/channels/{name}/message` the path and the token name the channel; respond.io
+    // has been seen sending its id in other forms (a number, another prefix), so a body
+    // whose `channelId` differs is taken, and the difference logged. Where `channelId` is
+    // what names the channel (`/message`) it matched to get here.
     if let Some(id) = &req.channel_id
         && *id != cfg.respondio_channel_id
     {
-        {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "channelId does not match this channel",
-            );
-        }
+        tracing::warn!(channel = %cfg.name, body_channel_id = %id, configured = %cfg.respondio_channel_id,
+            "the body's channelId differs from the channel's respondio_channel_id; taken, since the path and token name the channel");
     }
     if let Err(e) = cfg.id_type.validate(&req.contact_id) {
         return json_error(StatusCode::BAD_REQUEST, &e);
@@ -140,14 +149,20 @@ async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) 
     // Listen before committing: the lane may finish the first attempt before we would
     // otherwise get to listen.
     let mut rx = channel.waiters.register(&mid);
+    // However this ends (answered, or the caller hung up and this future was dropped),
+    // nobody listens for the outcome afterwards.
+    let _forget = ForgetOnDrop(&channel.waiters, &mid);
     let accepted = match state
         .store
         .accept_outbound(&cfg.name, item, window_ms)
         .await
     {
         Ok(a) => a,
+        Err(crate::store::StoreError::Overloaded(why)) => {
+            tracing::warn!(channel = %cfg.name, mid = %mid, reason = %why, "outbound refused: the store is overloaded");
+            return super::overloaded("overloaded, try again later");
+        }
         Err(e) => {
-            channel.waiters.forget(&mid);
             tracing::error!(channel = %cfg.name, mid = %mid, error = %e, "could not commit an outbound message");
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -180,7 +195,6 @@ async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) 
             _ => heard_by_now(&mut rx),
         }
     };
-    channel.waiters.forget(&mid);
     let resp = match outcome {
         FirstOutcome::Rejected(reason) => {
             tracing::info!(channel = %cfg.name, mid = %mid, reason = %reason, "outbound rejected by the provider");
@@ -190,5 +204,5 @@ async fn accept(state: &AppState, channel: &Arc<Channel>, req: OutboundRequest) 
             (StatusCode::OK, Json(serde_json::json!({ "mId": mid }))).into_response()
         }
     };
-    super::logged::Tagged::on(resp, &cfg.name, vec![mid])
+    super::logged::Tagged::on(resp, &cfg.name, vec![mid.clone()])
 }

@@ -52,6 +52,15 @@ pub fn handle() -> PrometheusHandle {
 }
 
 pub async fn render(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    // Read first: the lane statistics and the readiness probe below may wait behind it.
+    let depth = state.store.queue_depth();
+    for (class, n) in [
+        ("webhook", depth.webhook),
+        ("message", depth.message),
+        ("internal", depth.internal),
+    ] {
+        metrics::gauge!("rio_store_queue_depth", "class" => class).set(n as f64);
+    }
     publish_lane_stats(&state).await;
     publish_readiness(&state).await;
     (

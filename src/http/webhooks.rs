@@ -31,7 +31,11 @@ fn reply(ch: &Channel, route: WebhookRoute) -> Response {
         .into_response()
 }
 
-fn unavailable(channel: &str, e: impl std::fmt::Display) -> Response {
+fn unavailable(channel: &str, e: crate::store::StoreError) -> Response {
+    if let crate::store::StoreError::Overloaded(why) = &e {
+        tracing::warn!(channel, reason = %why, "webhook refused: the store is overloaded; answering 503 so the provider retries");
+        return super::overloaded("overloaded, try again later");
+    }
     tracing::error!(channel, error = %e, "could not commit a webhook; answering 503 so the provider retries");
     json_error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -70,7 +74,8 @@ impl Incoming {
 }
 
 /// Finds the channel and checks that the webhook is authentic, before anything is parsed
-/// or stored: 404 for an unknown channel, 403 for a bad signature or secret.
+/// or stored: 404 for an unknown channel, 403 for a bad signature or secret (503 for a
+/// missing one where the provider retries it signed, see `Provider::retry_unsigned`).
 fn authentic(
     state: &AppState,
     name: &str,
@@ -85,6 +90,18 @@ fn authentic(
         .provider
         .authenticate(&inc.request(headers, body))
     {
+        if inc
+            .channel
+            .provider
+            .retry_unsigned(&inc.request(headers, body))
+        {
+            tracing::warn!(channel = %inc.channel.cfg.name, route, reason = %reason,
+                "webhook refused: unsigned; answering 503 so the provider retries it signed");
+            return Err(json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unsigned webhook; retry it signed",
+            ));
+        }
         tracing::warn!(channel = %inc.channel.cfg.name, route, reason = %reason, "webhook rejected: not authentic");
         return Err(json_error(StatusCode::FORBIDDEN, "forbidden"));
     }

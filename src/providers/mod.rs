@@ -217,9 +217,17 @@ pub trait Provider: Send + Sync {
     /// Sends per second toward the provider.
     fn rate_limit(&self) -> u32;
 
-    /// Checks that a webhook is authentic, before anything is parsed. `Err(reason)` → 403,
-    /// nothing stored.
+    /// Checks that a webhook is authentic, before anything is parsed. `Err(reason)` → 403
+    /// (or 5xx, see [`Provider::retry_unsigned`]), nothing stored.
     fn authenticate(&self, req: &WebhookRequest<'_>) -> Result<(), String>;
+
+    /// A webhook that failed [`Provider::authenticate`] because it carries no signature at
+    /// all, where the provider may send such a callback by mistake and signs it when asked
+    /// again: it is answered 5xx (the provider retries) instead of 403, and nothing is
+    /// stored either way.
+    fn retry_unsigned(&self, _req: &WebhookRequest<'_>) -> bool {
+        false
+    }
 
     /// Reads an inbound-message webhook. `Err(reason)` for an authentic payload we cannot
     /// read: it is stored raw, answered 2xx and dead-lettered with that reason.

@@ -213,6 +213,12 @@ impl Provider for Vonage {
         )
     }
 
+    /// Vonage notes that a rare internal error can send a callback unsigned, and that a
+    /// 5xx makes it retry, signed (spec: providers.md, Vonage §4.6).
+    fn retry_unsigned(&self, req: &WebhookRequest<'_>) -> bool {
+        req.headers.get(axum::http::header::AUTHORIZATION).is_none()
+    }
+
     fn parse_inbound(&self, req: &WebhookRequest<'_>) -> Result<Vec<InboundEvent>, String> {
         webhook::parse_inbound(req)
     }

@@ -414,6 +414,117 @@ pub enum StoreError {
     /// refused and nothing changed.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// Too many requests are waiting for the store already: this one was refused before
+    /// it was queued, and nothing changed. The caller answers 503 with `Retry-After`.
+    #[error("store overloaded: {0}")]
+    Overloaded(String),
+}
+
+/// Who is asking for a write, for admission to the store's bounded queue (see
+/// [`Admission`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// A provider webhook (or a replay of one): refused first under load, since providers
+    /// retry.
+    Webhook,
+    /// respond.io's `/message`: refused only when the whole queue is full.
+    Message,
+    /// The lanes, recovery, readiness, pruning, the admin surface: never refused (their
+    /// number is bounded by the lanes and tasks that issue them, one at a time each).
+    Internal,
+}
+
+/// The bound on requests waiting for the store: the SQLite writer's job queue, or the
+/// PostgreSQL requests holding or waiting for a pool connection. Webhooks are admitted
+/// while fewer than `webhook_max` requests wait, `/message` while fewer than `max`;
+/// internal jobs always, but they count in [`Admission::depth`].
+#[derive(Debug)]
+pub struct Admission {
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Jobs by class (webhook, message, internal), for the gauge.
+    by_class: std::sync::Arc<[std::sync::atomic::AtomicUsize; 3]>,
+    max: usize,
+    webhook_max: usize,
+}
+
+/// Jobs waiting for the store or running in it, by [`Class`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub webhook: usize,
+    pub message: usize,
+    pub internal: usize,
+}
+
+/// A place in the queue: given back when dropped (the job ran, or was abandoned).
+#[derive(Debug)]
+pub struct Ticket {
+    request: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    by_class: std::sync::Arc<[std::sync::atomic::AtomicUsize; 3]>,
+    class: usize,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::AcqRel;
+        if let Some(r) = &self.request {
+            r.fetch_sub(1, AcqRel);
+        }
+        self.by_class[self.class].fetch_sub(1, AcqRel);
+    }
+}
+
+impl Admission {
+    pub fn new(max: usize, webhook_max: usize) -> Admission {
+        let max = max.max(1);
+        Admission {
+            requests: Default::default(),
+            by_class: Default::default(),
+            max,
+            webhook_max: webhook_max.clamp(1, max),
+        }
+    }
+
+    pub fn from_config(cfg: &crate::config::StoreConfig) -> Admission {
+        Admission::new(cfg.queue_max, cfg.webhook_queue_max)
+    }
+
+    /// A place for a job of `class`, or `Overloaded` when its share of the queue is full.
+    pub fn admit(&self, class: Class) -> Result<Ticket> {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        let (limit, idx) = match class {
+            Class::Webhook => (self.webhook_max, 0),
+            Class::Message => (self.max, 1),
+            Class::Internal => (usize::MAX, 2),
+        };
+        let request = if class == Class::Internal {
+            None
+        } else {
+            self.requests
+                .fetch_update(AcqRel, Acquire, |n| (n < limit).then_some(n + 1))
+                .map_err(|n| {
+                    StoreError::Overloaded(format!(
+                        "{n} requests are waiting for the store (limit {limit} for {class:?})"
+                    ))
+                })?;
+            Some(self.requests.clone())
+        };
+        self.by_class[idx].fetch_add(1, AcqRel);
+        Ok(Ticket {
+            request,
+            by_class: self.by_class.clone(),
+            class: idx,
+        })
+    }
+
+    /// Jobs queued or running now, by class.
+    pub fn depth(&self) -> QueueDepth {
+        let get = |i: usize| self.by_class[i].load(std::sync::atomic::Ordering::Acquire);
+        QueueDepth {
+            webhook: get(0),
+            message: get(1),
+            internal: get(2),
+        }
+    }
 }
 
 /// A node's hold on one lane.
@@ -590,6 +701,11 @@ pub trait Store: Send + Sync + 'static {
     /// this process's live attempts, so the next take settles them as after a crash (the
     /// `on_crash` policy, marked ambiguous) instead of waiting for them for good.
     fn abandon_live(&self, ids: &[i64]);
+
+    /// Jobs waiting for the store or running in it now (`rio_store_queue_depth`).
+    fn queue_depth(&self) -> QueueDepth {
+        QueueDepth::default()
+    }
 
     /// The epoch of this store instance's current tenure on a lane (0: never acquired).
     fn lane_epoch(&self, channel: &str, lane: Lane) -> i64;

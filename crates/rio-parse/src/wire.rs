@@ -160,18 +160,29 @@ impl Message {
                 })
             }
             "location" => {
-                let lat = num_field(obj, "latitude")
-                    .ok_or("message.latitude is required for type location")?;
-                let lon = num_field(obj, "longitude")
-                    .ok_or("message.longitude is required for type location")?;
+                // Field names and nesting are unconfirmed for custom channels (spec §4.4):
+                // the fields at the message's top level, or in a `location` object.
+                let nested = obj.get("location").and_then(Value::as_object);
+                let field = |name: &str| {
+                    num_field(obj, name).or_else(|| nested.and_then(|n| num_field(n, name)))
+                };
+                let text = |name: &str| {
+                    str_field(obj, name)
+                        .or_else(|| nested.and_then(|n| str_field(n, name)))
+                        .map(str::to_string)
+                };
+                let lat =
+                    field("latitude").ok_or("message.latitude is required for type location")?;
+                let lon =
+                    field("longitude").ok_or("message.longitude is required for type location")?;
                 if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
                     return Err("message latitude/longitude out of range".into());
                 }
                 Ok(Message::Location {
                     latitude: lat,
                     longitude: lon,
-                    address: str_field(obj, "address").map(str::to_string),
-                    name: str_field(obj, "name").map(str::to_string),
+                    address: text("address"),
+                    name: text("name"),
                 })
             }
             "quick_reply" => {

@@ -115,6 +115,8 @@ pub struct PgStore {
     /// Lanes whose pause an operator changed (on any node, see `PAUSE_PREFIX`).
     pause_signals: broadcast::Sender<(String, Lane)>,
     stop_listener: CancellationToken,
+    /// The bound on requests holding or waiting for a connection (see [`Admission`]).
+    admission: Admission,
 }
 
 pub(super) fn db(e: impl std::fmt::Display) -> StoreError {
@@ -290,6 +292,7 @@ impl PgStore {
             notify_channel,
             pause_signals,
             stop_listener: stop,
+            admission: Admission::from_config(cfg),
         })
     }
 
@@ -298,8 +301,17 @@ impl PgStore {
         &self.node
     }
 
+    /// A pooled connection. Waiting past the pool's timeout means every connection is
+    /// busy with other requests: `Overloaded` (503 with `Retry-After`), not a fault.
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object> {
-        self.pool.get().await.map_err(db)
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                StoreError::Overloaded(
+                    "no PostgreSQL connection came free within the pool's wait".into(),
+                )
+            }
+            e => db(e),
+        })
     }
 
     fn epoch(&self, channel: &str, lane: Lane) -> Option<i64> {
@@ -448,6 +460,7 @@ impl Store for PgStore {
         channel: &str,
         items: Vec<NewInbound>,
     ) -> Result<Vec<IngestResult>> {
+        let _ticket = self.admission.admit(Class::Webhook)?;
         let ttl = self.dedupe_ttl_ms;
         in_tx!(self, |t| rules::ingest_inbound(
             t,
@@ -465,6 +478,7 @@ impl Store for PgStore {
         body: Vec<u8>,
         reason: &str,
     ) -> Result<i64> {
+        let _ticket = self.admission.admit(Class::Webhook)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let id: i64 = rows(
@@ -485,6 +499,7 @@ impl Store for PgStore {
         item: NewOutbound,
         window_ms: i64,
     ) -> Result<AcceptedSend> {
+        let _ticket = self.admission.admit(Class::Message)?;
         in_tx!(self, |t| rules::accept_outbound(
             t,
             channel,
@@ -499,6 +514,7 @@ impl Store for PgStore {
         channel: &str,
         receipts: Vec<ReceiptIn>,
     ) -> Result<Vec<ReceiptResult>> {
+        let _ticket = self.admission.admit(Class::Webhook)?;
         let (ttl, park_ttl) = (self.dedupe_ttl_ms, self.parked_ttl_ms);
         in_tx!(self, |t| rules::apply_receipts(
             t,
@@ -895,6 +911,10 @@ impl Store for PgStore {
             &self.live,
             now_ms()
         ))
+    }
+
+    fn queue_depth(&self) -> QueueDepth {
+        self.admission.depth()
     }
 
     fn live_attempts(&self) -> usize {

@@ -45,6 +45,8 @@ pub struct SqliteStore {
     epochs: Arc<LaneEpochs>,
     /// Attempts in flight (see [`LiveAttempts`]).
     live: Arc<LiveAttempts>,
+    /// The bound on the writer's queue (see [`Admission`]).
+    admission: Admission,
 }
 
 /// The current tenure of each lane: bumped each time a lane (re)starts, so an attempt of
@@ -171,6 +173,7 @@ impl SqliteStore {
             damaged: Arc::new(Mutex::new(None)),
             epochs: Arc::default(),
             live: Arc::default(),
+            admission: Admission::from_config(cfg),
         })
     }
 
@@ -197,13 +200,35 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> Result<R> {
+        self.write_as(Class::Internal, f).await
+    }
+
+    /// As [`SqliteStore::write`], for a request of `class`: refused with `Overloaded` when
+    /// its share of the queue is full. A request whose caller has gone (the HTTP handler's
+    /// future was dropped: the client hung up, or the request timed out) before the writer
+    /// got to it is not run, so nothing is committed that nobody was answered for.
+    pub(crate) async fn write_as<R: Send + 'static>(
+        &self,
+        class: Class,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let ticket = self.admission.admit(class)?;
         let (tx, rx) = oneshot::channel();
         let damaged = self.damaged.clone();
+        let cancellable = class != Class::Internal;
         let job: Job = Box::new(move |conn| {
+            let gone = cancellable && tx.is_closed();
             let res = match conn {
+                _ if gone => Err(rusqlite::Error::InvalidQuery),
                 Some(conn) => in_savepoint(conn, f),
                 None => Err(rusqlite::Error::InvalidQuery),
             };
+            if gone {
+                tracing::info!(
+                    ?class,
+                    "a request's caller went away before the store got to it: not committed"
+                );
+            }
             if let Err(e) = &res {
                 note_corruption(&damaged, e);
             }
@@ -214,6 +239,7 @@ impl SqliteStore {
                     (Ok(()), Err(e)) => Err(rule_error(e)),
                 };
                 let _ = tx.send(out);
+                drop(ticket);
             })
         });
         self.jobs
@@ -355,7 +381,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<IngestResult>> {
         let channel = channel.to_string();
         let ttl = self.dedupe_ttl_ms;
-        self.write(move |conn| {
+        self.write_as(Class::Webhook, move |conn| {
             run_rule(rules::ingest_inbound(
                 &mut SqliteTx(conn, None),
                 &channel,
@@ -381,7 +407,7 @@ impl Store for SqliteStore {
             content_type.to_string(),
             reason.to_string(),
         );
-        self.write(move |conn| {
+        self.write_as(Class::Webhook, move |conn| {
             conn.prepare_cached(
                 "INSERT INTO raw_webhooks(channel, route, content_type, body, reason, received_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -399,7 +425,7 @@ impl Store for SqliteStore {
         window_ms: i64,
     ) -> Result<AcceptedSend> {
         let channel = channel.to_string();
-        self.write(move |conn| {
+        self.write_as(Class::Message, move |conn| {
             run_rule(rules::accept_outbound(
                 &mut SqliteTx(conn, None),
                 &channel,
@@ -418,7 +444,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<ReceiptResult>> {
         let channel = channel.to_string();
         let (ttl, park_ttl) = (self.dedupe_ttl_ms, self.parked_ttl_ms);
-        self.write(move |conn| {
+        self.write_as(Class::Webhook, move |conn| {
             let tx = &mut SqliteTx(conn, None);
             run_rule(rules::apply_receipts(
                 tx,
@@ -814,6 +840,10 @@ impl Store for SqliteStore {
             ))
         })
         .await
+    }
+
+    fn queue_depth(&self) -> QueueDepth {
+        self.admission.depth()
     }
 
     fn live_attempts(&self) -> usize {
