@@ -16,7 +16,7 @@ use crate::providers::WebhookRoute;
 use crate::store::Lane;
 
 /// Counters of each lane, labelled `channel` and `direction`.
-const LANE_COUNTERS: [&str; 7] = [
+const LANE_COUNTERS: [&str; 8] = [
     "rio_accepted_total",
     "rio_delivered_total",
     "rio_failed_total",
@@ -24,6 +24,7 @@ const LANE_COUNTERS: [&str; 7] = [
     "rio_retries_total",
     "rio_throttled_total",
     "rio_channel_faults_total",
+    "rio_expired_total",
 ];
 
 /// How long the readiness gauge waits for the store's write probe. A stalled store then
