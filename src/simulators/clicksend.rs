@@ -567,7 +567,7 @@ impl ClickSendSim {
     // ---- pushes toward the gateway ----
 
     /// The receipt fields of §1.5. `custom_string` is documented as deprecated and null.
-    fn receipt_form(
+    pub fn receipt_form(
         &self,
         message_id: &str,
         status_code: u16,
@@ -609,7 +609,7 @@ impl ClickSendSim {
 
     /// The inbound fields of §1.4, with the legacy duplicates real pushes carry. Like
     /// ClickSend, `original_*` describe the last message sent to this contact.
-    fn inbound_form(&self, from: &str, to: &str, body: &str) -> Vec<(&'static str, String)> {
+    pub fn inbound_form(&self, from: &str, to: &str, body: &str) -> Vec<(&'static str, String)> {
         let (orig_id, orig_body, orig_custom) = self.last_sent_to(from).unwrap_or_default();
         vec![
             ("timestamp", (now_ms() / 1000).to_string()),

@@ -4,8 +4,8 @@
 //! Every row is what the gateway itself would have left behind: delivered inbound
 //! messages with their dedupe keys, sends with provider ids and delivered statuses, status
 //! events, one attempt, one history row and one channel-log exchange per item, a dead
-//! letter per thousand items, and the contacts they came from. Times are spread evenly
-//! over the `days` before the build, so the oldest rows reach the default retention as a
+//! letter per thousand items (of each kind in turn), and the contacts they came from. Times are spread evenly
+//! over the `span_secs` before the build, so the oldest rows reach the default retention as a
 //! run starts and pruning works from its first minute.
 //!
 //! The schema is the store's own (its migrations run first); the rows are generated inside
@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the rows generated change, so a cached store of another shape is rebuilt.
-pub const BUILDER_VERSION: u32 = 1;
+pub const BUILDER_VERSION: u32 = 2;
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -28,8 +28,9 @@ pub struct AgeSpec {
     pub items: u64,
     /// Distinct contacts the items are spread over.
     pub contacts: u64,
-    /// How far back the oldest item is.
-    pub days: u64,
+    /// How far back the oldest item is, in seconds (a week; the soak suite's short form
+    /// compresses the week into an hour and runs with a retention of that hour).
+    pub span_secs: u64,
     /// `store.dedupe_ttl_secs` the keys were written with.
     pub dedupe_ttl_secs: u64,
 }
@@ -41,7 +42,7 @@ impl AgeSpec {
             channel: channel.to_string(),
             items,
             contacts: (items / 50).max(1),
-            days: 7,
+            span_secs: 7 * 86_400,
             dedupe_ttl_secs: 7 * 86_400,
         }
     }
@@ -49,8 +50,8 @@ impl AgeSpec {
     /// Names a cached build: the same spec, builder and schema give the same name.
     pub fn cache_key(&self, schema_version: i64) -> String {
         format!(
-            "aged-b{BUILDER_VERSION}-s{schema_version}-{}-{}i-{}c-{}d",
-            self.channel, self.items, self.contacts, self.days
+            "aged-b{BUILDER_VERSION}-s{schema_version}-{}-{}i-{}c-{}s",
+            self.channel, self.items, self.contacts, self.span_secs
         )
     }
 

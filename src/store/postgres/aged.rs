@@ -119,7 +119,7 @@ async fn fill(spec: &AgeSpec, url: &str) -> anyhow::Result<()> {
     }
     db.batch_execute("SET synchronous_commit = off").await?;
     let now = now_ms();
-    let span_ms = (spec.days as i64) * 86_400_000;
+    let span_ms = (spec.span_secs as i64) * 1000;
     let t0 = now - span_ms;
     let step = span_ms as f64 / spec.items.max(1) as f64;
     let ttl_ms = (spec.dedupe_ttl_secs as i64) * 1000;
@@ -190,11 +190,11 @@ async fn fill_chunk(
                     WHEN k < 9 THEN '{{\"type\":\"text\",\"text\":\"aged send ' || i || '\"}}'
                     ELSE '{{\"type\":\"message_status\",\"mId\":\"' || m || '\",\"timestamp\":' || t ||
                          ',\"status\":{{\"value\":\"delivered\"}}}}' END,
-               CASE WHEN i % 1000 = 999 THEN 3 ELSE 2 END,
+               CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 3 ELSE 2 END,
                1, t, t, t, t + 150,
                CASE WHEN k < 6 THEN 'aged-in-' || i WHEN k < 9 THEN 'aged-out-' || i END,
                CASE WHEN k BETWEEN 6 AND 8 THEN 2 ELSE 0 END,
-               CASE WHEN i % 1000 = 999 THEN 'aged dead letter' END
+               CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 'aged dead letter' END
         FROM g"
         )),
         (7, format!(
@@ -206,13 +206,13 @@ async fn fill_chunk(
             "{G}
         INSERT INTO attempts(item_id, channel, lane, at_ms, outcome, call_first, duration_ms)
         SELECT i + 1, $6, CASE WHEN k BETWEEN 6 AND 8 THEN 1 ELSE 0 END, t + 50,
-               CASE WHEN i % 1000 = 999 THEN 'dead' ELSE 'ok' END, 1, 40
+               CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 'dead' ELSE 'ok' END, 1, 40
         FROM g"
         )),
         (5, format!(
             "{G}
         INSERT INTO history(item_id, at_ms, event)
-        SELECT i + 1, t + 150, CASE WHEN i % 1000 = 999 THEN 'dead' ELSE 'delivered' END
+        SELECT i + 1, t + 150, CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 'dead' ELSE 'delivered' END
         FROM g"
         )),
         (6, format!(

@@ -71,7 +71,7 @@ pub fn build(spec: &AgeSpec, path: &Path) -> anyhow::Result<AgedReport> {
     let indexes = drop_secondary_indexes(&conn)?;
 
     let now = now_ms();
-    let span_ms = (spec.days as i64) * 86_400_000;
+    let span_ms = (spec.span_secs as i64) * 1000;
     let t0 = now - span_ms;
     let step = span_ms as f64 / spec.items.max(1) as f64;
     let ttl_ms = (spec.dedupe_ttl_secs as i64) * 1000;
@@ -126,7 +126,7 @@ fn drop_secondary_indexes(conn: &Connection) -> rusqlite::Result<Vec<String>> {
 
 /// Items `lo..hi` and their rows. Item `i`: by `i % 10`, 0–5 an inbound message (with its
 /// dedupe key), 6–8 a send with its provider id and a delivered status, 9 a status event;
-/// one in a thousand a dead letter.
+/// one in a thousand a dead letter, of each kind in turn.
 fn fill_chunk(
     tx: &rusqlite::Transaction<'_>,
     spec: &AgeSpec,
@@ -169,11 +169,11 @@ fn fill_chunk(
                     WHEN k < 9 THEN '{{\"type\":\"text\",\"text\":\"aged send ' || i || '\"}}'
                     ELSE '{{\"type\":\"message_status\",\"mId\":\"' || m || '\",\"timestamp\":' || t ||
                          ',\"status\":{{\"value\":\"delivered\"}}}}' END,
-               CASE WHEN i % 1000 = 999 THEN 3 ELSE 2 END,
+               CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 3 ELSE 2 END,
                1, t, t, t, t + 150,
                CASE WHEN k < 6 THEN 'aged-in-' || i WHEN k < 9 THEN 'aged-out-' || i END,
                CASE WHEN k BETWEEN 6 AND 8 THEN 2 ELSE 0 END,
-               CASE WHEN i % 1000 = 999 THEN 'aged dead letter' END
+               CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 'aged dead letter' END
         FROM g"
         ),
         with(6),
@@ -191,7 +191,7 @@ fn fill_chunk(
             "{SEQ}
         INSERT INTO attempts(item_id, channel, lane, at_ms, outcome, call_first, duration_ms)
         SELECT i + 1, ?6, CASE WHEN k BETWEEN 6 AND 8 THEN 1 ELSE 0 END, t + 50,
-               CASE WHEN i % 1000 = 999 THEN 'dead' ELSE 'ok' END, 1, 40 FROM g"
+               CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 'dead' ELSE 'ok' END, 1, 40 FROM g"
         ),
         with(6),
     )?;
@@ -199,7 +199,7 @@ fn fill_chunk(
         &format!(
             "{SEQ}
         INSERT INTO history(item_id, at_ms, event)
-        SELECT i + 1, t + 150, CASE WHEN i % 1000 = 999 THEN 'dead' ELSE 'delivered' END FROM g"
+        SELECT i + 1, t + 150, CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 'dead' ELSE 'delivered' END FROM g"
         ),
         with(5),
     )?;
