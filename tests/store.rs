@@ -1806,3 +1806,53 @@ async fn postgres_aged_store_opens_and_prunes_like_any_other() {
     assert!(again.cached);
     drop_database(&base, &run_db).await.unwrap();
 }
+
+/// A rolling upgrade on PostgreSQL: a node of this release starts on a database the next
+/// release migrated, when that migration says this release may still run on it, and
+/// refuses when it says not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (tests/common/pg.rs)"]
+async fn postgres_runs_beside_a_newer_release_only_when_its_schema_allows() {
+    use rio_bridge::store::postgres::LATEST_VERSION;
+    let schema = pg::PgSchema::create().await;
+    rio_bridge::store::postgres::migrate(&schema.url)
+        .await
+        .unwrap();
+    let (db, conn) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    db.execute(
+        "INSERT INTO rio_schema(version) VALUES ($1)",
+        &[&(LATEST_VERSION + 1)],
+    )
+    .await
+    .unwrap();
+    let set_min_reader = |v: i64| {
+        let db = &db;
+        async move {
+            db.execute(
+                "UPDATE meta SET v = $1 WHERE k = 'schema_min_reader'",
+                &[&v.to_string()],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(set_min_reader(LATEST_VERSION).await, 1);
+    let cfg = StoreConfig {
+        url: Some(rio_bridge::secret::Secret::new(schema.url.clone())),
+        ..StoreConfig::default()
+    };
+    let store = PgStore::connect(&cfg, &schema.url)
+        .await
+        .expect("runs beside the newer release");
+    store.probe_write().await.unwrap();
+    drop(store);
+    set_min_reader(LATEST_VERSION + 1).await;
+    let refused = PgStore::connect(&cfg, &schema.url)
+        .await
+        .err()
+        .expect("refused");
+    assert!(refused.to_string().contains("newer"), "{refused}");
+}

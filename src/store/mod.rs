@@ -15,6 +15,7 @@ pub mod aged;
 pub mod backup;
 pub mod postgres;
 pub mod rules;
+pub mod schema;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -16,6 +16,7 @@
 //!   every node listens and wakes its lane (the lanes also poll, so a lost notification
 //!   only delays work by a second).
 
+use crate::store::schema::{self, Compat, MIN_READER_KEY, Migration};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,15 +70,32 @@ const SCHEMA_V3: &str = include_str!("schema_v3.sql");
 /// When an item was last queued (its age for `max_age_secs`), and the index of the sweep
 /// that expires items a blocked lane holds back.
 const SCHEMA_V4: &str = include_str!("schema_v4.sql");
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, SCHEMA_V1),
-    (2, SCHEMA_V2),
-    (3, SCHEMA_V3),
-    (4, SCHEMA_V4),
+/// `readable_by`: see `store::schema` (the same as SQLite's).
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: SCHEMA_V1,
+        readable_by: 1,
+    },
+    Migration {
+        version: 2,
+        sql: SCHEMA_V2,
+        readable_by: 1,
+    },
+    Migration {
+        version: 3,
+        sql: SCHEMA_V3,
+        readable_by: 2,
+    },
+    Migration {
+        version: 4,
+        sql: SCHEMA_V4,
+        readable_by: 3,
+    },
 ];
 
 /// The schema version this build writes.
-pub const LATEST_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+pub const LATEST_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
 /// Any constant: the key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x7269_6f62_7269_6467;
 pub(super) const NOTIFY_CHANNEL: &str = "rio_work";
@@ -217,14 +235,41 @@ async fn migrate_client(client: &mut tokio_postgres::Client) -> Result<i64> {
         .await
         .map_err(db)?
         .get(0);
+    if current > LATEST_VERSION {
+        let min_reader: Option<i64> = tx
+            .query_opt("SELECT v FROM meta WHERE k = $1", &[&MIN_READER_KEY])
+            .await
+            .map_err(db)?
+            .and_then(|r| r.get::<_, String>(0).parse().ok());
+        return match schema::compat(current, min_reader, LATEST_VERSION) {
+            Compat::TooNew => Err(StoreError::Unavailable(format!(
+                "the database is at schema version {current}, newer than this build knows \
+                 ({LATEST_VERSION}) and not runnable by it: run the newer release"
+            ))),
+            _ => {
+                tracing::warn!(
+                    found = current,
+                    known = LATEST_VERSION,
+                    "the database was migrated by a newer release that this one may run beside (a rolling upgrade): upgrade this node too"
+                );
+                Ok(current)
+            }
+        };
+    }
     let mut version = current;
-    for (v, sql) in MIGRATIONS {
-        if *v > version {
-            tx.batch_execute(sql).await.map_err(db)?;
-            tx.execute("INSERT INTO rio_schema(version) VALUES ($1)", &[v])
+    for m in MIGRATIONS {
+        if m.version > version {
+            tx.batch_execute(m.sql).await.map_err(db)?;
+            tx.execute("INSERT INTO rio_schema(version) VALUES ($1)", &[&m.version])
                 .await
                 .map_err(db)?;
-            version = *v;
+            tx.execute(
+                "INSERT INTO meta(k, v) VALUES ($1, $2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                &[&MIN_READER_KEY, &schema::min_reader(MIGRATIONS, m.version).to_string()],
+            )
+            .await
+            .map_err(db)?;
+            version = m.version;
         }
     }
     tx.commit().await.map_err(db)?;
