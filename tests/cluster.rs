@@ -13,8 +13,7 @@ mod common;
 #[path = "common/pg.rs"]
 mod pg;
 
-use std::collections::{HashMap, HashSet};
-use std::process::Stdio;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -70,15 +69,7 @@ fn node_log(stage: &Stage, port: u16) -> std::path::PathBuf {
 }
 
 fn spawn_node(stage: &Stage, config: &std::path::Path, port: u16) -> tokio::process::Child {
-    let log = std::fs::File::create(node_log(stage, port)).unwrap();
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_rio-bridge"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn rio-bridge")
+    spawn_binary(config, &node_log(stage, port))
 }
 
 /// Which process owns each lane now: (lane code → pid), from the lease rows.
@@ -358,20 +349,7 @@ async fn three_nodes_one_sigkilled_lose_nothing_and_keep_the_rate() {
     let acked_in = acked_in.lock().unwrap().clone();
     let acked_out = acked_out.lock().unwrap().clone();
     assert!(acked_in.len() >= 40 && !acked_out.is_empty());
-    wait_until(
-        "every acknowledged inbound message at respond.io",
-        120,
-        || async {
-            let seen: HashSet<String> = stage.events().iter().map(text_of).collect();
-            acked_in.iter().all(|t| seen.contains(t)).then_some(())
-        },
-    )
-    .await;
-    wait_until("every acknowledged send at the provider", 120, || async {
-        let seen: HashSet<String> = accepted_mids(&stage.sim).into_iter().collect();
-        acked_out.iter().all(|m| seen.contains(m)).then_some(())
-    })
-    .await;
+    wait_all_delivered(&stage, &acked_in, &acked_out, 120).await;
     for n in &mut nodes {
         if let Some(c) = n.child.as_mut() {
             c.start_kill().ok();
@@ -379,13 +357,7 @@ async fn three_nodes_one_sigkilled_lose_nothing_and_keep_the_rate() {
         }
     }
 
-    let ambiguous: HashSet<String> = db
-        .query("SELECT mid FROM items WHERE ambiguous > 0", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ambiguous = pg_ambiguous_mids(&db).await;
     let repeats = check_repeats(&stage, &ambiguous);
     // The rate limit held for the whole cluster, as the receivers saw it.
     let rio_times: Vec<i64> = stage

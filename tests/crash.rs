@@ -7,8 +7,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
-use std::process::Stdio;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,15 +34,10 @@ where
 }
 
 fn spawn_gateway(stage: &Stage, run: usize) -> tokio::process::Child {
-    let log = std::fs::File::create(stage.dir.path().join(format!("gateway-{run}.log"))).unwrap();
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_rio-bridge"))
-        .args(["serve", "--config"])
-        .arg(stage.config_path())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn rio-bridge")
+    spawn_binary(
+        &stage.config_path(),
+        &stage.dir.path().join(format!("gateway-{run}.log")),
+    )
 }
 
 fn rank(v: &str) -> i32 {
@@ -223,21 +217,7 @@ async fn crash_run(kills: usize, respondio_dedupes: bool) {
     let acked_in = acked_in.lock().unwrap().clone();
     let acked_out = acked_out.lock().unwrap().clone();
     assert!(acked_in.len() >= 60 && !acked_out.is_empty());
-    wait_until(
-        "every acknowledged inbound message at respond.io",
-        120,
-        || async {
-            let seen: HashSet<String> = stage.events().iter().map(text_of).collect();
-            acked_in.iter().all(|t| seen.contains(t)).then_some(())
-        },
-    )
-    .await;
-    wait_until("every acknowledged send at the provider", 120, || async {
-        let seen: std::collections::HashSet<String> =
-            accepted_mids(&stage.sim).into_iter().collect();
-        acked_out.iter().all(|m| seen.contains(m)).then_some(())
-    })
-    .await;
+    wait_all_delivered(&stage, &acked_in, &acked_out, 120).await;
     child.start_kill().ok();
     let _ = child.wait().await;
 

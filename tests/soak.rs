@@ -18,7 +18,6 @@ mod common;
 mod pg;
 
 use std::collections::{HashMap, HashSet};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -110,15 +109,10 @@ fn p99(v: &[f64]) -> f64 {
 }
 
 fn spawn(stage: &Stage, run: usize) -> tokio::process::Child {
-    let log = std::fs::File::create(stage.dir.path().join(format!("soak-{run}.log"))).unwrap();
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_rio-bridge"))
-        .args(["serve", "--config"])
-        .arg(stage.config_path())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn rio-bridge")
+    spawn_binary(
+        &stage.config_path(),
+        &stage.dir.path().join(format!("soak-{run}.log")),
+    )
 }
 
 fn signal(child: &tokio::process::Child, sig: i32) {
@@ -574,16 +568,7 @@ async fn soak(backend: Backend) {
     }
     let acked_in = acked_in.lock().unwrap().clone();
     let acked_out = acked_out.lock().unwrap().clone();
-    wait_until("every acknowledged message at respond.io", 300, || async {
-        let seen: HashSet<String> = stage.events().iter().map(text_of).collect();
-        acked_in.iter().all(|t| seen.contains(t)).then_some(())
-    })
-    .await;
-    wait_until("every acknowledged send at the provider", 300, || async {
-        let seen: HashSet<String> = accepted_mids(&stage.sim).into_iter().collect();
-        acked_out.iter().all(|m| seen.contains(m)).then_some(())
-    })
-    .await;
+    wait_all_delivered(&stage, &acked_in, &acked_out, 300).await;
     let size_end = store_bytes(backend, &stage, pg_url.as_deref()).await;
     if let Some(rss) = child.id().and_then(rss_bytes) {
         rss_max = rss_max.max(rss);
@@ -600,13 +585,7 @@ async fn soak(backend: Backend) {
                     .await
                     .unwrap();
             tokio::spawn(conn);
-            client
-                .query("SELECT mid FROM items WHERE ambiguous > 0", &[])
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect()
+            pg_ambiguous_mids(&client).await
         }
     };
     let repeats = check_repeats(&stage, &ambiguous);

@@ -547,3 +547,47 @@ pub fn check_repeats(stage: &Stage, ambiguous: &std::collections::HashSet<String
     }
     repeats
 }
+
+/// Waits until every acknowledged inbound text is at respond.io and every acknowledged send
+/// (by mId) was accepted by the provider stand-in: nothing acknowledged was lost.
+pub async fn wait_all_delivered(
+    stage: &Stage,
+    texts_in: &[String],
+    mids_out: &[String],
+    secs: u64,
+) {
+    wait_until("every acknowledged message at respond.io", secs, || async {
+        let seen: std::collections::HashSet<String> = stage.events().iter().map(text_of).collect();
+        texts_in.iter().all(|t| seen.contains(t)).then_some(())
+    })
+    .await;
+    wait_until("every acknowledged send at the provider", secs, || async {
+        let seen: std::collections::HashSet<String> =
+            accepted_mids(&stage.sim).into_iter().collect();
+        mids_out.iter().all(|m| seen.contains(m)).then_some(())
+    })
+    .await;
+}
+
+/// The real binary serving `config`, its log (stderr) in `log`.
+pub fn spawn_binary(config: &std::path::Path, log: &std::path::Path) -> tokio::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_rio-bridge"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn rio-bridge")
+}
+
+/// mIds the gateway marked ambiguous at least once, from a PostgreSQL store.
+pub async fn pg_ambiguous_mids(db: &tokio_postgres::Client) -> std::collections::HashSet<String> {
+    db.query("SELECT mid FROM items WHERE ambiguous > 0", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
