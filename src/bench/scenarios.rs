@@ -413,6 +413,14 @@ pub async fn outbound(dir: &Path, quick: bool, cluster: &Cluster) -> anyhow::Res
             Figure::new("accept latency p99", r.quantile_ms(0.99), "ms"),
             Figure::new("drain rate, first to last send", drain_rate, "msg/s")
                 .at_least(0.98 * rate as f64),
+            // Utilisation: the limiter may leave a little unused (its guard, the slots of
+            // requests that waited for a new connection), never more than 2%.
+            Figure::new(
+                "share of the configured rate",
+                100.0 * drain_rate / rate as f64,
+                "%",
+            )
+            .at_least(98.0),
             Figure::new(
                 "most sends in any 1 s window",
                 max_in_window(&times, 1000) as f64,

@@ -127,7 +127,10 @@ impl Stage {
     pub fn route_provider_via(&self, addr: std::net::SocketAddr) {
         let cfg = std::fs::read_to_string(self.config_path()).unwrap();
         let from = format!("api_base = \"http://{}\"", self.sim_addr);
-        assert!(cfg.contains(&from), "the stand-in's address is in the config");
+        assert!(
+            cfg.contains(&from),
+            "the stand-in's address is in the config"
+        );
         let to = format!("api_base = \"http://{addr}\"");
         std::fs::write(self.config_path(), cfg.replace(&from, &to)).unwrap();
     }
