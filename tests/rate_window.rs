@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rio_bridge::clock::step_wall_clock;
-use rio_bridge::simulators::clicksend::{SimArrival, SimFault, SimFaultRates};
+use rio_bridge::simulators::clicksend::{
+    ClickSendSim, SimArrival, SimConfig, SimFault, SimFaultRates,
+};
 use tokio::net::TcpStream;
 
 /// A TCP proxy in front of the provider stand-in whose listener can be clogged: while it
@@ -87,6 +89,35 @@ impl SlowConnectProxy {
     }
 }
 
+/// A ClickSend stand-in on a thread and runtime of its own, so the arrival times it records
+/// are not held up behind the gateway's tasks (they share this process). The stage's config
+/// is pointed at it.
+fn receiver(stage: &Stage) -> (ClickSendSim, SocketAddr) {
+    let sim = ClickSendSim::new(SimConfig {
+        username: CS_USER.into(),
+        api_key: CS_KEY.into(),
+        receipt_url: None,
+        receipt_delay_ms: 0,
+        inbound_url: None,
+    });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = sim.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            served.serve(l).await
+        })
+    });
+    stage.route_provider_via(addr);
+    (sim, addr)
+}
+
 /// Sends one message to each of `n` contacts through `/message`, all at once.
 async fn send_all(stage: &Stage, prefix: &str, n: usize) {
     let sends = (0..n).map(|i| {
@@ -109,12 +140,12 @@ fn arrival_ms(sent: &[SimArrival]) -> Vec<i64> {
         .collect()
 }
 
-async fn wait_for_sends(stage: &Stage, n: usize, secs: u64) {
+async fn wait_for_sends(sim: &ClickSendSim, n: usize, secs: u64) {
     wait_until(
         &format!("{n} sends accepted by the stand-in"),
         secs,
         || async {
-            let ok = stage.sim.sent().iter().filter(|a| a.status == 200).count();
+            let ok = sim.sent().iter().filter(|a| a.status == 200).count();
             (ok >= n).then_some(())
         },
     )
@@ -133,11 +164,12 @@ async fn slow_new_connections_never_put_more_than_the_limit_in_a_second() {
         ..Opts::default()
     })
     .await;
-    let proxy = SlowConnectProxy::start(stage.sim_addr).await;
+    let (sim, sim_addr) = receiver(&stage);
+    let proxy = SlowConnectProxy::start(sim_addr).await;
     stage.route_provider_via(proxy.addr);
     // Every send holds its connection for 400 ms, so a drain at the limit needs about
     // eight connections at once.
-    stage.sim.set_fault_rates(SimFaultRates {
+    sim.set_fault_rates(SimFaultRates {
         late: 1.0,
         late_ms: 400,
         ..SimFaultRates::default()
@@ -145,7 +177,7 @@ async fn slow_new_connections_never_put_more_than_the_limit_in_a_second() {
     let gw = InProcess::start(&stage).await;
     // A few warm connections in the gateway's pool.
     send_all(&stage, "+6141000", 4).await;
-    wait_for_sends(&stage, 4, 30).await;
+    wait_for_sends(&sim, 4, 30).await;
     // From now on a new connection takes about a second to set up.
     proxy.clog().await;
     let burst = 80;
@@ -153,10 +185,10 @@ async fn slow_new_connections_never_put_more_than_the_limit_in_a_second() {
         tokio::time::sleep(Duration::from_millis(700)).await;
         proxy.unclog();
     });
-    wait_for_sends(&stage, 4 + burst, 90).await;
+    wait_for_sends(&sim, 4 + burst, 90).await;
     gw.shutdown().await;
 
-    let sent = stage.sim.sent();
+    let sent = sim.sent();
     let busiest = busiest_second(&arrival_ms(&sent));
     eprintln!(
         "{} sends; most in any second at the stand-in: {busiest}",
@@ -176,26 +208,27 @@ async fn a_wall_clock_step_forward_does_not_open_the_rate_window() {
     let stage = Stage::new(Opts {
         provider_rate: LIMIT as u32,
         push_receipts: false,
-        // The stand-in shares this process's two workers with the gateway: on a loaded
-        // machine its own scheduling puts arrivals more than 10 ms off their slots. A
-        // wider guard keeps that out of what is measured here, the clock step.
+        // The gateway shares two cores with 300 concurrent /message calls here: on a
+        // loaded machine that alone puts sends more than 10 ms off their slots. A wider
+        // guard keeps it out of what is measured, the step.
         channel_extra: "rate_guard_ms = 50".into(),
         ..Opts::default()
     })
     .await;
+    let (sim, _) = receiver(&stage);
     let gw = InProcess::start(&stage).await;
     let n = 300;
     tokio::join!(send_all(&stage, "+6143000", n), async {
         wait_until("the drain under way", 60, || async {
-            (stage.sim.sent().len() >= 150).then_some(())
+            (sim.sent().len() >= 150).then_some(())
         })
         .await;
         step_wall_clock(3_600_000);
     });
-    wait_for_sends(&stage, n, 90).await;
+    wait_for_sends(&sim, n, 90).await;
     gw.shutdown().await;
 
-    let busiest = busiest_second(&arrival_ms(&stage.sim.sent()));
+    let busiest = busiest_second(&arrival_ms(&sim.sent()));
     eprintln!("{n} sends; most in any second at the stand-in: {busiest}");
     assert!(
         busiest <= LIMIT,
@@ -212,27 +245,28 @@ async fn a_wall_clock_step_back_does_not_stall_the_drain() {
     let stage = Stage::new(Opts {
         provider_rate: LIMIT as u32,
         push_receipts: false,
-        // The stand-in shares this process's two workers with the gateway: on a loaded
-        // machine its own scheduling puts arrivals more than 10 ms off their slots. A
-        // wider guard keeps that out of what is measured here, the clock step.
+        // The gateway shares two cores with 300 concurrent /message calls here: on a
+        // loaded machine that alone puts sends more than 10 ms off their slots. A wider
+        // guard keeps it out of what is measured, the step.
         channel_extra: "rate_guard_ms = 50".into(),
         ..Opts::default()
     })
     .await;
+    let (sim, _) = receiver(&stage);
     let gw = InProcess::start(&stage).await;
     let n = 300;
     tokio::join!(send_all(&stage, "+6143000", n), async {
         wait_until("the drain under way", 60, || async {
-            (stage.sim.sent().len() >= 150).then_some(())
+            (sim.sent().len() >= 150).then_some(())
         })
         .await;
         step_wall_clock(-7_200_000);
     });
     // A stalled lane would wait two hours.
-    wait_for_sends(&stage, n, 90).await;
+    wait_for_sends(&sim, n, 90).await;
     gw.shutdown().await;
 
-    let busiest = busiest_second(&arrival_ms(&stage.sim.sent()));
+    let busiest = busiest_second(&arrival_ms(&sim.sent()));
     eprintln!("{n} sends; most in any second at the stand-in: {busiest}");
     assert!(
         busiest <= LIMIT,
@@ -241,11 +275,9 @@ async fn a_wall_clock_step_back_does_not_stall_the_drain() {
 }
 
 /// The first arrival answered 429, and when it arrived.
-async fn wait_for_throttle(stage: &Stage, after: usize) -> Instant {
+async fn wait_for_throttle(sim: &ClickSendSim, after: usize) -> Instant {
     wait_until("a 429 from the stand-in", 60, || async {
-        stage
-            .sim
-            .sent()
+        sim.sent()
             .iter()
             .skip(after)
             .find(|a| a.status == 429)
@@ -265,21 +297,22 @@ async fn a_429_pause_holds_its_length_through_wall_clock_steps() {
         ..Opts::default()
     })
     .await;
+    let (sim, _) = receiver(&stage);
     let gw = InProcess::start(&stage).await;
 
     // Forward during the pause.
-    stage.sim.push_fault(SimFault::Throttle {
+    sim.push_fault(SimFault::Throttle {
         retry_after: Some(3),
     });
     let (_, throttled_at) = tokio::join!(send_all(&stage, "+6144000", 10), async {
-        let at = wait_for_throttle(&stage, 0).await;
+        let at = wait_for_throttle(&sim, 0).await;
         step_wall_clock(3_600_000);
         // Traffic goes on during the pause (and wakes the lane).
         send_all(&stage, "+6144100", 5).await;
         at
     });
-    wait_for_sends(&stage, 15, 60).await;
-    let sent = stage.sim.sent();
+    wait_for_sends(&sim, 15, 60).await;
+    let sent = sim.sent();
     let inside: Vec<u128> = sent
         .iter()
         .filter(|a| a.arrived > throttled_at)
@@ -293,14 +326,14 @@ async fn a_429_pause_holds_its_length_through_wall_clock_steps() {
 
     // Back during the pause.
     let before = sent.len();
-    stage.sim.push_fault(SimFault::Throttle {
+    sim.push_fault(SimFault::Throttle {
         retry_after: Some(2),
     });
     tokio::join!(send_all(&stage, "+6145000", 10), async {
-        wait_for_throttle(&stage, before).await;
+        wait_for_throttle(&sim, before).await;
         step_wall_clock(-7_200_000);
     });
     // A pause stretched by the step would last two hours.
-    wait_for_sends(&stage, 25, 60).await;
+    wait_for_sends(&sim, 25, 60).await;
     gw.shutdown().await;
 }

@@ -8,11 +8,12 @@
 //! time it was taken would then put the arrival up to seconds after its slot, beyond any
 //! guard, and the receiver would see more than the limit in a second.
 //!
-//! So while the request waits for a connection its slot is *suspended*: it counts in every
-//! window as if it were leaving right now (nothing else can take it), and once a connection
-//! is ready (ours, or a pooled one that came free first) it is *placed* at that moment, the
-//! time the request leaves. Every window the receiver can see then holds at most the limit,
-//! whatever the connect took, and nothing waits for a second slot.
+//! So once the request has waited a few ms for a connection its slot is *suspended*: it
+//! counts in every window as if it were leaving right now (nothing else can take it), and
+//! once a connection is ready (ours, or a pooled one that came free first) it is *placed*
+//! at that moment, the time the request leaves (a shorter wait just moves the slot to that
+//! time). Every window the receiver can see then holds at most the limit, whatever the
+//! connect took, and nothing waits for a second slot.
 //!
 //! The gate of the attempt in progress travels with its delivery as a task-local; the HTTP
 //! clients' connector layer ([`ConnectGateLayer`]) sees it while a connect runs on behalf
@@ -77,8 +78,13 @@ impl SlotGate {
         }
     }
 
-    /// A new connection is being made for the slot's request: suspend the slot until it
-    /// (or a pooled one) is ready. False when the slot is not this connect's to move.
+    /// No request has gone out on the slot yet (a connect may still move it).
+    fn is_held(&self) -> bool {
+        matches!(*self.state(), State::Held(_))
+    }
+
+    /// The slot's request is still waiting for a new connection: suspend the slot until
+    /// it (or a pooled one) is ready. False when the slot is not this connect's to move.
     fn connecting(&self) -> bool {
         let mut st = self.state();
         let State::Held(t) = *st else {
@@ -92,11 +98,23 @@ impl SlotGate {
         }
     }
 
-    /// A connection is ready: the request leaves now.
+    /// A connection is ready: the request leaves now, and its slot is logged now. (A slot
+    /// not suspended yet has been in the log all along, since less than a window ago, so
+    /// every slot granted meanwhile counted it: moving it later is safe.)
     fn connected(&self) {
         let mut st = self.state();
-        if *st == State::Pending {
-            *st = State::Held(self.ctx.with_limiter(|l| l.place(mono_ms())));
+        let now = mono_ms();
+        match *st {
+            State::Pending => *st = State::Held(self.ctx.with_limiter(|l| l.place(now))),
+            State::Held(t) if t < now => {
+                let moved = self
+                    .ctx
+                    .with_limiter(|l| l.suspend(t).then(|| l.place(now)));
+                if let Some(t) = moved {
+                    *st = State::Held(t);
+                }
+            }
+            State::Held(_) | State::Used(_) => {}
         }
     }
 
@@ -157,16 +175,35 @@ where
         GatedConnect {
             inner: Box::pin(self.inner.call(req)),
             gate: None,
+            timer: None,
             first: true,
         }
     }
 }
 
-/// A connect in progress, holding the slot it suspended.
+/// A connect this short keeps the slot in the log where it was until the request leaves
+/// (then it moves to that time): a loopback or LAN connect, or a pooled connection coming
+/// free at once, then costs the lane nothing. A longer one suspends it.
+const SUSPEND_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// A connect in progress on behalf of an attempt, and the slot it may suspend.
 pub struct GatedConnect<F> {
     inner: Pin<Box<F>>,
+    /// The attempt's gate while this connect runs in its scope.
     gate: Option<Arc<SlotGate>>,
+    /// Fires when the connect has taken [`SUSPEND_AFTER`].
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     first: bool,
+}
+
+impl<F> GatedConnect<F> {
+    /// The request no longer waits for this connect: its slot is logged now.
+    fn release(&mut self) {
+        self.timer = None;
+        if let Some(g) = self.gate.take() {
+            g.connected();
+        }
+    }
 }
 
 impl<F: Future> Future for GatedConnect<F> {
@@ -179,9 +216,10 @@ impl<F: Future> Future for GatedConnect<F> {
             // attempt's scope.
             this.first = false;
             if let Some(g) = current()
-                && g.connecting()
+                && g.is_held()
             {
                 this.gate = Some(g);
+                this.timer = Some(Box::pin(tokio::time::sleep(SUSPEND_AFTER)));
             }
         } else if let Some(g) = &this.gate
             && !is_current(g)
@@ -189,23 +227,30 @@ impl<F: Future> Future for GatedConnect<F> {
             // Polled outside the attempt's scope: the pool handed the request an idle
             // connection first and finishes this connect in the background. The request
             // has just left on that connection.
-            g.connected();
-            this.gate = None;
+            this.release();
         }
-        let out = std::task::ready!(this.inner.as_mut().poll(cx));
-        if let Some(g) = this.gate.take() {
-            g.connected();
+        if let Poll::Ready(out) = this.inner.as_mut().poll(cx) {
+            this.release();
+            return Poll::Ready(out);
         }
-        Poll::Ready(out)
+        if let Some(t) = &mut this.timer
+            && t.as_mut().poll(cx).is_ready()
+        {
+            // Still connecting: from now on the slot counts in every window until the
+            // request leaves.
+            this.timer = None;
+            if let Some(g) = &this.gate {
+                g.connecting();
+            }
+        }
+        Poll::Pending
     }
 }
 
 impl<F> Drop for GatedConnect<F> {
     fn drop(&mut self) {
-        // Given up (the request timed out or was dropped): whatever happens next, the slot
-        // is placed no earlier than now.
-        if let Some(g) = self.gate.take() {
-            g.connected();
-        }
+        // Given up (the request timed out or was dropped): whatever happens next, a
+        // suspended slot is placed no earlier than now.
+        self.release();
     }
 }

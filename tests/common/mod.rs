@@ -122,17 +122,25 @@ impl Stage {
         self.dir.path().join("rio-bridge.toml")
     }
 
-    /// Points the gateway's ClickSend calls at `addr` (a proxy in front of the stand-in)
-    /// instead of the stand-in itself; before the gateway starts.
+    /// Points the gateway's ClickSend calls at `addr` (a proxy in front of the stand-in,
+    /// or another stand-in) instead of where they go now; before the gateway starts.
     pub fn route_provider_via(&self, addr: std::net::SocketAddr) {
         let cfg = std::fs::read_to_string(self.config_path()).unwrap();
-        let from = format!("api_base = \"http://{}\"", self.sim_addr);
+        let lines: Vec<String> = cfg
+            .lines()
+            .map(|l| {
+                if l.starts_with("api_base = \"http://") {
+                    format!("api_base = \"http://{addr}\"")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
         assert!(
-            cfg.contains(&from),
+            cfg.contains("api_base = \"http://"),
             "the stand-in's address is in the config"
         );
-        let to = format!("api_base = \"http://{addr}\"");
-        std::fs::write(self.config_path(), cfg.replace(&from, &to)).unwrap();
+        std::fs::write(self.config_path(), lines.join("\n")).unwrap();
     }
 
     pub fn db_path(&self) -> PathBuf {
