@@ -91,6 +91,8 @@ fn http_client(timeout_ms: u64) -> anyhow::Result<reqwest::Client> {
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_millis(timeout_ms))
         .pool_idle_timeout(Duration::from_secs(60))
+        // A request waiting for a new connection has its rate slot placed when it leaves.
+        .connector_layer(crate::lanes::gate::ConnectGateLayer)
         .build()?)
 }
 

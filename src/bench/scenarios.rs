@@ -382,6 +382,7 @@ pub async fn outbound(dir: &Path, quick: bool, cluster: &Cluster) -> anyhow::Res
         message_request(addr, &phone(4, i), &format!("broadcast {i}"))
     })
     .await;
+    let accept_end = now_ms();
     let drain_timeout = Duration::from_secs((n as u64 / rate as u64) * 2 + 60);
     let sim = st.sim.clone();
     wait_for("the drain", drain_timeout, || sim.sent_count() >= r.ok).await?;
@@ -397,6 +398,14 @@ pub async fn outbound(dir: &Path, quick: bool, cluster: &Cluster) -> anyhow::Res
     let last = times.iter().max().copied().unwrap_or(0);
     let drain_rate =
         (times.len().saturating_sub(1)) as f64 / ((last - first) as f64 / 1000.0).max(1e-3);
+    // The steady state: from a second after the last accept until half a second before
+    // the last send (the accept phase competes for the same two cores).
+    let (steady_from, steady_to) = (accept_end + 1000, last - 500);
+    let steady = times
+        .iter()
+        .filter(|&&t| t >= steady_from && t < steady_to)
+        .count();
+    let steady_rate = steady as f64 / ((steady_to - steady_from) as f64 / 1000.0).max(1e-3);
     let mids: Vec<&str> = sent
         .iter()
         .filter_map(|a| a.body["messages"][0]["custom_string"].as_str())
@@ -413,6 +422,20 @@ pub async fn outbound(dir: &Path, quick: bool, cluster: &Cluster) -> anyhow::Res
             Figure::new("accept latency p99", r.quantile_ms(0.99), "ms"),
             Figure::new("drain rate, first to last send", drain_rate, "msg/s")
                 .at_least(0.98 * rate as f64),
+            // Utilisation: the limiter may leave a little unused (its guard, the slots of
+            // requests that waited for a new connection), never more than 2%.
+            Figure::new(
+                "share of the configured rate",
+                100.0 * drain_rate / rate as f64,
+                "%",
+            )
+            .at_least(98.0),
+            Figure::new(
+                "share of the configured rate, steady state",
+                100.0 * steady_rate / rate as f64,
+                "%",
+            )
+            .at_least(98.0),
             Figure::new(
                 "most sends in any 1 s window",
                 max_in_window(&times, 1000) as f64,

@@ -334,7 +334,10 @@ pub async fn send(
         ex.error = err;
         record_in_scope(&ex);
     };
-    let mut resp = match client.execute(req).await {
+    let executed = client.execute(req).await;
+    // The attempt's rate slot was used (see lanes::gate).
+    crate::lanes::gate::request_sent();
+    let mut resp = match executed {
         Ok(r) => r,
         Err(e) => {
             finish(ex, None, &[], Some(e.to_string()));

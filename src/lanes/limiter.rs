@@ -14,7 +14,13 @@ use std::time::Duration;
 pub struct SlidingWindow {
     limit: usize,
     window_ms: i64,
+    /// Granted slots, oldest first; at most `2 × limit` (a window widened at run time, up to
+    /// twice the width, still sees every grant it must count).
     log: VecDeque<i64>,
+    /// Slots granted whose request has not left yet and may leave at any moment (it waits
+    /// for a new connection): they count in every window until they are placed at the time
+    /// the request actually left.
+    pending: usize,
     pacing: Option<Pacing>,
 }
 
@@ -37,7 +43,8 @@ impl SlidingWindow {
         SlidingWindow {
             limit,
             window_ms,
-            log: VecDeque::with_capacity(limit),
+            log: VecDeque::with_capacity(2 * limit),
+            pending: 0,
             pacing: None,
         }
     }
@@ -84,6 +91,29 @@ impl SlidingWindow {
         self.log.extend(all.into_iter().skip(skip));
     }
 
+    /// Index of the first logged slot inside the closed window ending at `at`.
+    fn window_start(&self, at: i64) -> usize {
+        self.log.partition_point(|&t| t < at - self.window_ms)
+    }
+
+    /// Slots counted in the closed window ending at `at` (pending ones included), and if
+    /// that leaves none free, how long from `at` until one is.
+    fn counted(&self, at: i64) -> (usize, i64) {
+        let first = self.window_start(at);
+        let count = self.log.len() - first + self.pending;
+        if count < self.limit {
+            return (count, 0);
+        }
+        // The (count − limit + 1)-th oldest slot in the window must leave it first.
+        let wait = match self.log.get(first + count - self.limit) {
+            Some(&t) => (t + self.window_ms + 1 - at).max(1),
+            // Only pending slots fill the window: one is placed as soon as its connection
+            // is ready.
+            None => 5,
+        };
+        (count, wait)
+    }
+
     /// Takes a slot at `now` if one is free; otherwise says how many ms to wait.
     /// Any closed interval of `window_ms` holds at most `limit` granted slots.
     pub fn try_acquire(&mut self, now: i64) -> Result<i64, i64> {
@@ -93,36 +123,51 @@ impl SlidingWindow {
         if paced > 0 {
             return Err(paced);
         }
-        // The log keeps exactly the last `limit` grants, never pruned by age, so a window
-        // widened at run time (after a 429) still sees every grant it must count.
-        if self.log.len() >= self.limit {
-            let oldest = self.log.front().copied().unwrap_or(now);
-            if oldest >= now - self.window_ms {
-                return Err((oldest + self.window_ms + 1 - now).max(1));
-            }
-            self.log.pop_front();
+        let (count, wait) = self.counted(now);
+        if count >= self.limit {
+            return Err(wait);
         }
         self.log.push_back(now);
+        while self.log.len() > 2 * self.limit {
+            self.log.pop_front();
+        }
         if let Some(p) = &mut self.pacing {
             p.tat = p.tat.max(now as f64) + p.interval_ms;
         }
         Ok(now)
     }
 
+    /// The request of the slot granted at `at` has not left and may leave at any moment
+    /// from now on (it waits for a connection): it counts in every window until
+    /// [`SlidingWindow::place`] says when it left. False if there is no such slot.
+    pub fn suspend(&mut self, at: i64) -> bool {
+        match self.log.iter().rposition(|&t| t == at) {
+            Some(i) => {
+                self.log.remove(i);
+                self.pending += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A suspended slot's request left at `now`: the slot is logged at that time.
+    pub fn place(&mut self, now: i64) -> i64 {
+        self.pending = self.pending.saturating_sub(1);
+        let now = self.log.back().map_or(now, |&last| now.max(last));
+        self.log.push_back(now);
+        while self.log.len() > 2 * self.limit {
+            self.log.pop_front();
+        }
+        now
+    }
+
     /// How many slots are free at `at`, and if none, how long from `at` until one is.
     /// Changes nothing.
     pub fn free_at(&self, at: i64) -> (usize, i64) {
         let at = self.log.back().map_or(at, |&last| at.max(last));
-        let in_window: Vec<i64> = self
-            .log
-            .iter()
-            .copied()
-            .filter(|&t| t >= at - self.window_ms)
-            .collect();
-        let mut free = self.limit - in_window.len();
-        let mut wait = in_window
-            .first()
-            .map_or(0, |&oldest| (oldest + self.window_ms + 1 - at).max(1));
+        let (count, mut wait) = self.counted(at);
+        let mut free = self.limit.saturating_sub(count);
         if let Some(p) = &self.pacing {
             let paced = self.pacing_wait(at);
             if paced > 0 {
@@ -313,6 +358,78 @@ mod tests {
         w.seed([900, 950, 990, 100]);
         assert!(w.try_acquire(1000).is_err());
         assert!(w.try_acquire(1901).is_ok());
+    }
+
+    #[test]
+    fn a_suspended_slot_counts_everywhere_until_placed_when_it_left() {
+        let mut w = SlidingWindow::new(3, 1000);
+        for t in [0, 10, 20] {
+            assert!(w.try_acquire(t).is_ok());
+        }
+        // The slot of 0 waits for a connection: it still holds its place in every window.
+        assert!(w.suspend(0));
+        assert!(w.try_acquire(1005).is_err(), "10, 20 and the pending one");
+        assert_eq!(w.free_at(1005).0, 0);
+        // Its request left at 1500: logged there, the window ending at 2020 sees it.
+        assert_eq!(w.place(1500), 1500);
+        assert!(w.try_acquire(1500).is_ok());
+        assert!(w.try_acquire(1501).is_ok());
+        assert!(
+            w.try_acquire(2000).is_err(),
+            "1500, 1500 and 1501 in the window"
+        );
+        assert!(w.try_acquire(2501).is_ok());
+        // Nothing to suspend at a time never granted.
+        assert!(!w.suspend(7));
+    }
+
+    #[test]
+    fn only_pending_slots_fill_the_window() {
+        let mut w = SlidingWindow::new(2, 1000);
+        assert!(w.try_acquire(0).is_ok());
+        assert!(w.try_acquire(1).is_ok());
+        assert!(w.suspend(0) && w.suspend(1));
+        // Long after: the two are still in flight, so nothing may go, whatever the time.
+        assert!(w.try_acquire(50_000).is_err());
+        w.place(50_001);
+        assert!(
+            w.try_acquire(50_001).is_err(),
+            "one placed, one still pending"
+        );
+        w.place(50_002);
+        assert!(
+            w.try_acquire(51_001).is_err(),
+            "both placed within the window"
+        );
+        assert!(w.try_acquire(51_002).is_ok());
+    }
+
+    #[test]
+    fn every_window_holds_the_limit_with_slots_placed_late() {
+        // Every 7th slot waits 400 ms for its connection and is placed when it leaves.
+        let mut w = SlidingWindow::new(20, 1000);
+        let (mut left, mut waiting) = (Vec::new(), Vec::new());
+        for now in 0..10_000 {
+            waiting.retain(|&(granted, at): &(i64, i64)| {
+                if at == now {
+                    w.place(now);
+                    left.push(now);
+                    let _ = granted;
+                    false
+                } else {
+                    true
+                }
+            });
+            if let Ok(t) = w.try_acquire(now) {
+                if t % 7 == 0 && w.suspend(t) {
+                    waiting.push((t, now + 400));
+                } else {
+                    left.push(t);
+                }
+            }
+        }
+        assert!(max_in_window(&left, 1000) <= 20);
+        assert!(left.len() >= 180, "{}", left.len());
     }
 
     #[test]

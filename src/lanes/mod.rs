@@ -10,6 +10,7 @@
 //! to the store with its due time, so it blocks only that contact.
 
 pub mod deliver;
+pub mod gate;
 pub mod lease;
 pub mod limiter;
 pub mod retry;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::now_ms;
+use crate::clock::{mono_ms, mono_to_wall, now_ms, steady_wall_ms, wall_to_mono};
 use crate::config::DeliveryConfig;
 use crate::providers::SendError;
 use crate::store::{CrashPolicy, Finish, Head, Item, Lane, Store, StoreError, TakeHead};
@@ -75,14 +76,19 @@ pub struct LaneCtx {
     dirty: AtomicBool,
     notify: Notify,
     running: AtomicBool,
-    /// The lane's rate limiter and its learnt guard. Attempts take their slot right
-    /// before the request leaves, so nothing (no fsync) sits between the slot's time and
-    /// the wire.
+    /// The lane's rate limiter and its learnt guard, on the monotonic clock (`mono_ms`).
+    /// Attempts take their slot right before the request leaves, so nothing (no fsync)
+    /// sits between the slot's time and the wire; a request that has to wait for a new
+    /// connection has its slot placed when it leaves (see `gate`).
     limiter: Mutex<(SlidingWindow, AdaptiveGuard)>,
     /// Attempts dispatched that have not taken their slot yet.
     reserved: AtomicUsize,
-    /// A 429 pause, checked again by each attempt right before it sends.
-    paused_until: AtomicI64,
+    /// A 429 (or operator's) pause as a deadline on the monotonic clock, checked again by
+    /// each attempt right before it sends.
+    pause_mono: AtomicI64,
+    /// The same pause as stored (wall-clock epoch ms), for the admin API and for telling a
+    /// pause stored by another node from the one already applied.
+    pause_wall: AtomicI64,
     /// The circuit is open: only the probe may send.
     circuit_open: AtomicBool,
     /// The respond.io lane of the same channel, woken when a send queues a status.
@@ -133,7 +139,8 @@ impl LaneCtx {
                 AdaptiveGuard::new(policy_guard),
             )),
             reserved: AtomicUsize::new(0),
-            paused_until: AtomicI64::new(0),
+            pause_mono: AtomicI64::new(0),
+            pause_wall: AtomicI64::new(0),
             circuit_open: AtomicBool::new(false),
             status_lane: OnceLock::new(),
             backlog: AtomicI64::new(0),
@@ -151,16 +158,39 @@ impl LaneCtx {
         let _ = self.channel_log.set(log);
     }
 
-    /// Until when the lane is paused (epoch ms; 0 or past: not paused).
+    /// Until when the lane is paused, as stored (epoch ms; 0 or past: not paused).
     pub fn paused_until(&self) -> i64 {
-        self.paused_until.load(Ordering::Acquire)
+        self.pause_wall.load(Ordering::Acquire)
     }
 
-    /// Pauses the lane until `until_ms` (an operator's pause; 0 resumes) and wakes it, so
-    /// a resume takes effect at once. The caller persists the pause.
+    /// Pauses the lane until `until_ms` (epoch ms, as stored: an operator's pause, or one
+    /// read from the store; 0 resumes) and wakes it, so a resume takes effect at once. The
+    /// pause runs on the monotonic clock from here on: a later step of the wall clock
+    /// neither ends it early nor stretches it. The caller persists the pause.
     pub fn set_paused_until(&self, until_ms: i64) {
-        self.paused_until.store(until_ms, Ordering::Release);
+        self.pause_wall.store(until_ms, Ordering::Release);
+        let mono = if until_ms <= 0 {
+            0
+        } else {
+            wall_to_mono(until_ms)
+        };
+        self.pause_mono.store(mono, Ordering::Release);
         self.wake();
+    }
+
+    /// A 429 pauses the lane for `ms` from now (never shortens a longer pause); returns
+    /// the pause's end on the monotonic clock and as stored (epoch ms).
+    fn pause_for(&self, ms: i64) -> (i64, i64) {
+        let (mono, wall) = (mono_ms() + ms, now_ms() + ms);
+        if self.pause_mono.fetch_max(mono, Ordering::AcqRel) < mono {
+            self.pause_wall.store(wall, Ordering::Release);
+        }
+        (mono, wall)
+    }
+
+    /// Until when (monotonic ms) the lane is paused; 0 or past: not paused.
+    fn pause_deadline(&self) -> i64 {
+        self.pause_mono.load(Ordering::Acquire)
     }
 
     /// The circuit is open (a channel fault): only probes are sent.
@@ -183,12 +213,12 @@ impl LaneCtx {
 
     /// The lane is paused (429) or its circuit is open: no attempt will start soon.
     pub fn is_blocked(&self) -> bool {
-        self.blocked(false, now_ms()).is_some()
+        self.blocked(false, mono_ms()).is_some()
     }
 
     /// Rate slots free right now that no dispatched attempt has claimed yet.
     pub fn free_slots(&self) -> i64 {
-        let (free, _) = self.with_limiter(|l| l.free_at(now_ms()));
+        let (free, _) = self.with_limiter(|l| l.free_at(mono_ms()));
         free as i64 - self.reserved.load(Ordering::Acquire) as i64
     }
 
@@ -259,26 +289,26 @@ impl LaneCtx {
         }
     }
 
-    /// Until when an attempt must not send now (a pause, or an open circuit for anything
-    /// but the probe).
+    /// Until when (monotonic ms) an attempt must not send now (a pause, or an open
+    /// circuit for anything but the probe).
     fn blocked(&self, probe: bool, now: i64) -> Option<i64> {
         // Not ours (any more), or our lease is about to run out: nothing may leave.
         if !self.owns() {
             return Some(now + 1000);
         }
-        let paused = self.paused_until.load(Ordering::Acquire);
+        let paused = self.pause_deadline();
         if paused > now {
             return Some(paused);
         }
         (!probe && self.circuit_open.load(Ordering::Acquire)).then_some(now + 1000)
     }
 
-    /// Takes a rate slot right before sending, waiting if none is free; `Err(until)` if
-    /// the lane was paused (or its circuit opened) meanwhile.
+    /// Takes a rate slot right before sending, waiting if none is free; `Err(until)`
+    /// (monotonic ms) if the lane was paused (or its circuit opened) meanwhile.
     async fn take_slot(&self, probe: bool, tenure: u64) -> Result<i64, i64> {
         let give_up = Instant::now() + SLOT_WAIT_MAX;
         loop {
-            let now = now_ms();
+            let now = mono_ms();
             if self.tenure.load(Ordering::Acquire) != tenure || Instant::now() >= give_up {
                 return Err(now);
             }
@@ -323,7 +353,7 @@ enum Next {
     More,
     /// The queue went back to the store (empty, or retrying later).
     Released,
-    /// 429: pause the whole lane until then.
+    /// 429: pause the whole lane until then (monotonic ms).
     Paused { until: i64 },
     /// The channel is broken (credentials, credit): open the circuit.
     Fault(String),
@@ -397,9 +427,12 @@ impl LaneRunner {
             .store
             .recent_attempts(&ctx.channel, ctx.lane, ctx.rate_limit as usize)
             .await?;
-        ctx.with_limiter(|l| l.seed(recent));
+        // The attempt log is stored in wall-clock ms; the limiter runs on the monotonic clock.
+        // (One logged "after now", by a clock since stepped back, counts as now.)
+        let (wall, mono) = (now_ms(), mono_ms());
+        ctx.with_limiter(|l| l.seed(recent.into_iter().map(|t| (t - wall + mono).min(mono))));
         let paused_until = ctx.store.paused_until(&ctx.channel, ctx.lane).await?;
-        ctx.paused_until.store(paused_until, Ordering::Release);
+        ctx.set_paused_until(paused_until);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Ok(LaneRunner {
             ctx,
@@ -424,7 +457,7 @@ impl LaneRunner {
     }
 
     fn paused_until(&self) -> i64 {
-        self.ctx.paused_until.load(Ordering::Acquire)
+        self.ctx.pause_deadline()
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -439,7 +472,9 @@ impl LaneRunner {
             if shutdown.is_cancelled() {
                 break;
             }
-            let now = now_ms();
+            // Pauses, probes and rate slots run on the monotonic clock; queues fall due by
+            // the wall-clock times the store keeps (read on a clock that never steps back).
+            let (now, wall) = (mono_ms(), steady_wall_ms());
             if let Some(until) = self.gate(now) {
                 // Nothing is sent while the lane is paused or its circuit open, so no
                 // attempt ends and expires old items: the sweep does, every so often.
@@ -455,8 +490,8 @@ impl LaneRunner {
                 self.wait(&shutdown, Some(wait)).await;
                 continue;
             }
-            if self.should_fill(now)
-                && let Err(e) = self.fill(now).await
+            if self.should_fill(now, wall)
+                && let Err(e) = self.fill(wall).await
             {
                 tracing::warn!(channel = %ctx.channel, lane = ctx.lane.name(), error = %e, "lane cannot read its queues");
                 self.ctx.dirty.store(true, Ordering::Release);
@@ -464,7 +499,7 @@ impl LaneRunner {
                 continue;
             }
             if self.ready[0].is_empty() && self.ready[1].is_empty() {
-                let idle = self.next_due.map_or(1000, |d| (d - now).clamp(1, 1000));
+                let idle = self.next_due.map_or(1000, |d| (d - wall).clamp(1, 1000));
                 self.wait(&shutdown, Some(idle)).await;
                 // Look at the store again even without a wake-up: work may have been
                 // committed by a path that had no handle on this lane.
@@ -641,9 +676,9 @@ impl LaneRunner {
     /// Whether to look for due queues now. A claim is a committed write, so a busy lane
     /// claims at most every `FILL_INTERVAL_MS` (each finished send marks it dirty); an
     /// empty one claims as soon as work is signalled.
-    fn should_fill(&mut self, now: i64) -> bool {
+    fn should_fill(&mut self, now: i64, wall: i64) -> bool {
         let signalled =
-            self.ctx.dirty.load(Ordering::Acquire) || self.next_due.is_some_and(|d| d <= now);
+            self.ctx.dirty.load(Ordering::Acquire) || self.next_due.is_some_and(|d| d <= wall);
         if !signalled {
             return false;
         }
@@ -712,7 +747,7 @@ impl LaneRunner {
     fn complete(&mut self, c: Completion) {
         self.inflight = self.inflight.saturating_sub(1);
         let ctx = self.ctx.clone();
-        let now = now_ms();
+        let now = mono_ms();
         if c.split {
             self.single.insert(c.qkey.clone());
         }
@@ -792,7 +827,7 @@ impl LaneRunner {
 
     fn publish_gauges(&self) {
         let l = self.ctx.labels();
-        metrics::gauge!("rio_lane_paused", &l).set(if self.paused_until() > now_ms() {
+        metrics::gauge!("rio_lane_paused", &l).set(if self.paused_until() > mono_ms() {
             1.0
         } else {
             0.0
@@ -878,7 +913,9 @@ async fn attempt(
         Err(until) => {
             // Paused (or the circuit opened, or the tenure ended) after this attempt was
             // dispatched: nothing was sent, so nothing is counted.
-            let fin = Finish::NotSent { next_ms: until };
+            let fin = Finish::NotSent {
+                next_ms: steady_wall_ms() + (until - mono_ms()).max(0),
+            };
             record(&ctx, &qkey, &ids, fin, 0, 0).await;
             unrecorded.settle();
             return done(Next::Released, false);
@@ -886,12 +923,14 @@ async fn attempt(
     };
     reservation.settle();
     let started = Instant::now();
-    let send = async {
+    // A request that has to wait for a new connection has its slot placed when it leaves.
+    let gate = gate::SlotGate::new(ctx.clone(), slot_ms);
+    let send = gate.scope(async {
         match ctx.channel_log.get() {
             Some(log) => deliver_logged(&ctx, log, &items).await,
             None => ctx.deliverer.deliver(&items).await,
         }
-    };
+    });
     // A deliverer's own timeouts should answer first; this one bounds the attempt whatever
     // it does, so its mark's deadline holds.
     let result = match tokio::time::timeout(timeout + Duration::from_secs(5), send).await {
@@ -902,6 +941,8 @@ async fn attempt(
         ))),
     };
     let dur = started.elapsed();
+    // When the request left, as stored in the attempt log (wall-clock ms).
+    let slot_ms = mono_to_wall(gate.finish());
     metrics::histogram!("rio_delivery_duration_seconds", &ctx.labels()).record(dur.as_secs_f64());
     ctx.learn_guard(matches!(result, Err(SendError::Throttled { .. })));
     let (fin, next, split) = decide(&ctx, &items, result, dur);
@@ -1050,7 +1091,10 @@ fn decide(
     dur: Duration,
 ) -> (Finish, Option<Next>, bool) {
     let head = &items[0];
+    // Ages by the wall clock (items are stamped with it); retries fall due by the lanes'
+    // clock that never steps back.
     let now = now_ms();
+    let due_now = steady_wall_ms();
     let p = &ctx.policy;
     let labels = ctx.labels();
     // Counted from when the item was last queued: a replayed dead letter starts afresh.
@@ -1090,7 +1134,7 @@ fn decide(
             // is dead-lettered.
             log_item("batch rejected; retrying one event per call", &reason);
             let fin = Finish::Retry {
-                next_ms: now,
+                next_ms: due_now,
                 error: reason,
                 ambiguous: false,
                 counted: false,
@@ -1133,7 +1177,7 @@ fn decide(
             metrics::counter!("rio_channel_faults_total", &labels).increment(1);
             ctx.waiters.resolve(&head.mid, FirstOutcome::Pending);
             let fin = Finish::Retry {
-                next_ms: now,
+                next_ms: due_now,
                 error: reason.clone(),
                 ambiguous: false,
                 counted: false,
@@ -1148,19 +1192,19 @@ fn decide(
         }) => {
             metrics::counter!("rio_throttled_total", &labels).increment(1);
             ctx.waiters.resolve(&head.mid, FirstOutcome::Pending);
-            let until = now + retry::throttle_pause_ms(retry_after);
             // The pause holds from this moment: attempts of other contacts waiting for a
             // slot must not go out while this outcome is still being recorded.
-            ctx.paused_until.fetch_max(until, Ordering::AcqRel);
+            let pause_ms = retry::throttle_pause_ms(retry_after);
+            let (until_mono, until) = ctx.pause_for(pause_ms);
             let fin = Finish::Retry {
-                next_ms: until,
+                next_ms: due_now + pause_ms,
                 error: reason,
                 ambiguous: false,
                 counted: false,
                 outcome: "throttled",
                 pause_lane_until: Some(until),
             };
-            (fin, Some(Next::Paused { until }), false)
+            (fin, Some(Next::Paused { until: until_mono }), false)
         }
         Err(e @ (SendError::Unsent(_) | SendError::Ambiguous(_))) => {
             let ambiguous = matches!(e, SendError::Ambiguous(_));
@@ -1200,7 +1244,7 @@ fn decide(
             let outcome = if ambiguous { "ambiguous" } else { "retry" };
             (
                 Finish::Retry {
-                    next_ms: now + delay,
+                    next_ms: due_now + delay,
                     error: reason,
                     ambiguous,
                     counted: true,
@@ -1295,7 +1339,7 @@ mod tests {
             Err(until),
             "paused at once"
         );
-        assert!(until >= now_ms() + 1000, "for the Retry-After");
+        assert!(until >= mono_ms() + 1000, "for the Retry-After");
     }
 
     /// Panics on its first delivery, then delivers.

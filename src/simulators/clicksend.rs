@@ -166,6 +166,10 @@ impl SimFaultRates {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SimArrival {
     pub arrival_ms: i64,
+    /// The arrival on this process's monotonic clock, for counting arrivals per window
+    /// whatever the wall clock does.
+    #[serde(skip)]
+    pub arrived: std::time::Instant,
     /// The request body as JSON; a body that is not JSON is kept as a JSON string.
     pub body: Value,
     /// The HTTP status answered; 0 while still answering or when the connection was dropped.
@@ -431,6 +435,7 @@ impl ClickSendSim {
         let mut st = self.state();
         st.sent.push(SimArrival {
             arrival_ms: now_ms(),
+            arrived: std::time::Instant::now(),
             body,
             status: 0,
             message_ids: Vec::new(),

@@ -62,6 +62,8 @@ pub struct Stage {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub opts: Opts,
+    /// Where the ClickSend stand-in listens.
+    pub sim_addr: std::net::SocketAddr,
 }
 
 impl Stage {
@@ -106,6 +108,7 @@ impl Stage {
             dir,
             port,
             opts,
+            sim_addr,
         };
         std::fs::write(
             stage.config_path(),
@@ -117,6 +120,27 @@ impl Stage {
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("rio-bridge.toml")
+    }
+
+    /// Points the gateway's ClickSend calls at `addr` (a proxy in front of the stand-in,
+    /// or another stand-in) instead of where they go now; before the gateway starts.
+    pub fn route_provider_via(&self, addr: std::net::SocketAddr) {
+        let cfg = std::fs::read_to_string(self.config_path()).unwrap();
+        let lines: Vec<String> = cfg
+            .lines()
+            .map(|l| {
+                if l.starts_with("api_base = \"http://") {
+                    format!("api_base = \"http://{addr}\"")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        assert!(
+            cfg.contains("api_base = \"http://"),
+            "the stand-in's address is in the config"
+        );
+        std::fs::write(self.config_path(), lines.join("\n")).unwrap();
     }
 
     pub fn db_path(&self) -> PathBuf {

@@ -11,9 +11,25 @@ pub fn plausible_ms(ms: i64) -> bool {
     (1..=MAX_TIMESTAMP_MS).contains(&ms)
 }
 
+/// How far this process's wall clock has been stepped (see [`step_wall_clock`]).
+static WALL_STEP_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+        + wall_step_ms()
+}
+
+/// Steps this process's wall clock by `ms` (negative: back), as an NTP step does to the
+/// system clock: every later [`now_ms`] reads it, monotonic time does not move. For tests
+/// of what a clock step does to a running gateway; nothing else calls it.
+pub fn step_wall_clock(ms: i64) {
+    WALL_STEP_MS.fetch_add(ms, std::sync::atomic::Ordering::AcqRel);
+}
+
+/// The sum of the steps so far (0 unless a test stepped the clock).
+pub fn wall_step_ms() -> i64 {
+    WALL_STEP_MS.load(std::sync::atomic::Ordering::Acquire)
 }
