@@ -480,7 +480,7 @@ impl LaneRunner {
                 // attempt ends and expires old items: the sweep does, every so often.
                 let blocked = self.blocked_why(now);
                 if let Some(why) = blocked {
-                    self.sweep_aged(now, why).await;
+                    self.sweep_aged(now, wall, why).await;
                 }
                 let wait = if blocked.is_some() {
                     (until - now).min(SWEEP_INTERVAL_MS)
@@ -620,8 +620,9 @@ impl LaneRunner {
 
     /// Expires items past `max_age_secs` while the lane sends nothing (at most every
     /// `SWEEP_INTERVAL_MS`): dead-lettered with a reason saying so, a send's `failed`
-    /// status queued for respond.io, as for any item that gave up.
-    async fn sweep_aged(&mut self, now: i64, why: &str) {
+    /// status queued for respond.io, as for any item that gave up. `now` is the monotonic
+    /// clock (the interval), `wall` the wall clock the stored ages are kept in.
+    async fn sweep_aged(&mut self, now: i64, wall: i64, why: &str) {
         if now - self.last_sweep_ms < SWEEP_INTERVAL_MS {
             return;
         }
@@ -637,7 +638,7 @@ impl LaneRunner {
             .expire_aged(
                 &ctx.channel,
                 ctx.lane,
-                now - max_age_ms,
+                wall - max_age_ms,
                 &reason,
                 SWEEP_BATCH,
             )
