@@ -10,7 +10,7 @@
 //! on the aged store against a fresh one.
 //!
 //! Short form (CI): 60,000 items of history compressed into one hour (retention one hour),
-//! about a minute of traffic. `RIO_LONG=1`: 10 million items on SQLite and 3 million on
+//! 10 s of quiet traffic and 45 s with the events. `RIO_LONG=1`: 10 million items on SQLite and 3 million on
 //! PostgreSQL over a week, 12 minutes of traffic each (RELIABILITY.md has the figures).
 
 mod common;
@@ -57,8 +57,8 @@ impl Plan {
             (false, _) => Plan {
                 items: 60_000,
                 span_secs: 3_600,
-                run_secs: 60,
-                fresh_secs: 15,
+                run_secs: 45,
+                fresh_secs: 10,
                 inbound_per_sec: 6.0,
             },
             // A week at 16.5 items/s: ~6 inbound + 3 sends (+6 statuses) per second.
@@ -66,7 +66,7 @@ impl Plan {
                 items: 10_000_000,
                 span_secs: 7 * 86_400,
                 run_secs: 720,
-                fresh_secs: 60,
+                fresh_secs: 180,
                 inbound_per_sec: 6.0,
             },
             // A week at 5 items/s.
@@ -74,7 +74,7 @@ impl Plan {
                 items: 3_000_000,
                 span_secs: 7 * 86_400,
                 run_secs: 720,
-                fresh_secs: 60,
+                fresh_secs: 180,
                 inbound_per_sec: 2.0,
             },
         }
@@ -168,11 +168,12 @@ fn configure(stage: &Stage, plan: &Plan, store_url: Option<&str>) {
 
 type Acked = Arc<Mutex<Vec<String>>>;
 
-/// Paced traffic until `stop`: inbound messages from 20 contacts (redelivered with the same
+/// Paced traffic until `stop` (and a latency probe while `probing`): inbound messages from 20 contacts (redelivered with the same
 /// message_id until answered 200, as a provider does), respond.io's sends to 10 contacts
 /// (retried until 200), and a delivered receipt for every accepted send. Latencies are
 /// those of requests answered 200 at the first try. `tag` (a digit) keeps the phases'
 /// contacts and texts apart.
+#[allow(clippy::too_many_arguments)]
 fn traffic(
     stage: &Arc<Stage>,
     plan: &Plan,
@@ -181,6 +182,7 @@ fn traffic(
     acked_out: &Acked,
     lat: &Arc<Mutex<Latencies>>,
     stop: &Arc<AtomicBool>,
+    probing: &Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let http = reqwest::Client::new();
     let mut tasks = Vec::new();
@@ -256,6 +258,50 @@ fn traffic(
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                n += 1;
+            }
+        }));
+    }
+    // A latency probe: 10 more webhooks a second from a contact of its own while the
+    // quiet stretch lasts, so its p99 stands on enough samples.
+    {
+        let (stage, acked, lat, stop, http, probing) = (
+            stage.clone(),
+            acked_in.clone(),
+            lat.clone(),
+            stop.clone(),
+            http.clone(),
+            probing.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let url = format!("{}/channels/sms/inbound?secret={SECRET}", stage.base());
+            let contact = format!("+614{tag}88888");
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut n = 0;
+            while !stop.load(Ordering::Acquire) && probing.load(Ordering::Acquire) {
+                tick.tick().await;
+                let text = format!("{tag} probe #{n}");
+                let form = [
+                    ("from", contact.clone()),
+                    ("to", OUR_NUMBER.to_string()),
+                    ("body", text.clone()),
+                    ("message_id", format!("SOAK-{tag}-probe-{n}")),
+                    ("timestamp", "1767225600".to_string()),
+                ];
+                let t = Instant::now();
+                if http
+                    .post(&url)
+                    .form(&form)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+                {
+                    lat.lock()
+                        .unwrap()
+                        .webhook_ms
+                        .push(t.elapsed().as_secs_f64() * 1e3);
+                    acked.lock().unwrap().push(text);
                 }
                 n += 1;
             }
@@ -376,7 +422,10 @@ async fn fresh_phase(backend: Backend, plan: &Plan) -> Latencies {
     let (acked_in, acked_out): (Acked, Acked) = Default::default();
     let lat = Arc::new(Mutex::new(Latencies::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks = traffic(&stage, plan, "1", &acked_in, &acked_out, &lat, &stop);
+    let probing = Arc::new(AtomicBool::new(true));
+    let tasks = traffic(
+        &stage, plan, "1", &acked_in, &acked_out, &lat, &stop, &probing,
+    );
     tokio::time::sleep(Duration::from_secs(plan.fresh_secs)).await;
     stop.store(true, Ordering::Release);
     for t in tasks {
@@ -452,7 +501,10 @@ async fn soak(backend: Backend) {
     let (acked_in, acked_out): (Acked, Acked) = Default::default();
     let lat = Arc::new(Mutex::new(Latencies::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks = traffic(&stage, &plan, "2", &acked_in, &acked_out, &lat, &stop);
+    let probing = Arc::new(AtomicBool::new(true));
+    let tasks = traffic(
+        &stage, &plan, "2", &acked_in, &acked_out, &lat, &stop, &probing,
+    );
 
     // First a quiet stretch (traffic only), measured against the fresh store's; then the
     // run with its events.
@@ -480,6 +532,7 @@ async fn soak(backend: Backend) {
             continue;
         }
         if quiet_lat.is_none() {
+            probing.store(false, Ordering::Release);
             quiet_lat = Some(std::mem::take(&mut *lat.lock().unwrap()));
         }
         if now >= next_reload {
