@@ -523,11 +523,25 @@ async fn in_a_browser_search_timeline_and_replay_of_a_dead_letter() {
         .await
         .unwrap();
 
-    // Replay: the stand-in accepts it this time, and the page follows it to delivered.
+    // Replay: the stand-in accepts it this time, and the page follows it to delivered
+    // (respond.io keeps the failed status it was told: README, What a replay sends).
     browser.click("#replay").await;
     browser.wait_text("#banner", "Replayed 1").await;
+    // The stand-in pushes the replay's receipt once; pushed again here (a redelivery,
+    // deduplicated), so the page does not depend on that single push having landed.
+    let replay_id = wait_until("the replay accepted by the stand-in", 30, || async {
+        stage
+            .sim
+            .sent()
+            .iter()
+            .rev()
+            .find(|a| a.status == 200 && a.body["messages"][0]["custom_string"] == mid.as_str())
+            .and_then(|a| a.message_ids.first().cloned())
+    })
+    .await;
+    assert_eq!(stage.sim.push_receipt(&replay_id, 201, None).await, Ok(200));
     browser
-        .wait_text("#verdict", "Delivered to the contact")
+        .wait_text("#verdict", "Replayed and delivered to the contact")
         .await;
     // Two calls reached the stand-in with this mId: the one it refused, and the replay
     // (the delivery receipt above is the stand-in's, for the message it queued).

@@ -606,7 +606,7 @@
 
   // ---- one message: what happened, and the fix -------------------------------------------
 
-  function verdict(m) {
+  function verdict(m, history = []) {
     const att = `${m.attempts} attempt${m.attempts === 1 ? '' : 's'}`;
     const amb = m.ambiguous_attempts ? ` (${m.ambiguous_attempts} ambiguous: may have arrived)` : '';
     if (m.discarded) return ['muted', `Discarded, not sent: ${m.last_error || ''}`];
@@ -626,7 +626,22 @@
     switch (m.status) {
       case 'delivered': return ['ok', `Delivered to the contact (the provider's receipt says so), after ${att}${amb}.`];
       case 'read': return ['ok', 'Delivered and read by the contact.'];
-      case 'failed': return ['bad', `Accepted by the provider, then reported failed: ${m.last_error || 'no reason given'}.`];
+      case 'failed': {
+        // A replayed failed send keeps `failed` (respond.io was told so, and it is final
+        // there); what happened to the replay is in its history.
+        const events = history.map((h) => h.event);
+        const replayed = events.lastIndexOf('replayed');
+        const after = replayed < 0 ? [] : events.slice(replayed + 1);
+        if (after.includes('receipt delivered ignored') || after.includes('receipt read ignored')) {
+          return ['ok', 'Replayed and delivered to the contact (the provider\'s receipt says so). ' +
+            'respond.io was told it failed before the replay and is not told again: failed is final there.'];
+        }
+        if (replayed >= 0) {
+          return ['warn', 'Replayed after it failed; respond.io keeps the failed status. ' +
+            'The replay\'s outcome shows in the timeline below.'];
+        }
+        return ['bad', `Accepted by the provider, then reported failed: ${m.last_error || 'no reason given'}.`];
+      }
       case 'sent': return ['ok', `Accepted by the provider after ${att}${amb}; no delivery receipt yet.`];
       default: return ['ok', `Sent after ${att}${amb}.`];
     }
@@ -649,7 +664,7 @@
 
   function renderDetail(d, open) {
     const m = d.message;
-    const [cls, text] = verdict(m);
+    const [cls, text] = verdict(m, d.history || []);
     const actions = m.state === 'dead' ? el('div', { class: 'actions' },
       el('button', { type: 'button', id: 'replay', onclick: () => replay([m.id], true) }, 'Replay'),
       el('button', { type: 'button', id: 'discard', class: 'danger', onclick: () => discard([m.id], true) }, 'Discard'),
