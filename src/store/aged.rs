@@ -115,6 +115,73 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache/rio-bridge/aged")
 }
 
+/// The rows of items `i` from a backend's sequence `g(i, k, c, m, t, dk)` (k = i % 10, c the
+/// contact, m the mId, t the time, dk the dedupe key), the same on both backends; `{CH}`
+/// and `{TTL}` stand for the backend's placeholders of the channel and the dedupe TTL, and
+/// the number is how many parameters the statement names. By `k`: 0–5 an inbound message
+/// (with its dedupe key), 6–8 a send with its provider id and a delivered status, 9 a
+/// status event; one in a thousand a dead letter, of each kind in turn.
+pub(crate) const ROWS: [(&str, usize); 5] = [
+    // items
+    (
+        r#"        INSERT INTO items(id, channel, lane, qkey, contact, kind, mid, payload, state, attempts,
+                          created_ms, queued_ms, next_ms, updated_ms, provider_id, status, last_error)
+        SELECT i + 1, {CH},
+               CASE WHEN k BETWEEN 6 AND 8 THEN 1 ELSE 0 END,
+               CASE WHEN k = 9 THEN 's:' || m ELSE 'c:' || c END,
+               c,
+               CASE WHEN k < 6 THEN 0 WHEN k < 9 THEN 3 ELSE 2 END,
+               m,
+               CASE WHEN k < 6 THEN '{"type":"message","mId":"' || m || '","timestamp":' || t ||
+                                    ',"message":{"type":"text","text":"aged message ' || i || '"}}'
+                    WHEN k < 9 THEN '{"type":"text","text":"aged send ' || i || '"}'
+                    ELSE '{"type":"message_status","mId":"' || m || '","timestamp":' || t ||
+                         ',"status":{"value":"delivered"}}' END,
+               CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 3 ELSE 2 END,
+               1, t, t, t, t + 150,
+               CASE WHEN k < 6 THEN 'aged-in-' || i WHEN k < 9 THEN 'aged-out-' || i END,
+               CASE WHEN k BETWEEN 6 AND 8 THEN 2 ELSE 0 END,
+               CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 'aged dead letter' END
+        FROM g"#,
+        6,
+    ),
+    // dedupe
+    (
+        r#"        INSERT INTO dedupe(channel, key, expires_ms)
+        SELECT {CH}, dk, t + {TTL} FROM g WHERE k < 6"#,
+        7,
+    ),
+    // attempts
+    (
+        r#"        INSERT INTO attempts(item_id, channel, lane, at_ms, outcome, call_first, duration_ms)
+        SELECT i + 1, {CH}, CASE WHEN k BETWEEN 6 AND 8 THEN 1 ELSE 0 END, t + 50,
+               CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 'dead' ELSE 'ok' END, 1, 40 FROM g"#,
+        6,
+    ),
+    // history
+    (
+        r#"        INSERT INTO history(item_id, at_ms, event)
+        SELECT i + 1, t + 150, CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 'dead' ELSE 'delivered' END FROM g"#,
+        5,
+    ),
+    // channel_logs
+    (
+        r#"        INSERT INTO channel_logs(channel, mid, at_ms, direction, kind, method, url, status,
+                                 duration_ms, request_body, response_body)
+        SELECT {CH}, m, t + 50, 'out',
+               CASE WHEN k BETWEEN 6 AND 8 THEN 'provider' ELSE 'respondio' END, 'POST',
+               CASE WHEN k BETWEEN 6 AND 8 THEN 'https://rest.clicksend.com/v3/sms/send'
+                    ELSE 'https://webhook.respond.io/custom/channel/webhook/' END,
+               200, 40, '{"aged":' || i || '}', '{}' FROM g"#,
+        6,
+    ),
+];
+
+/// `sql` with the backend's placeholders for the channel and the dedupe TTL.
+pub(crate) fn with_placeholders(sql: &str, channel: &str, ttl: &str) -> String {
+    sql.replace("{CH}", channel).replace("{TTL}", ttl)
+}
+
 /// Milliseconds since the epoch.
 pub(crate) fn now_ms() -> i64 {
     crate::clock::now_ms()

@@ -695,13 +695,20 @@ pub trait Store: Send + Sync + 'static {
         policy: CrashPolicy,
     ) -> Result<RecoveryReport>;
 
+    /// This process's attempts in flight on this store.
+    fn live(&self) -> &LiveAttempts;
+
     /// How many attempts this process has in flight on this store (a stop waits for them).
-    fn live_attempts(&self) -> usize;
+    fn live_attempts(&self) -> usize {
+        self.live().len()
+    }
 
     /// An attempt that will never record its outcome (it panicked): its items stop being
     /// this process's live attempts, so the next take settles them as after a crash (the
     /// `on_crash` policy, marked ambiguous) instead of waiting for them for good.
-    fn abandon_live(&self, ids: &[i64]);
+    fn abandon_live(&self, ids: &[i64]) {
+        self.live().remove(ids);
+    }
 
     /// Jobs waiting for the store or running in it now (`rio_store_queue_depth`).
     fn queue_depth(&self) -> QueueDepth {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio_postgres::NoTls;
 
-use crate::store::aged::{AgeSpec, AgedReport, now_ms};
+use crate::store::aged::{AgeSpec, AgedReport, ROWS, now_ms, with_placeholders};
 
 const CHUNK: i64 = 500_000;
 
@@ -171,66 +171,13 @@ async fn fill_chunk(
 ) -> anyhow::Result<()> {
     // $1–$5 shape the sequence, $6 the channel, $7 the dedupe TTL.
     const G: &str = "WITH g AS (SELECT i, i % 10 AS k, '+614' || lpad((i % $3)::TEXT, 8, '0') AS c,
-                          '01AGED' || lpad(i::TEXT, 20, '0') AS m, $4::BIGINT + (i * $5::FLOAT8)::BIGINT AS t
+                          '01AGED' || lpad(i::TEXT, 20, '0') AS m, 'aged:' || lpad(i::TEXT, 12, '0') AS dk, $4::BIGINT + (i * $5::FLOAT8)::BIGINT AS t
                    FROM generate_series($1::BIGINT, $2::BIGINT - 1) AS i)";
-    // Each statement with the parameters it names (PostgreSQL types every one it is given).
-    let statements = [
-        (6, format!(
-            "{G}
-        INSERT INTO items(id, channel, lane, qkey, contact, kind, mid, payload, state, attempts,
-                          created_ms, queued_ms, next_ms, updated_ms, provider_id, status, last_error)
-        SELECT i + 1, $6,
-               CASE WHEN k BETWEEN 6 AND 8 THEN 1 ELSE 0 END,
-               CASE WHEN k = 9 THEN 's:' || m ELSE 'c:' || c END,
-               c,
-               CASE WHEN k < 6 THEN 0 WHEN k < 9 THEN 3 ELSE 2 END,
-               m,
-               CASE WHEN k < 6 THEN '{{\"type\":\"message\",\"mId\":\"' || m || '\",\"timestamp\":' || t ||
-                                    ',\"message\":{{\"type\":\"text\",\"text\":\"aged message ' || i || '\"}}}}'
-                    WHEN k < 9 THEN '{{\"type\":\"text\",\"text\":\"aged send ' || i || '\"}}'
-                    ELSE '{{\"type\":\"message_status\",\"mId\":\"' || m || '\",\"timestamp\":' || t ||
-                         ',\"status\":{{\"value\":\"delivered\"}}}}' END,
-               CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 3 ELSE 2 END,
-               1, t, t, t, t + 150,
-               CASE WHEN k < 6 THEN 'aged-in-' || i WHEN k < 9 THEN 'aged-out-' || i END,
-               CASE WHEN k BETWEEN 6 AND 8 THEN 2 ELSE 0 END,
-               CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 'aged dead letter' END
-        FROM g"
-        )),
-        (7, format!(
-            "{G}
-        INSERT INTO dedupe(channel, key, expires_ms)
-        SELECT $6, 'aged:' || lpad(i::TEXT, 12, '0'), t + $7 FROM g WHERE k < 6"
-        )),
-        (6, format!(
-            "{G}
-        INSERT INTO attempts(item_id, channel, lane, at_ms, outcome, call_first, duration_ms)
-        SELECT i + 1, $6, CASE WHEN k BETWEEN 6 AND 8 THEN 1 ELSE 0 END, t + 50,
-               CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 'dead' ELSE 'ok' END, 1, 40
-        FROM g"
-        )),
-        (5, format!(
-            "{G}
-        INSERT INTO history(item_id, at_ms, event)
-        SELECT i + 1, t + 150, CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 'dead' ELSE 'delivered' END
-        FROM g"
-        )),
-        (6, format!(
-            "{G}
-        INSERT INTO channel_logs(channel, mid, at_ms, direction, kind, method, url, status,
-                                 duration_ms, request_body, response_body)
-        SELECT $6, m, t + 50, 'out',
-               CASE WHEN k BETWEEN 6 AND 8 THEN 'provider' ELSE 'respondio' END, 'POST',
-               CASE WHEN k BETWEEN 6 AND 8 THEN 'https://rest.clicksend.com/v3/sms/send'
-                    ELSE 'https://webhook.respond.io/custom/channel/webhook/' END,
-               200, 40, '{{\"aged\":' || i || '}}', '{{}}'
-        FROM g"
-        )),
-    ];
     let all: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
         [&lo, &hi, &contacts, &t0, &step, &channel, &ttl_ms];
-    for (n, sql) in &statements {
-        db.execute(sql.as_str(), &all[..*n]).await?;
+    for (sql, n) in ROWS {
+        let sql = format!("{G}\n{}", with_placeholders(sql, "$6::TEXT", "$7::BIGINT"));
+        db.execute(sql.as_str(), &all[..n]).await?;
     }
     Ok(())
 }

@@ -962,12 +962,8 @@ impl Store for PgStore {
         self.admission.depth()
     }
 
-    fn live_attempts(&self) -> usize {
-        self.live.len()
-    }
-
-    fn abandon_live(&self, ids: &[i64]) {
-        self.live.remove(ids);
+    fn live(&self) -> &LiveAttempts {
+        &self.live
     }
 
     fn lane_epoch(&self, channel: &str, lane: Lane) -> i64 {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use rusqlite::{Connection, params};
 
 use super::migrate;
-use crate::store::aged::{AgeSpec, AgedReport, check_free_disk, now_ms};
+use crate::store::aged::{AgeSpec, AgedReport, ROWS, check_free_disk, now_ms, with_placeholders};
 
 /// Rows per transaction.
 const CHUNK: u64 = 500_000;
@@ -124,9 +124,7 @@ fn drop_secondary_indexes(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     Ok(out)
 }
 
-/// Items `lo..hi` and their rows. Item `i`: by `i % 10`, 0–5 an inbound message (with its
-/// dedupe key), 6–8 a send with its provider id and a delivered status, 9 a status event;
-/// one in a thousand a dead letter, of each kind in turn.
+/// Items `lo..hi` and their rows (`store::aged::ROWS`).
 fn fill_chunk(
     tx: &rusqlite::Transaction<'_>,
     spec: &AgeSpec,
@@ -138,7 +136,7 @@ fn fill_chunk(
 ) -> rusqlite::Result<()> {
     const SEQ: &str =
         "WITH RECURSIVE seq(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM seq WHERE i + 1 < ?2),
-        g AS (SELECT i, i % 10 AS k, printf('+614%08d', i % ?3) AS c, printf('01AGED%020d', i) AS m,
+        g AS (SELECT i, i % 10 AS k, printf('+614%08d', i % ?3) AS c, printf('01AGED%020d', i) AS m, printf('aged:%012d', i) AS dk,
                      ?4 + CAST(i * ?5 AS INTEGER) AS t FROM seq)";
     use rusqlite::types::Value;
     // ?1–?5 shape the sequence; ?6 the channel, ?7 the dedupe TTL, for the statements
@@ -153,69 +151,10 @@ fn fill_chunk(
         Value::Integer(ttl_ms),
     ];
     let with = |n: usize| rusqlite::params_from_iter(all[..n].iter());
-    tx.execute(
-        &format!(
-            "{SEQ}
-        INSERT INTO items(id, channel, lane, qkey, contact, kind, mid, payload, state, attempts,
-                          created_ms, queued_ms, next_ms, updated_ms, provider_id, status, last_error)
-        SELECT i + 1, ?6,
-               CASE WHEN k BETWEEN 6 AND 8 THEN 1 ELSE 0 END,
-               CASE WHEN k = 9 THEN 's:' || m ELSE 'c:' || c END,
-               c,
-               CASE WHEN k < 6 THEN 0 WHEN k < 9 THEN 3 ELSE 2 END,
-               m,
-               CASE WHEN k < 6 THEN '{{\"type\":\"message\",\"mId\":\"' || m || '\",\"timestamp\":' || t ||
-                                    ',\"message\":{{\"type\":\"text\",\"text\":\"aged message ' || i || '\"}}}}'
-                    WHEN k < 9 THEN '{{\"type\":\"text\",\"text\":\"aged send ' || i || '\"}}'
-                    ELSE '{{\"type\":\"message_status\",\"mId\":\"' || m || '\",\"timestamp\":' || t ||
-                         ',\"status\":{{\"value\":\"delivered\"}}}}' END,
-               CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 3 ELSE 2 END,
-               1, t, t, t, t + 150,
-               CASE WHEN k < 6 THEN 'aged-in-' || i WHEN k < 9 THEN 'aged-out-' || i END,
-               CASE WHEN k BETWEEN 6 AND 8 THEN 2 ELSE 0 END,
-               CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 'aged dead letter' END
-        FROM g"
-        ),
-        with(6),
-    )?;
-    tx.execute(
-        &format!(
-            "{SEQ}
-        INSERT INTO dedupe(channel, key, expires_ms)
-        SELECT ?6, printf('aged:%012d', i), t + ?7 FROM g WHERE k < 6"
-        ),
-        with(7),
-    )?;
-    tx.execute(
-        &format!(
-            "{SEQ}
-        INSERT INTO attempts(item_id, channel, lane, at_ms, outcome, call_first, duration_ms)
-        SELECT i + 1, ?6, CASE WHEN k BETWEEN 6 AND 8 THEN 1 ELSE 0 END, t + 50,
-               CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 'dead' ELSE 'ok' END, 1, 40 FROM g"
-        ),
-        with(6),
-    )?;
-    tx.execute(
-        &format!(
-            "{SEQ}
-        INSERT INTO history(item_id, at_ms, event)
-        SELECT i + 1, t + 150, CASE WHEN i % 1000 = 999 - (i / 1000) % 10 THEN 'dead' ELSE 'delivered' END FROM g"
-        ),
-        with(5),
-    )?;
-    tx.execute(
-        &format!(
-            "{SEQ}
-        INSERT INTO channel_logs(channel, mid, at_ms, direction, kind, method, url, status,
-                                 duration_ms, request_body, response_body)
-        SELECT ?6, m, t + 50, 'out',
-               CASE WHEN k BETWEEN 6 AND 8 THEN 'provider' ELSE 'respondio' END, 'POST',
-               CASE WHEN k BETWEEN 6 AND 8 THEN 'https://rest.clicksend.com/v3/sms/send'
-                    ELSE 'https://webhook.respond.io/custom/channel/webhook/' END,
-               200, 40, '{{\"aged\":' || i || '}}', '{{}}' FROM g"
-        ),
-        with(6),
-    )?;
+    for (sql, n) in ROWS {
+        let sql = format!("{SEQ}\n{}", with_placeholders(sql, "?6", "?7"));
+        tx.execute(&sql, with(n))?;
+    }
     Ok(())
 }
 
